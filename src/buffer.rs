@@ -1,0 +1,296 @@
+//! Views of caller-owned memory: host slices for the CPU backends, device pointers for the
+//! GPU backends (CUDA driver or the PTX interpreter).
+//!
+//! Device memory is never owned here. A [`DeviceSlice`] is built once through the `unsafe`
+//! [`DeviceSlice::from_raw_parts`], whose contract the caller upholds; after that every size,
+//! alignment and dtype is checked by the operation that receives it.
+
+use std::marker::PhantomData;
+
+use half::{bf16, f16};
+
+use crate::dtype::DType;
+use crate::error::{GhostError, Result};
+
+/// A read-only host slice of one of the supported dtypes.
+#[derive(Debug, Clone, Copy)]
+pub enum HostSlice<'a> {
+    F32(&'a [f32]),
+    BF16(&'a [bf16]),
+    F16(&'a [f16]),
+    U8(&'a [u8]),
+    I32(&'a [i32]),
+}
+
+impl HostSlice<'_> {
+    pub fn dtype(&self) -> DType {
+        match self {
+            HostSlice::F32(_) => DType::F32,
+            HostSlice::BF16(_) => DType::BF16,
+            HostSlice::F16(_) => DType::F16,
+            HostSlice::U8(_) => DType::U8,
+            HostSlice::I32(_) => DType::I32,
+        }
+    }
+    pub fn len(&self) -> usize {
+        match self {
+            HostSlice::F32(s) => s.len(),
+            HostSlice::BF16(s) => s.len(),
+            HostSlice::F16(s) => s.len(),
+            HostSlice::U8(s) => s.len(),
+            HostSlice::I32(s) => s.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Element `i` of a float input as f64 (exact for every float dtype).
+    #[inline]
+    pub fn get_f64(&self, i: usize) -> f64 {
+        match self {
+            HostSlice::F32(s) => s[i] as f64,
+            HostSlice::BF16(s) => s[i].to_f64(),
+            HostSlice::F16(s) => s[i].to_f64(),
+            HostSlice::U8(s) => s[i] as f64,
+            HostSlice::I32(s) => s[i] as f64,
+        }
+    }
+    /// Converts `len` elements starting at `start` to f32 into `dst` (exact for every float dtype).
+    pub fn copy_to_f32(&self, start: usize, dst: &mut [f32]) {
+        let n = dst.len();
+        match self {
+            HostSlice::F32(s) => dst.copy_from_slice(&s[start..start + n]),
+            HostSlice::BF16(s) => {
+                for (d, x) in dst.iter_mut().zip(&s[start..start + n]) {
+                    *d = x.to_f32();
+                }
+            }
+            HostSlice::F16(s) => {
+                for (d, x) in dst.iter_mut().zip(&s[start..start + n]) {
+                    *d = x.to_f32();
+                }
+            }
+            HostSlice::U8(s) => {
+                for (d, x) in dst.iter_mut().zip(&s[start..start + n]) {
+                    *d = *x as f32;
+                }
+            }
+            HostSlice::I32(s) => {
+                for (d, x) in dst.iter_mut().zip(&s[start..start + n]) {
+                    *d = *x as f32;
+                }
+            }
+        }
+    }
+}
+
+impl<'a> From<&'a [f32]> for HostSlice<'a> {
+    fn from(s: &'a [f32]) -> Self {
+        HostSlice::F32(s)
+    }
+}
+impl<'a> From<&'a [bf16]> for HostSlice<'a> {
+    fn from(s: &'a [bf16]) -> Self {
+        HostSlice::BF16(s)
+    }
+}
+impl<'a> From<&'a [f16]> for HostSlice<'a> {
+    fn from(s: &'a [f16]) -> Self {
+        HostSlice::F16(s)
+    }
+}
+impl<'a> From<&'a [u8]> for HostSlice<'a> {
+    fn from(s: &'a [u8]) -> Self {
+        HostSlice::U8(s)
+    }
+}
+impl<'a> From<&'a [i32]> for HostSlice<'a> {
+    fn from(s: &'a [i32]) -> Self {
+        HostSlice::I32(s)
+    }
+}
+
+/// A caller-owned region of device memory holding `len` elements of `dtype`.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceSlice<'a> {
+    ptr: u64,
+    len: u64,
+    dtype: DType,
+    _borrow: PhantomData<&'a ()>,
+}
+
+impl DeviceSlice<'_> {
+    /// Wraps device memory owned by the caller (a PyTorch/JAX/CuPy tensor, a cudarc slice, or
+    /// an allocation of the PTX interpreter).
+    ///
+    /// # Safety
+    /// - `ptr` is either 0 (rejected later with a typed error) or the address of at least
+    ///   `len * dtype.size()` bytes of device memory on the device of the context it is used with;
+    /// - that memory stays allocated, and is not written by anything else, while any operation
+    ///   that received this view may still run on its stream (for outputs: not read or written
+    ///   by anything else either);
+    /// - elements are laid out contiguously, row-major, as documented by the operation.
+    ///
+    /// Size, alignment and dtype are checked by every operation; only the things above are not.
+    pub unsafe fn from_raw_parts(ptr: u64, len: u64, dtype: DType) -> Self {
+        DeviceSlice { ptr, len, dtype, _borrow: PhantomData }
+    }
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+}
+
+/// A caller-owned region of device memory that an operation writes (always f32 results).
+#[derive(Debug)]
+pub struct DeviceSliceMut<'a> {
+    inner: DeviceSlice<'a>,
+}
+
+impl DeviceSliceMut<'_> {
+    /// Wraps writable device memory owned by the caller.
+    ///
+    /// # Safety
+    /// The contract of [`DeviceSlice::from_raw_parts`], and in addition nothing else reads or
+    /// writes the memory until the operation's stream has passed the operation.
+    pub unsafe fn from_raw_parts(ptr: u64, len: u64, dtype: DType) -> Self {
+        DeviceSliceMut { inner: DeviceSlice::from_raw_parts(ptr, len, dtype) }
+    }
+    pub fn as_view(&self) -> DeviceSlice<'_> {
+        self.inner
+    }
+    pub fn ptr(&self) -> u64 {
+        self.inner.ptr
+    }
+    pub fn len(&self) -> u64 {
+        self.inner.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.inner.len == 0
+    }
+    pub fn dtype(&self) -> DType {
+        self.inner.dtype
+    }
+}
+
+/// An operation input: host memory (CPU contexts) or device memory (GPU contexts).
+#[derive(Debug, Clone, Copy)]
+pub enum Tensor<'a> {
+    Host(HostSlice<'a>),
+    Device(DeviceSlice<'a>),
+}
+
+impl<'a> Tensor<'a> {
+    pub fn dtype(&self) -> DType {
+        match self {
+            Tensor::Host(h) => h.dtype(),
+            Tensor::Device(d) => d.dtype(),
+        }
+    }
+    pub fn len(&self) -> u64 {
+        match self {
+            Tensor::Host(h) => h.len() as u64,
+            Tensor::Device(d) => d.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn space(&self) -> &'static str {
+        match self {
+            Tensor::Host(_) => "host",
+            Tensor::Device(_) => "device",
+        }
+    }
+    pub(crate) fn host(&self, what: &'static str) -> Result<HostSlice<'a>> {
+        match self {
+            Tensor::Host(h) => Ok(*h),
+            Tensor::Device(_) => {
+                Err(GhostError::WrongMemorySpace { what, expected: "host", got: "device" })
+            }
+        }
+    }
+    pub(crate) fn device(&self, what: &'static str) -> Result<DeviceSlice<'a>> {
+        match self {
+            Tensor::Device(d) => Ok(*d),
+            Tensor::Host(_) => {
+                Err(GhostError::WrongMemorySpace { what, expected: "device", got: "host" })
+            }
+        }
+    }
+}
+
+impl<'a, T> From<&'a [T]> for Tensor<'a>
+where
+    HostSlice<'a>: From<&'a [T]>,
+{
+    fn from(s: &'a [T]) -> Self {
+        Tensor::Host(HostSlice::from(s))
+    }
+}
+
+impl<'a> From<DeviceSlice<'a>> for Tensor<'a> {
+    fn from(d: DeviceSlice<'a>) -> Self {
+        Tensor::Device(d)
+    }
+}
+
+/// An operation output (always f32): host memory or device memory.
+#[derive(Debug)]
+pub enum TensorMut<'a> {
+    Host(&'a mut [f32]),
+    Device(DeviceSliceMut<'a>),
+}
+
+impl TensorMut<'_> {
+    pub fn len(&self) -> u64 {
+        match self {
+            TensorMut::Host(h) => h.len() as u64,
+            TensorMut::Device(d) => d.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn dtype(&self) -> DType {
+        match self {
+            TensorMut::Host(_) => DType::F32,
+            TensorMut::Device(d) => d.dtype(),
+        }
+    }
+    pub(crate) fn host(&mut self, what: &'static str) -> Result<&mut [f32]> {
+        match self {
+            TensorMut::Host(h) => Ok(h),
+            TensorMut::Device(_) => {
+                Err(GhostError::WrongMemorySpace { what, expected: "host", got: "device" })
+            }
+        }
+    }
+    pub(crate) fn device(&self, what: &'static str) -> Result<DeviceSlice<'_>> {
+        match self {
+            TensorMut::Device(d) => Ok(d.as_view()),
+            TensorMut::Host(_) => {
+                Err(GhostError::WrongMemorySpace { what, expected: "device", got: "host" })
+            }
+        }
+    }
+}
+
+impl<'a> From<&'a mut [f32]> for TensorMut<'a> {
+    fn from(s: &'a mut [f32]) -> Self {
+        TensorMut::Host(s)
+    }
+}
+impl<'a> From<DeviceSliceMut<'a>> for TensorMut<'a> {
+    fn from(d: DeviceSliceMut<'a>) -> Self {
+        TensorMut::Device(d)
+    }
+}

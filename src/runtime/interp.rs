@@ -1,0 +1,223 @@
+//! The PTX interpreter backend: executes the embedded `-O3` PTX of every kernel on the CPU
+//! through the same [`LaunchPlan`]s that drive a real GPU, with memcheck, racecheck and
+//! performance counters (crate `ptx-interp`). Used by the tests and benches of machines without
+//! a GPU. Device memory lives in the interpreter's own address space: allocate inputs and
+//! outputs with [`InterpRuntime::upload`] / [`InterpRuntime::alloc_f32`].
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use ptx_interp::{Device, LaunchConfig, Module, Options, ParamValue, Report};
+
+use super::{KernelArg, KernelRuntime, LaunchPlan, MAX_GRID_X, MAX_GRID_YZ};
+use crate::buffer::{DeviceSlice, DeviceSliceMut};
+use crate::dtype::DType;
+use crate::error::{GhostError, Result};
+use crate::kernels;
+
+/// One executed launch and the interpreter's report on it.
+#[derive(Debug, Clone)]
+pub struct LaunchRecord {
+    pub plan: LaunchPlan,
+    pub report: Report,
+}
+
+struct State {
+    device: Device,
+    modules: Vec<Module>,
+    kernel_module: HashMap<String, usize>,
+    options: Options,
+    workspace: Option<(u64, u64)>,
+    allocations: HashMap<u64, u64>,
+    records: Vec<LaunchRecord>,
+}
+
+/// A [`KernelRuntime`] that runs kernels in the PTX interpreter.
+pub struct InterpRuntime {
+    state: Mutex<State>,
+}
+
+fn interp_err(e: impl std::fmt::Display) -> GhostError {
+    GhostError::Interpreter(e.to_string())
+}
+
+/// An allocation in the interpreter's device memory (freed when the runtime is dropped, or
+/// with [`InterpRuntime::free`]).
+#[derive(Debug, Clone, Copy)]
+pub struct InterpBuffer {
+    pub ptr: u64,
+    pub len: u64,
+    pub dtype: DType,
+}
+
+impl InterpBuffer {
+    /// A read-only view for an operation.
+    pub fn view(&self) -> DeviceSlice<'_> {
+        // SAFETY: the allocation has `len` elements of `dtype` and lives as long as the runtime.
+        unsafe { DeviceSlice::from_raw_parts(self.ptr, self.len, self.dtype) }
+    }
+    /// A writable view for an operation's output.
+    pub fn view_mut(&mut self) -> DeviceSliceMut<'_> {
+        // SAFETY: as above; `&mut self` makes the view exclusive.
+        unsafe { DeviceSliceMut::from_raw_parts(self.ptr, self.len, self.dtype) }
+    }
+}
+
+impl InterpRuntime {
+    /// Parses every embedded kernel file. Fails with [`GhostError::KernelsNotBuilt`] without nvcc.
+    pub fn new() -> Result<Self> {
+        if !kernels::KERNELS_BUILT {
+            return Err(GhostError::KernelsNotBuilt);
+        }
+        let mut modules = Vec::new();
+        let mut kernel_module = HashMap::new();
+        for file in kernels::KERNEL_FILES {
+            let m = Module::parse(file.ptx).map_err(|e| interp_err(format!("{}.ptx: {e}", file.name)))?;
+            for k in m.kernel_names() {
+                kernel_module.insert(k, modules.len());
+            }
+            modules.push(m);
+        }
+        Ok(InterpRuntime {
+            state: Mutex::new(State {
+                device: Device::new(),
+                modules,
+                kernel_module,
+                options: Options::default(),
+                workspace: None,
+                allocations: HashMap::new(),
+                records: Vec::new(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>> {
+        self.state.lock().map_err(|_| GhostError::Internal("interpreter lock poisoned".into()))
+    }
+
+    /// Options (schedule seed, sanitizers, sampling) for the following launches.
+    pub fn set_options(&self, options: Options) -> Result<()> {
+        self.lock()?.options = options;
+        Ok(())
+    }
+
+    pub fn options(&self) -> Result<Options> {
+        Ok(self.lock()?.options.clone())
+    }
+
+    fn alloc_bytes(st: &mut State, bytes: u64) -> Result<u64> {
+        let p = st.device.alloc(bytes.max(1)).map_err(interp_err)?;
+        st.allocations.insert(p, bytes);
+        Ok(p)
+    }
+
+    /// Copies a host slice into new device memory.
+    pub fn upload<T: bytemuck::Pod>(&self, data: &[T], dtype: DType) -> Result<InterpBuffer> {
+        if std::mem::size_of::<T>() as u64 != dtype.size() {
+            return Err(GhostError::Internal(format!("upload: element size does not match {dtype}")));
+        }
+        let mut st = self.lock()?;
+        let bytes = bytemuck::cast_slice::<T, u8>(data);
+        let ptr = Self::alloc_bytes(&mut st, bytes.len() as u64)?;
+        st.device.write(ptr, bytes).map_err(interp_err)?;
+        Ok(InterpBuffer { ptr, len: data.len() as u64, dtype })
+    }
+
+    /// New f32 device memory filled with `fill` (tests poison outputs with NaN).
+    pub fn alloc_f32(&self, len: u64, fill: f32) -> Result<InterpBuffer> {
+        let v = vec![fill; len as usize];
+        self.upload(&v, DType::F32)
+    }
+
+    /// Reads `len` f32 values back.
+    pub fn read_f32(&self, buf: &InterpBuffer) -> Result<Vec<f32>> {
+        let st = self.lock()?;
+        let bytes = st.device.read(buf.ptr, buf.len * 4).map_err(interp_err)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Overwrites a buffer's contents.
+    pub fn write<T: bytemuck::Pod>(&self, buf: &InterpBuffer, data: &[T]) -> Result<()> {
+        let st = &mut *self.lock()?;
+        st.device.write(buf.ptr, bytemuck::cast_slice(data)).map_err(interp_err)
+    }
+
+    pub fn free(&self, buf: InterpBuffer) -> Result<()> {
+        let mut st = self.lock()?;
+        st.allocations.remove(&buf.ptr);
+        st.device.free(buf.ptr).map_err(interp_err)
+    }
+
+    /// Every launch executed so far, with its report; clears the list.
+    pub fn take_records(&self) -> Result<Vec<LaunchRecord>> {
+        Ok(std::mem::take(&mut self.lock()?.records))
+    }
+}
+
+impl KernelRuntime for InterpRuntime {
+    fn describe(&self) -> String {
+        "PTX interpreter (ptx-interp), executing compute_80 PTX on the CPU".into()
+    }
+
+    fn launch(&self, plan: &LaunchPlan) -> Result<()> {
+        if plan.grid[0] as u64 > MAX_GRID_X {
+            return Err(GhostError::LaunchLimit { what: "grid.x", value: plan.grid[0] as u64, limit: MAX_GRID_X });
+        }
+        for (what, g) in [("grid.y", plan.grid[1]), ("grid.z", plan.grid[2])] {
+            if g as u64 > MAX_GRID_YZ {
+                return Err(GhostError::LaunchLimit { what, value: g as u64, limit: MAX_GRID_YZ });
+            }
+        }
+        if plan.ctas() == 0 {
+            return Ok(());
+        }
+        let st = &mut *self.lock()?;
+        let idx = *st
+            .kernel_module
+            .get(&plan.kernel)
+            .ok_or_else(|| GhostError::MissingKernel { name: plan.kernel.clone() })?;
+        let params: Vec<ParamValue> = plan
+            .args
+            .iter()
+            .map(|a| match *a {
+                KernelArg::Ptr(p) | KernelArg::U64(p) => ParamValue::U64(p),
+                KernelArg::U32(v) => ParamValue::U32(v),
+                KernelArg::F32(v) => ParamValue::F32(v),
+            })
+            .collect();
+        let cfg = LaunchConfig { grid: plan.grid, block: plan.block, dynamic_shared_bytes: plan.shared_bytes };
+        let report = st
+            .device
+            .launch(&st.modules[idx], &plan.kernel, &cfg, &params, &st.options)
+            .map_err(|e| interp_err(format!("{}: {e}", plan.kernel)))?;
+        st.records.push(LaunchRecord { plan: plan.clone(), report });
+        Ok(())
+    }
+
+    fn workspace(&self, bytes: u64) -> Result<u64> {
+        let st = &mut *self.lock()?;
+        if let Some((p, b)) = st.workspace {
+            if b >= bytes {
+                return Ok(p);
+            }
+            st.allocations.remove(&p);
+            st.device.free(p).map_err(interp_err)?;
+        }
+        let p = Self::alloc_bytes(st, bytes)?;
+        st.workspace = Some((p, bytes));
+        Ok(p)
+    }
+
+    fn check_pointer(&self, what: &'static str, ptr: u64, bytes: u64) -> Result<()> {
+        let st = self.lock()?;
+        let ok = st.allocations.iter().any(|(&base, &len)| ptr >= base && ptr + bytes <= base + len);
+        if ok {
+            Ok(())
+        } else {
+            Err(GhostError::InvalidArgument {
+                what,
+                reason: format!("{ptr:#x}..+{bytes} is not inside an allocation of this interpreter device"),
+            })
+        }
+    }
+}
