@@ -1,0 +1,84 @@
+// Shared helpers for the ghostgrad kernels.
+//
+// * `to_f32(x)`: element -> f32 for the three input types (float, __nv_bfloat16, __half).
+//   The bf16/f16 conversions use the cuda_bf16.h / cuda_fp16.h intrinsics, which are exact and
+//   available on every architecture we build for (sm_75 included).
+// * `block_sum_256(v)`: sum of one float per thread over a 256-thread block in a FIXED order
+//   (shuffle-down tree inside each warp, then warp 0 sums the 8 warp totals in warp order).
+//   The result is valid in thread 0 only. Every thread of the block must call it (it contains
+//   shuffles with a full mask and barriers): kernels never return early per thread.
+// * `segment_rows(...)`: the query-row range of segment / batch item v (see ghost_gram.cu).
+// * `keep_row(mask, idx)`: nonzero mask byte = keep; a null mask keeps everything.
+//
+// Conventions shared by all kernels: block = 256 threads, 1-D; static shared memory only;
+// every element offset is computed in 64-bit (size_t); no atomics; no fast-math.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stddef.h>
+
+#define GG_BLOCK 256
+// Every kernel: 256 threads, and at least 2 resident blocks per SM (caps registers at 128).
+// The explicit minimum also stops ptxas 13.5 from choosing a 48-register budget with spills.
+#define GG_LAUNCH_BOUNDS __launch_bounds__(256, 2)
+#define GG_FLAG_BIAS 1u
+#define GG_FLAG_SELF 2u
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+
+__device__ __forceinline__ bool keep_row(const unsigned char* mask, size_t idx) {
+    return mask == nullptr || mask[idx] != 0;
+}
+
+// Fixed-order block reduction for blockDim.x == 256. Result valid in thread 0.
+__device__ __forceinline__ float block_sum_256(float v) {
+    __shared__ float warp_tot[GG_BLOCK / 32];
+    const unsigned int lane = threadIdx.x & 31u;
+    const unsigned int warp = threadIdx.x >> 5;
+    v += __shfl_down_sync(0xffffffffu, v, 16);
+    v += __shfl_down_sync(0xffffffffu, v, 8);
+    v += __shfl_down_sync(0xffffffffu, v, 4);
+    v += __shfl_down_sync(0xffffffffu, v, 2);
+    v += __shfl_down_sync(0xffffffffu, v, 1);
+    if (lane == 0) warp_tot[warp] = v;
+    __syncthreads();
+    float total = 0.0f;
+    if (threadIdx.x == 0) {
+#pragma unroll
+        for (int w = 0; w < GG_BLOCK / 32; ++w) total += warp_tot[w];
+    }
+    return total;
+}
+
+// Rows [*start, *end) of segment v out of Q rows:
+//   seg_offsets != null: [seg_offsets[v], seg_offsets[v+1]) clamped into [0, Q]; end < start
+//                        means empty;
+//   else V == 1:         [0, Q);
+//   else:                [v*seg_len, min(Q, (v+1)*seg_len)).
+__device__ __forceinline__ void segment_rows(const int* seg_offsets, unsigned int seg_len,
+                                             unsigned int v, unsigned int V, unsigned int Q,
+                                             unsigned int* start, unsigned int* end) {
+    unsigned long long s, e;
+    if (seg_offsets != nullptr) {
+        long long a = seg_offsets[v];
+        long long b = seg_offsets[v + 1];
+        a = a < 0 ? 0 : (a > (long long)Q ? (long long)Q : a);
+        b = b < 0 ? 0 : (b > (long long)Q ? (long long)Q : b);
+        s = (unsigned long long)a;
+        e = (unsigned long long)b;
+    } else if (V == 1u) {
+        s = 0;
+        e = Q;
+    } else {
+        s = (unsigned long long)v * seg_len;
+        e = s + seg_len;
+        if (s > Q) s = Q;
+        if (e > Q) e = Q;
+    }
+    if (e < s) e = s;
+    *start = (unsigned int)s;
+    *end = (unsigned int)e;
+}
