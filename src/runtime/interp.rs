@@ -133,7 +133,7 @@ impl InterpRuntime {
     pub fn read_f32(&self, buf: &InterpBuffer) -> Result<Vec<f32>> {
         let st = self.lock()?;
         let bytes = st.device.read(buf.ptr, buf.len * 4).map_err(interp_err)?;
-        Ok(bytemuck::pod_collect_to_vec(&bytes))
+        Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
 
     /// Overwrites a buffer's contents.
