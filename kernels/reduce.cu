@@ -9,8 +9,10 @@
 //   Launch: grid = (ceil(count/256), 1, 1), block = (256,1,1). One thread per output.
 //
 // rows_dot_f32(const float* X, const float* Y, float* partial, unsigned N, unsigned V,
-//              unsigned long long D, unsigned long long chunk)
+//              unsigned long long D, unsigned long long chunk, unsigned diag)
 //   partial[s*N*V + n*V + v] = Σ_{k in [s*chunk, min(D,(s+1)*chunk))} X[n*D+k] * Y[v*D+k]
+//   diag != 0 (per-sample squared norms of materialized gradients): the host passes V = 1 and
+//   block n pairs row n of X with row n of Y, i.e. partial[s*N + n] = Σ X[n*D+k] * Y[n*D+k].
 //   Launch: grid = (N*V, S, 1), S = ceil(D / chunk) (chunk == 0 means D, S = 1),
 //   blockIdx.x = n*V + v, blockIdx.y = s; block = (256,1,1).
 //   Order: thread tid owns k = kb + tid + 256*m (m = 0,1,...) and keeps 4 running sums,
@@ -35,7 +37,7 @@ extern "C" __global__ void GG_LAUNCH_BOUNDS
 extern "C" __global__ void GG_LAUNCH_BOUNDS
     rows_dot_f32(const float* __restrict__ X, const float* __restrict__ Y, float* partial,
                  unsigned int N, unsigned int V, unsigned long long D,
-                 unsigned long long chunk) {
+                 unsigned long long chunk, unsigned int diag) {
     if (V == 0u || blockIdx.x >= N * V) return;  // uniform over the block
     const unsigned int n = blockIdx.x / V;
     const unsigned int v = blockIdx.x - n * V;
@@ -47,7 +49,7 @@ extern "C" __global__ void GG_LAUNCH_BOUNDS
     if (kb > ke) kb = ke;
 
     const float* x = X + (size_t)n * D;
-    const float* y = Y + (size_t)v * D;
+    const float* y = Y + (size_t)(diag ? n : v) * D;
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     unsigned long long k = kb + threadIdx.x;
     // Main part: 4 strided elements per iteration, one per accumulator.

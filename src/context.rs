@@ -529,14 +529,9 @@ impl Context {
         let d = self.train_only("ghost_sqnorm", shape, train)?;
         v::output("out", out, self.space(), d.n, "ghost_sqnorm")?;
         self.check_out_ptr("out", out)?;
-        let mut choice = self.train_form(&d, d.t, 1, form)?;
+        let choice = self.train_form(&d, d.t, 1, form)?;
         match &self.backend {
             Backend::Gpu(rt) => {
-                if choice.form == Form::Materialize && !choice.forced {
-                    // The GPU backend evaluates norms in the Gram (self) form only.
-                    choice.form = Form::Gram;
-                    choice.reason = "gram (the GPU backend computes norms in the self-Gram form)".into();
-                }
                 let ptrs = LayerPtrs {
                     a: train.a.device("a")?.ptr(),
                     b: train.b.device("b")?.ptr(),

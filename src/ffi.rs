@@ -1,1 +1,1325 @@
-//! C ABI (in progress)
+//! C ABI over [`Context`]: every operation of the crate, callable from C, C++, Python (ctypes,
+//! cffi) or any language with a C FFI. The header is `include/ghostgrad.h`, generated from this
+//! file by cbindgen (`GHOSTGRAD_BLESS=1 cargo test --test header_fresh` regenerates it; the same
+//! test fails when the checked-in header is stale).
+//!
+//! Conventions:
+//! * Every function that can fail returns a [`gg_status`]; `GG_STATUS_OK` (0) is success. The
+//!   message of the last failure on the calling thread is [`gg_last_error_message`]; every
+//!   function returning a `gg_status` resets it (empty after a success).
+//! * Buffers are described by [`gg_tensor`] (inputs: pointer, element count, [`gg_dtype`]) and
+//!   [`gg_tensor_mut`] (outputs, always f32). A CPU context takes host pointers, a CUDA context
+//!   device pointers. An optional tensor is absent when `ptr == NULL && len == 0`.
+//! * Every buffer is checked before anything runs: null pointer, alignment to its element size,
+//!   byte size overflow, and no output overlapping any other buffer of the call; the operation
+//!   then checks dtypes and exact lengths against the shapes (errors name the argument).
+//! * No Rust panic crosses the ABI: a panic inside ghostgrad becomes `GG_STATUS_PANIC` with its
+//!   message in the last error.
+//! * A context may be used by one thread at a time (operations on a GPU context share its
+//!   stream and its scratch workspace); distinct contexts are independent.
+//!
+//! Every result is `out = beta·out + scale·result` (BLAS-style: `beta == 0` never reads `out`).
+//! Formulas and shapes: [`crate::ghost_dot`] and MATH.md §1.
+
+#![allow(non_camel_case_types)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use half::{bf16, f16};
+
+use crate::buffer::{DeviceSlice, DeviceSliceMut, HostSlice, Tensor, TensorMut};
+use crate::context::{Backend, Context};
+use crate::dtype::DType;
+use crate::error::GhostError;
+use crate::ghost_dot::{
+    Accumulate, Form, FormChoice, FormRequest, GhostDotLayer, LayerShape, QueryFactors, Segments, TrainFactors,
+};
+
+// ---------------------------------------------------------------------------------------------
+// Status codes and errors
+// ---------------------------------------------------------------------------------------------
+
+/// Result of every fallible call: `GG_STATUS_OK` or the family of the error (one code per
+/// ghostgrad error kind). The message is in [`gg_last_error_message`].
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum gg_status {
+    GG_STATUS_OK = 0,
+    /// A required pointer (context, descriptor, out-parameter or buffer) is NULL.
+    GG_STATUS_NULL_POINTER = 1,
+    /// A buffer is not aligned to its element size (or an out-parameter to its type).
+    GG_STATUS_MISALIGNED = 2,
+    /// A buffer's element count does not match the shapes.
+    GG_STATUS_LENGTH_MISMATCH = 3,
+    /// A size that must be at least 1 is 0.
+    GG_STATUS_ZERO_SIZE = 4,
+    /// A size product overflows (u64, the address space, or the kernels' 2^31 index range).
+    GG_STATUS_SHAPE_OVERFLOW = 5,
+    /// A dtype is not accepted here, two buffers that must share a dtype differ, or a dtype
+    /// code is not a `gg_dtype`.
+    GG_STATUS_DTYPE = 6,
+    /// Host memory given to a GPU context or device memory to a CPU context.
+    GG_STATUS_WRONG_MEMORY_SPACE = 7,
+    /// A stream belongs to another device or context.
+    GG_STATUS_STREAM_MISMATCH = 8,
+    /// Any other invalid argument (unknown enum code, non-finite scale, overlapping buffers, ...).
+    GG_STATUS_INVALID_ARGUMENT = 9,
+    /// ghostgrad was built without nvcc: no CUDA kernels are embedded.
+    GG_STATUS_KERNELS_NOT_BUILT = 10,
+    /// The CUDA driver library cannot be loaded on this machine.
+    GG_STATUS_DRIVER_UNAVAILABLE = 11,
+    /// A CUDA driver call failed.
+    GG_STATUS_CUDA = 12,
+    /// A kernel is missing from the embedded images.
+    GG_STATUS_MISSING_KERNEL = 13,
+    /// A shape exceeds a hardware launch limit.
+    GG_STATUS_LAUNCH_LIMIT = 14,
+    /// The PTX interpreter failed.
+    GG_STATUS_INTERPRETER = 15,
+    /// A bug in ghostgrad (an internal invariant failed).
+    GG_STATUS_INTERNAL = 16,
+    /// A panic inside ghostgrad was caught at the ABI boundary (a bug in ghostgrad).
+    GG_STATUS_PANIC = 17,
+}
+
+use gg_status::*;
+
+const ALL_STATUSES: [gg_status; 18] = [
+    GG_STATUS_OK,
+    GG_STATUS_NULL_POINTER,
+    GG_STATUS_MISALIGNED,
+    GG_STATUS_LENGTH_MISMATCH,
+    GG_STATUS_ZERO_SIZE,
+    GG_STATUS_SHAPE_OVERFLOW,
+    GG_STATUS_DTYPE,
+    GG_STATUS_WRONG_MEMORY_SPACE,
+    GG_STATUS_STREAM_MISMATCH,
+    GG_STATUS_INVALID_ARGUMENT,
+    GG_STATUS_KERNELS_NOT_BUILT,
+    GG_STATUS_DRIVER_UNAVAILABLE,
+    GG_STATUS_CUDA,
+    GG_STATUS_MISSING_KERNEL,
+    GG_STATUS_LAUNCH_LIMIT,
+    GG_STATUS_INTERPRETER,
+    GG_STATUS_INTERNAL,
+    GG_STATUS_PANIC,
+];
+
+impl gg_status {
+    /// The status with this code, if any.
+    pub fn from_code(code: i32) -> Option<gg_status> {
+        ALL_STATUSES.iter().copied().find(|s| *s as i32 == code)
+    }
+
+    /// The constant's name, e.g. `GG_STATUS_NULL_POINTER`.
+    pub fn name(self) -> &'static CStr {
+        match self {
+            GG_STATUS_OK => c"GG_STATUS_OK",
+            GG_STATUS_NULL_POINTER => c"GG_STATUS_NULL_POINTER",
+            GG_STATUS_MISALIGNED => c"GG_STATUS_MISALIGNED",
+            GG_STATUS_LENGTH_MISMATCH => c"GG_STATUS_LENGTH_MISMATCH",
+            GG_STATUS_ZERO_SIZE => c"GG_STATUS_ZERO_SIZE",
+            GG_STATUS_SHAPE_OVERFLOW => c"GG_STATUS_SHAPE_OVERFLOW",
+            GG_STATUS_DTYPE => c"GG_STATUS_DTYPE",
+            GG_STATUS_WRONG_MEMORY_SPACE => c"GG_STATUS_WRONG_MEMORY_SPACE",
+            GG_STATUS_STREAM_MISMATCH => c"GG_STATUS_STREAM_MISMATCH",
+            GG_STATUS_INVALID_ARGUMENT => c"GG_STATUS_INVALID_ARGUMENT",
+            GG_STATUS_KERNELS_NOT_BUILT => c"GG_STATUS_KERNELS_NOT_BUILT",
+            GG_STATUS_DRIVER_UNAVAILABLE => c"GG_STATUS_DRIVER_UNAVAILABLE",
+            GG_STATUS_CUDA => c"GG_STATUS_CUDA",
+            GG_STATUS_MISSING_KERNEL => c"GG_STATUS_MISSING_KERNEL",
+            GG_STATUS_LAUNCH_LIMIT => c"GG_STATUS_LAUNCH_LIMIT",
+            GG_STATUS_INTERPRETER => c"GG_STATUS_INTERPRETER",
+            GG_STATUS_INTERNAL => c"GG_STATUS_INTERNAL",
+            GG_STATUS_PANIC => c"GG_STATUS_PANIC",
+        }
+    }
+}
+
+impl From<&GhostError> for gg_status {
+    fn from(e: &GhostError) -> Self {
+        // Exhaustive on purpose: a new error kind must get a status here.
+        match e {
+            GhostError::NullPointer { .. } => GG_STATUS_NULL_POINTER,
+            GhostError::Misaligned { .. } => GG_STATUS_MISALIGNED,
+            GhostError::LengthMismatch { .. } => GG_STATUS_LENGTH_MISMATCH,
+            GhostError::ZeroSize { .. } => GG_STATUS_ZERO_SIZE,
+            GhostError::ShapeOverflow { .. } => GG_STATUS_SHAPE_OVERFLOW,
+            GhostError::DtypeMismatch { .. } | GhostError::UnsupportedDtype { .. } => GG_STATUS_DTYPE,
+            GhostError::WrongMemorySpace { .. } => GG_STATUS_WRONG_MEMORY_SPACE,
+            GhostError::StreamMismatch(_) => GG_STATUS_STREAM_MISMATCH,
+            GhostError::InvalidArgument { .. } => GG_STATUS_INVALID_ARGUMENT,
+            GhostError::KernelsNotBuilt => GG_STATUS_KERNELS_NOT_BUILT,
+            GhostError::CudaDriverUnavailable(_) => GG_STATUS_DRIVER_UNAVAILABLE,
+            GhostError::Cuda { .. } => GG_STATUS_CUDA,
+            GhostError::MissingKernel { .. } => GG_STATUS_MISSING_KERNEL,
+            GhostError::LaunchLimit { .. } => GG_STATUS_LAUNCH_LIMIT,
+            GhostError::Interpreter(_) => GG_STATUS_INTERPRETER,
+            GhostError::Internal(_) => GG_STATUS_INTERNAL,
+        }
+    }
+}
+
+/// A failed call: its status and the message stored for [`gg_last_error_message`].
+#[derive(Debug)]
+struct Failure {
+    status: gg_status,
+    message: String,
+}
+
+impl Failure {
+    fn new(status: gg_status, message: impl Into<String>) -> Self {
+        Failure { status, message: message.into() }
+    }
+    fn null(what: &str) -> Self {
+        Failure::new(GG_STATUS_NULL_POINTER, format!("`{what}` is a null pointer"))
+    }
+    fn invalid(what: &str, reason: impl std::fmt::Display) -> Self {
+        Failure::new(GG_STATUS_INVALID_ARGUMENT, format!("invalid argument `{what}`: {reason}"))
+    }
+    /// Prefixes the message with where it happened (e.g. `layers[2]`).
+    fn context(mut self, prefix: &str) -> Self {
+        self.message = format!("{prefix}: {}", self.message);
+        self
+    }
+}
+
+impl From<GhostError> for Failure {
+    fn from(e: GhostError) -> Self {
+        Failure { status: gg_status::from(&e), message: e.to_string() }
+    }
+}
+
+type FfiResult<T = ()> = Result<T, Failure>;
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+    static LAST_FORM_REASON: RefCell<CString> = RefCell::new(CString::default());
+}
+
+/// A C string of `s` (interior NULs, which no ghostgrad message contains, become spaces).
+fn c_string(s: &str) -> CString {
+    CString::new(s.replace('\0', " ")).unwrap_or_default()
+}
+
+fn set_last_error(message: &str) {
+    LAST_ERROR.with(|e| *e.borrow_mut() = c_string(message));
+}
+
+fn set_form_reason(reason: &str) {
+    LAST_FORM_REASON.with(|r| *r.borrow_mut() = c_string(reason));
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_string()
+    }
+}
+
+/// Runs the body of a fallible extern fn: resets the last error, catches panics, records the
+/// failure's message and turns it into a status.
+fn guard(body: impl FnOnce() -> FfiResult) -> gg_status {
+    set_last_error("");
+    let failure = match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => return GG_STATUS_OK,
+        Ok(Err(f)) => f,
+        Err(payload) => Failure::new(
+            GG_STATUS_PANIC,
+            format!("panic inside ghostgrad (a bug, please report it): {}", panic_message(payload.as_ref())),
+        ),
+    };
+    set_last_error(&failure.message);
+    failure.status
+}
+
+/// Runs the body of an infallible extern fn returning a pointer, with `fallback` after a panic.
+fn guard_ptr(fallback: *const c_char, body: impl FnOnce() -> *const c_char) -> *const c_char {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or(fallback)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Codes passed in by the caller (plain integers, so an invalid value is an error, not UB)
+// ---------------------------------------------------------------------------------------------
+
+/// Element type of a [`gg_tensor`] (same values as ghostgrad's `DType`). Factors: F32, BF16,
+/// F16; masks: U8 (nonzero = keep); segment offsets: I32.
+pub type gg_dtype = u32;
+pub const GG_DTYPE_F32: gg_dtype = 0;
+pub const GG_DTYPE_BF16: gg_dtype = 1;
+pub const GG_DTYPE_F16: gg_dtype = 2;
+pub const GG_DTYPE_U8: gg_dtype = 3;
+pub const GG_DTYPE_I32: gg_dtype = 4;
+
+const _: () = {
+    assert!(GG_DTYPE_F32 == DType::F32 as u32);
+    assert!(GG_DTYPE_BF16 == DType::BF16 as u32);
+    assert!(GG_DTYPE_F16 == DType::F16 as u32);
+    assert!(GG_DTYPE_U8 == DType::U8 as u32);
+    assert!(GG_DTYPE_I32 == DType::I32 as u32);
+};
+
+/// An exact algorithm for ghost dot-products (reported in [`gg_form_choice`]; also the index
+/// of the per-form cost arrays there).
+pub type gg_form = u32;
+/// `Σ_t Σ_u (a·aq)(b·bq)`: no d_in×d_out memory.
+pub const GG_FORM_GRAM: gg_form = 0;
+/// `M_v = Bq_vᵀ Aq_v`, then `Σ_t bᵀ M_v a`.
+pub const GG_FORM_DENSE_QUERY: gg_form = 1;
+/// Materialize every per-sample gradient, then dot.
+pub const GG_FORM_MATERIALIZE: gg_form = 2;
+
+const _: () = {
+    assert!(GG_FORM_GRAM == Form::Gram as u32);
+    assert!(GG_FORM_DENSE_QUERY == Form::DenseQuery as u32);
+    assert!(GG_FORM_MATERIALIZE == Form::Materialize as u32);
+};
+
+/// Which form an operation should use: `GG_FORM_REQUEST_AUTO` (the cost model's choice; 0, so
+/// a zero-initialized request is automatic) or a forced form, `GG_FORM_REQUEST_x = GG_FORM_x + 1`.
+pub type gg_form_request = u32;
+pub const GG_FORM_REQUEST_AUTO: gg_form_request = 0;
+pub const GG_FORM_REQUEST_GRAM: gg_form_request = 1;
+pub const GG_FORM_REQUEST_DENSE_QUERY: gg_form_request = 2;
+pub const GG_FORM_REQUEST_MATERIALIZE: gg_form_request = 3;
+
+/// How query rows are grouped into query samples (see [`gg_segments`]).
+pub type gg_segments_kind = u32;
+/// All `q` rows form one query sample: `V = 1`.
+pub const GG_SEGMENTS_SINGLE: gg_segments_kind = 0;
+/// Consecutive runs of `uniform_len` rows: `V = ceil(q / uniform_len)`.
+pub const GG_SEGMENTS_UNIFORM: gg_segments_kind = 1;
+/// `offsets` (i32, `V + 1` entries): sample `v` is rows `offsets[v] .. offsets[v+1]`.
+pub const GG_SEGMENTS_OFFSETS: gg_segments_kind = 2;
+
+fn dtype_from_code(what: &str, code: gg_dtype) -> FfiResult<DType> {
+    DType::from_u32(code).ok_or_else(|| {
+        Failure::new(
+            GG_STATUS_DTYPE,
+            format!("`{what}`: dtype code {code} is not a gg_dtype (F32=0, BF16=1, F16=2, U8=3, I32=4)"),
+        )
+    })
+}
+
+fn form_request_from_code(code: gg_form_request) -> FfiResult<FormRequest> {
+    Ok(match code {
+        GG_FORM_REQUEST_AUTO => FormRequest::Auto,
+        GG_FORM_REQUEST_GRAM => FormRequest::Force(Form::Gram),
+        GG_FORM_REQUEST_DENSE_QUERY => FormRequest::Force(Form::DenseQuery),
+        GG_FORM_REQUEST_MATERIALIZE => FormRequest::Force(Form::Materialize),
+        other => {
+            return Err(Failure::invalid(
+                "form",
+                format!("{other} is not a gg_form_request (AUTO=0, GRAM=1, DENSE_QUERY=2, MATERIALIZE=3)"),
+            ))
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Descriptors
+// ---------------------------------------------------------------------------------------------
+
+/// A read-only buffer: `len` elements of `dtype` at `ptr` (host memory for CPU contexts, device
+/// memory for CUDA contexts), contiguous and row-major. Optional arguments are absent when
+/// `ptr == NULL && len == 0`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct gg_tensor {
+    pub ptr: *const c_void,
+    pub len: u64,
+    pub dtype: gg_dtype,
+}
+
+/// A written buffer of `len` f32 elements (host or device memory, as for [`gg_tensor`]).
+/// Optional outputs are absent when `ptr == NULL && len == 0`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct gg_tensor_mut {
+    pub ptr: *mut c_void,
+    pub len: u64,
+}
+
+/// One linear layer `y = x Wᵀ (+ bias)`, `W` of shape `[d_out, d_in]`; `has_bias` nonzero adds
+/// the bias to the parameter (activations augmented with a constant 1).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct gg_layer_shape {
+    pub d_in: u64,
+    pub d_out: u64,
+    pub has_bias: u32,
+}
+
+/// Training-side factors: `a [n, t, d_in]`, `b [n, t, d_out]` (same float dtype), optional
+/// `mask [n, t]` u8 (a zero entry skips that token).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct gg_train {
+    pub a: gg_tensor,
+    pub b: gg_tensor,
+    pub n: u64,
+    pub t: u64,
+    pub mask: gg_tensor,
+}
+
+/// Query segmentation: `kind` is a `gg_segments_kind`; `uniform_len` is read only for
+/// `GG_SEGMENTS_UNIFORM`, `offsets` only for `GG_SEGMENTS_OFFSETS`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct gg_segments {
+    pub kind: gg_segments_kind,
+    pub uniform_len: u64,
+    pub offsets: gg_tensor,
+}
+
+/// Query-side factors: `aq [q, d_in]`, `bq [q, d_out]` (the training dtype), their grouping
+/// into `V` query samples, optional row `mask [q]` u8.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct gg_query {
+    pub aq: gg_tensor,
+    pub bq: gg_tensor,
+    pub q: u64,
+    pub segments: gg_segments,
+    pub mask: gg_tensor,
+}
+
+/// One layer of [`gg_ghost_dot_layers`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct gg_layer {
+    pub shape: gg_layer_shape,
+    pub train: gg_train,
+    pub query: gg_query,
+    pub form: gg_form_request,
+}
+
+/// The form an operation used and the cost model's estimates for every form, indexed by
+/// `gg_form` (`GG_FORM_GRAM`, `GG_FORM_DENSE_QUERY`, `GG_FORM_MATERIALIZE`). The reason in
+/// words: [`gg_last_form_reason`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct gg_form_choice {
+    pub form: gg_form,
+    /// Nonzero when the form was requested explicitly rather than chosen by the cost model.
+    pub forced: u32,
+    /// Modeled time `max(flops / flop_rate, bytes / byte_rate)` (a model, not a measurement).
+    pub est_seconds: [f64; 3],
+    pub flops: [f64; 3],
+    /// Minimum bytes moved to and from main memory.
+    pub bytes: [f64; 3],
+    /// Scratch memory beyond inputs and outputs.
+    pub extra_bytes: [f64; 3],
+    /// Nonzero when the form's scratch fits the context's workspace limit.
+    pub fits: [u32; 3],
+}
+
+impl From<&FormChoice> for gg_form_choice {
+    fn from(c: &FormChoice) -> Self {
+        let mut out = gg_form_choice {
+            form: c.form as u32,
+            forced: c.forced as u32,
+            est_seconds: [0.0; 3],
+            flops: [0.0; 3],
+            bytes: [0.0; 3],
+            extra_bytes: [0.0; 3],
+            fits: [0; 3],
+        };
+        for cost in &c.costs {
+            let i = cost.form as usize;
+            out.est_seconds[i] = cost.est_seconds;
+            out.flops[i] = cost.flops;
+            out.bytes[i] = cost.bytes;
+            out.extra_bytes[i] = cost.extra_bytes;
+            out.fits[i] = cost.fits as u32;
+        }
+        out
+    }
+}
+
+/// A ghostgrad context (opaque): where operations run. Create with `gg_context_create_*`,
+/// release with [`gg_context_destroy`].
+pub struct gg_context {
+    inner: Context,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pointer checks and conversions
+// ---------------------------------------------------------------------------------------------
+
+/// Reads a caller descriptor by value (so nothing later aliases the caller's struct).
+///
+/// # Safety
+/// `p` is NULL or points at a readable `T` (alignment is checked here).
+unsafe fn read_desc<T: Copy>(p: *const T, what: &str) -> FfiResult<T> {
+    if p.is_null() {
+        return Err(Failure::null(what));
+    }
+    if (p as usize) % std::mem::align_of::<T>() != 0 {
+        return Err(Failure::new(GG_STATUS_MISALIGNED, format!("`{what}` at {p:p} is misaligned for its type")));
+    }
+    // SAFETY: non-null and aligned (checked above); readable by the caller's contract.
+    Ok(unsafe { p.read() })
+}
+
+/// Writes an out-parameter.
+///
+/// # Safety
+/// `p` is NULL or points at writable memory for one `T` (alignment is checked here).
+unsafe fn write_out<T>(p: *mut T, what: &str, value: T) -> FfiResult {
+    check_out_param(p, what)?;
+    // SAFETY: non-null and aligned (checked); writable by the caller's contract.
+    unsafe { p.write(value) };
+    Ok(())
+}
+
+fn check_out_param<T>(p: *mut T, what: &str) -> FfiResult {
+    if p.is_null() {
+        return Err(Failure::null(what));
+    }
+    if (p as usize) % std::mem::align_of::<T>() != 0 {
+        return Err(Failure::new(GG_STATUS_MISALIGNED, format!("`{what}` at {p:p} is misaligned for its type")));
+    }
+    Ok(())
+}
+
+/// The context behind a caller handle.
+///
+/// # Safety
+/// `p` is NULL or a handle from `gg_context_create_*` not yet destroyed.
+unsafe fn context_ref<'a>(p: *const gg_context) -> FfiResult<&'a Context> {
+    if p.is_null() {
+        return Err(Failure::null("ctx"));
+    }
+    // SAFETY: a live handle (caller's contract) points at a gg_context allocated by Box.
+    Ok(unsafe { &(*p).inner })
+}
+
+/// Memory space the context's buffers live in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Space {
+    Host,
+    Device,
+}
+
+/// A checked caller buffer: non-null, aligned, with a byte size that fits the address space.
+/// No reference to the memory exists yet.
+#[derive(Debug, Clone, Copy)]
+struct RawBuf {
+    addr: usize,
+    len: u64,
+    dtype: DType,
+}
+
+/// A checked region of caller memory, kept to reject outputs overlapping other buffers.
+struct Region {
+    what: String,
+    start: usize,
+    end: usize,
+    writable: bool,
+}
+
+/// Collects the buffers of one call: checks each, then checks that no output overlaps any
+/// other buffer, before any Rust reference to caller memory is created.
+struct Buffers {
+    space: Space,
+    prefix: String,
+    regions: Vec<Region>,
+}
+
+impl Buffers {
+    fn new(ctx: &Context) -> Self {
+        let space = match ctx.backend() {
+            Backend::Gpu(_) => Space::Device,
+            Backend::CpuReference | Backend::CpuFast => Space::Host,
+        };
+        Buffers { space, prefix: String::new(), regions: Vec::new() }
+    }
+
+    fn name(&self, what: &str) -> String {
+        format!("{}{what}", self.prefix)
+    }
+
+    fn check(&mut self, what: &str, ptr: usize, len: u64, dtype: DType, writable: bool) -> FfiResult<RawBuf> {
+        let name = self.name(what);
+        if ptr == 0 {
+            let detail = if len == 0 { "" } else { " (with a nonzero length)" };
+            return Err(Failure::new(GG_STATUS_NULL_POINTER, format!("`{name}` is a null pointer{detail}")));
+        }
+        let elem = dtype.size();
+        if (ptr as u64) % elem != 0 {
+            return Err(Failure::new(
+                GG_STATUS_MISALIGNED,
+                format!("`{name}` at address {ptr:#x} is not aligned to {elem} bytes (its {dtype} element size)"),
+            ));
+        }
+        let bytes = len
+            .checked_mul(elem)
+            .filter(|&b| b <= isize::MAX as u64 && (ptr as u64).checked_add(b).is_some())
+            .ok_or_else(|| {
+                Failure::new(
+                    GG_STATUS_SHAPE_OVERFLOW,
+                    format!("shape overflow: `{name}` of {len} {dtype} elements at {ptr:#x} exceeds the address space"),
+                )
+            })?;
+        self.regions.push(Region { what: name, start: ptr, end: ptr + bytes as usize, writable });
+        Ok(RawBuf { addr: ptr, len, dtype })
+    }
+
+    fn input(&mut self, what: &str, t: &gg_tensor) -> FfiResult<RawBuf> {
+        let name = self.name(what);
+        let dtype = dtype_from_code(&name, t.dtype)?;
+        self.check(what, t.ptr as usize, t.len, dtype, false)
+    }
+
+    fn optional_input(&mut self, what: &str, t: &gg_tensor) -> FfiResult<Option<RawBuf>> {
+        if t.ptr.is_null() && t.len == 0 {
+            return Ok(None);
+        }
+        self.input(what, t).map(Some)
+    }
+
+    fn output(&mut self, what: &str, t: &gg_tensor_mut) -> FfiResult<RawBuf> {
+        self.check(what, t.ptr as usize, t.len, DType::F32, true)
+    }
+
+    fn optional_output(&mut self, what: &str, t: &gg_tensor_mut) -> FfiResult<Option<RawBuf>> {
+        if t.ptr.is_null() && t.len == 0 {
+            return Ok(None);
+        }
+        self.output(what, t).map(Some)
+    }
+
+    fn train(&mut self, t: &gg_train) -> FfiResult<RawTrain> {
+        Ok(RawTrain {
+            a: self.input("train.a", &t.a)?,
+            b: self.input("train.b", &t.b)?,
+            n: t.n,
+            t: t.t,
+            mask: self.optional_input("train.mask", &t.mask)?,
+        })
+    }
+
+    fn query(&mut self, q: &gg_query) -> FfiResult<RawQuery> {
+        let segments = match q.segments.kind {
+            GG_SEGMENTS_SINGLE => RawSegments::Single,
+            GG_SEGMENTS_UNIFORM => RawSegments::Uniform(q.segments.uniform_len),
+            GG_SEGMENTS_OFFSETS => RawSegments::Offsets(self.input("query.segments.offsets", &q.segments.offsets)?),
+            other => {
+                return Err(Failure::invalid(
+                    &self.name("query.segments.kind"),
+                    format!("{other} is not a gg_segments_kind (SINGLE=0, UNIFORM=1, OFFSETS=2)"),
+                ))
+            }
+        };
+        Ok(RawQuery {
+            aq: self.input("query.aq", &q.aq)?,
+            bq: self.input("query.bq", &q.bq)?,
+            q: q.q,
+            segments,
+            mask: self.optional_input("query.mask", &q.mask)?,
+        })
+    }
+
+    /// Rejects an output overlapping any other buffer of the call (inputs may alias each other).
+    fn check_overlaps(&self) -> FfiResult {
+        for (i, w) in self.regions.iter().enumerate().filter(|(_, r)| r.writable) {
+            for (j, o) in self.regions.iter().enumerate() {
+                if i != j && w.start < o.end && o.start < w.end {
+                    return Err(Failure::invalid(
+                        &w.what,
+                        format!(
+                            "output [{:#x}, {:#x}) overlaps `{}` [{:#x}, {:#x}); outputs must not alias other buffers",
+                            w.start, w.end, o.what, o.start, o.end
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RawBuf {
+    /// A view of the buffer in the context's memory space.
+    ///
+    /// # Safety
+    /// The caller's contract for inputs: `len` elements of `dtype` readable at `addr` for `'a`
+    /// and not written by anyone during `'a` (host), or the contract of
+    /// [`DeviceSlice::from_raw_parts`] (device). `addr` is non-null and aligned (checked).
+    unsafe fn view<'a>(self, space: Space) -> Tensor<'a> {
+        let len = self.len as usize; // fits: bytes <= isize::MAX was checked
+        match space {
+            Space::Device => {
+                // SAFETY: the caller's contract on device memory (see above).
+                Tensor::Device(unsafe { DeviceSlice::from_raw_parts(self.addr as u64, self.len, self.dtype) })
+            }
+            // SAFETY (all arms): addr is non-null, aligned to the element type, len * size bytes
+            // fit the address space (checked in Buffers::check), the memory is readable and
+            // unmodified for 'a (caller's contract); every bit pattern is a valid f32, bf16, f16,
+            // u8 or i32.
+            Space::Host => Tensor::Host(match self.dtype {
+                DType::F32 => HostSlice::F32(unsafe { std::slice::from_raw_parts(self.addr as *const f32, len) }),
+                DType::BF16 => HostSlice::BF16(unsafe { std::slice::from_raw_parts(self.addr as *const bf16, len) }),
+                DType::F16 => HostSlice::F16(unsafe { std::slice::from_raw_parts(self.addr as *const f16, len) }),
+                DType::U8 => HostSlice::U8(unsafe { std::slice::from_raw_parts(self.addr as *const u8, len) }),
+                DType::I32 => HostSlice::I32(unsafe { std::slice::from_raw_parts(self.addr as *const i32, len) }),
+            }),
+        }
+    }
+
+    /// A writable view of an f32 output.
+    ///
+    /// # Safety
+    /// The caller's contract for outputs: `len` f32 writable at `addr` for `'a`, not read or
+    /// written by anyone else during `'a`; [`Buffers::check_overlaps`] passed for this call, so
+    /// no other view of the call aliases it. `addr` is non-null and 4-byte aligned (checked).
+    unsafe fn view_mut<'a>(self, space: Space) -> TensorMut<'a> {
+        debug_assert_eq!(self.dtype, DType::F32);
+        match space {
+            // SAFETY: the caller's contract on device memory (see above).
+            Space::Device => {
+                TensorMut::Device(unsafe { DeviceSliceMut::from_raw_parts(self.addr as u64, self.len, DType::F32) })
+            }
+            // SAFETY: non-null, aligned, size checked; exclusive for 'a by the caller's contract
+            // and the overlap check.
+            Space::Host => {
+                TensorMut::Host(unsafe { std::slice::from_raw_parts_mut(self.addr as *mut f32, self.len as usize) })
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RawTrain {
+    a: RawBuf,
+    b: RawBuf,
+    n: u64,
+    t: u64,
+    mask: Option<RawBuf>,
+}
+
+impl RawTrain {
+    /// # Safety
+    /// As [`RawBuf::view`] for every buffer.
+    unsafe fn view<'a>(self, space: Space) -> TrainFactors<'a> {
+        // SAFETY: forwarded from this function's contract.
+        unsafe {
+            TrainFactors {
+                a: self.a.view(space),
+                b: self.b.view(space),
+                n: self.n,
+                t: self.t,
+                mask: self.mask.map(|m| m.view(space)),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum RawSegments {
+    Single,
+    Uniform(u64),
+    Offsets(RawBuf),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RawQuery {
+    aq: RawBuf,
+    bq: RawBuf,
+    q: u64,
+    segments: RawSegments,
+    mask: Option<RawBuf>,
+}
+
+impl RawQuery {
+    /// # Safety
+    /// As [`RawBuf::view`] for every buffer.
+    unsafe fn view<'a>(self, space: Space) -> QueryFactors<'a> {
+        // SAFETY: forwarded from this function's contract.
+        unsafe {
+            QueryFactors {
+                aq: self.aq.view(space),
+                bq: self.bq.view(space),
+                q: self.q,
+                segments: match self.segments {
+                    RawSegments::Single => Segments::Single,
+                    RawSegments::Uniform(l) => Segments::Uniform(l),
+                    RawSegments::Offsets(o) => Segments::Offsets(o.view(space)),
+                },
+                mask: self.mask.map(|m| m.view(space)),
+            }
+        }
+    }
+}
+
+fn layer_shape(s: &gg_layer_shape) -> LayerShape {
+    LayerShape { d_in: s.d_in, d_out: s.d_out, has_bias: s.has_bias != 0 }
+}
+
+/// Stores the reasons of one call for [`gg_last_form_reason`] and fills the optional
+/// `choices` out-array (`choices.len()` entries).
+///
+/// # Safety
+/// `out` is NULL or points at `choices.len()` writable `gg_form_choice`.
+unsafe fn publish_choices(choices: &[FormChoice], out: *mut gg_form_choice) -> FfiResult {
+    let reason = if choices.len() == 1 {
+        choices[0].reason.clone()
+    } else {
+        choices.iter().enumerate().map(|(i, c)| format!("layers[{i}]: {}", c.reason)).collect::<Vec<_>>().join("\n")
+    };
+    set_form_reason(&reason);
+    if out.is_null() {
+        return Ok(());
+    }
+    check_out_param(out, "choice_out")?;
+    for (i, c) in choices.iter().enumerate() {
+        // SAFETY: out is non-null, aligned (checked) and has choices.len() entries (contract).
+        unsafe { out.add(i).write(gg_form_choice::from(c)) };
+    }
+    Ok(())
+}
+
+/// Copies `s` into a caller buffer, snprintf-style: at most `cap - 1` bytes plus a NUL;
+/// `*len_out` (if not NULL) receives the full length without the NUL.
+///
+/// # Safety
+/// `buf` is NULL or `cap` writable bytes; `len_out` is NULL or a writable `size_t`.
+unsafe fn copy_to_caller(s: &[u8], buf: *mut c_char, cap: usize, len_out: *mut usize) -> FfiResult {
+    if cap > 0 {
+        if buf.is_null() {
+            return Err(Failure::new(GG_STATUS_NULL_POINTER, "`buf` is a null pointer with a nonzero capacity"));
+        }
+        let n = s.len().min(cap - 1);
+        // SAFETY: buf has cap >= n + 1 writable bytes (caller's contract); s is our own memory,
+        // distinct from the caller's buffer.
+        unsafe {
+            std::ptr::copy_nonoverlapping(s.as_ptr(), buf as *mut u8, n);
+            *buf.add(n) = 0;
+        }
+    }
+    if !len_out.is_null() {
+        // SAFETY: non-null, writable by the caller's contract; alignment checked inside.
+        unsafe { write_out(len_out, "len_out", s.len())? };
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Library information and errors
+// ---------------------------------------------------------------------------------------------
+
+/// The ghostgrad version, e.g. `"0.1.0"` (a static string).
+#[no_mangle]
+pub extern "C" fn gg_version() -> *const c_char {
+    static VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
+    guard_ptr(c"".as_ptr(), || VERSION.as_ptr() as *const c_char)
+}
+
+/// The name of a status code, e.g. `"GG_STATUS_NULL_POINTER"` (a static string;
+/// `"GG_STATUS_UNKNOWN"` for a value that is not a `gg_status`).
+#[no_mangle]
+pub extern "C" fn gg_status_name(status: i32) -> *const c_char {
+    guard_ptr(c"GG_STATUS_UNKNOWN".as_ptr(), || match gg_status::from_code(status) {
+        Some(s) => s.name().as_ptr(),
+        None => c"GG_STATUS_UNKNOWN".as_ptr(),
+    })
+}
+
+/// The message of the last failed call on this thread (empty when the last call succeeded).
+/// The string is owned by ghostgrad and valid until the next ghostgrad call on this thread.
+#[no_mangle]
+pub extern "C" fn gg_last_error_message() -> *const c_char {
+    guard_ptr(c"".as_ptr(), || LAST_ERROR.with(|e| e.borrow().as_ptr()))
+}
+
+/// Why the last form-choosing call on this thread (`gg_ghost_dot`, `gg_ghost_dot_layers`,
+/// `gg_ghost_gram`, `gg_ghost_sqnorm`, `gg_choose_form`) used its form(s): one line per layer.
+/// Empty before any such call succeeded. Owned by ghostgrad; valid until the next form-choosing
+/// call on this thread.
+#[no_mangle]
+pub extern "C" fn gg_last_form_reason() -> *const c_char {
+    guard_ptr(c"".as_ptr(), || LAST_FORM_REASON.with(|r| r.borrow().as_ptr()))
+}
+
+/// Copies [`gg_last_form_reason`] into `buf` (snprintf-style: at most `cap - 1` bytes and a
+/// NUL); `*len_out`, if not NULL, receives the full length (excluding the NUL).
+///
+/// # Safety
+/// `buf` is NULL (with `cap == 0`) or points at `cap` writable bytes; `len_out` is NULL or
+/// points at a writable `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn gg_last_form_reason_copy(buf: *mut c_char, cap: usize, len_out: *mut usize) -> gg_status {
+    guard(|| {
+        let reason = LAST_FORM_REASON.with(|r| r.borrow().as_bytes().to_vec());
+        // SAFETY: forwarded from this function's contract.
+        unsafe { copy_to_caller(&reason, buf, cap, len_out) }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contexts
+// ---------------------------------------------------------------------------------------------
+
+/// # Safety
+/// `out` is NULL or points at a writable `gg_context*`.
+unsafe fn create(out: *mut *mut gg_context, make: impl FnOnce() -> FfiResult<Context>) -> gg_status {
+    guard(|| {
+        check_out_param(out, "out")?;
+        // SAFETY: checked non-null and aligned; writable by the caller's contract. Cleared first
+        // so that a failure leaves NULL behind.
+        unsafe { out.write(std::ptr::null_mut()) };
+        let ctx = Box::new(gg_context { inner: make()? });
+        // SAFETY: as above.
+        unsafe { out.write(Box::into_raw(ctx)) };
+        Ok(())
+    })
+}
+
+/// Creates a context on the fast multi-threaded CPU backend; `*out` receives the handle (NULL on
+/// failure).
+///
+/// # Safety
+/// `out` is NULL (an error) or points at a writable `gg_context*`.
+#[no_mangle]
+pub unsafe extern "C" fn gg_context_create_cpu(out: *mut *mut gg_context) -> gg_status {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { create(out, || Ok(Context::cpu())) }
+}
+
+/// Creates a context on the float64 reference CPU backend (slow; for checking results).
+///
+/// # Safety
+/// `out` is NULL (an error) or points at a writable `gg_context*`.
+#[no_mangle]
+pub unsafe extern "C" fn gg_context_create_cpu_reference(out: *mut *mut gg_context) -> gg_status {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { create(out, || Ok(Context::cpu_reference())) }
+}
+
+/// Creates a context on CUDA device `ordinal`. `cu_stream` NULL: ghostgrad creates and owns a
+/// non-blocking stream; otherwise every operation is enqueued on the caller's `CUstream`
+/// (e.g. `torch.cuda.current_stream().cuda_stream`), which ghostgrad never synchronizes or
+/// destroys. Operations are asynchronous: results are ready once the stream has passed them.
+///
+/// Errors: `GG_STATUS_KERNELS_NOT_BUILT` (built without nvcc), `GG_STATUS_DRIVER_UNAVAILABLE`
+/// (no NVIDIA driver), `GG_STATUS_CUDA`, `GG_STATUS_STREAM_MISMATCH`.
+///
+/// # Safety
+/// `out` is NULL (an error) or points at a writable `gg_context*`. A non-NULL `cu_stream` is a
+/// valid `CUstream` of device `ordinal`'s primary context that outlives the context.
+#[no_mangle]
+pub unsafe extern "C" fn gg_context_create_cuda(
+    ordinal: i32,
+    cu_stream: *mut c_void,
+    out: *mut *mut gg_context,
+) -> gg_status {
+    let make = || {
+        let ordinal = usize::try_from(ordinal).map_err(|_| Failure::invalid("ordinal", format!("{ordinal} is negative")))?;
+        if cu_stream.is_null() {
+            Ok(Context::cuda(ordinal)?)
+        } else {
+            // SAFETY: the caller guarantees the stream is valid for the device and outlives the
+            // context (this function's contract).
+            Ok(unsafe { Context::cuda_on_stream(ordinal, cu_stream) }?)
+        }
+    };
+    // SAFETY: forwarded from this function's contract.
+    unsafe { create(out, make) }
+}
+
+/// Releases a context (NULL is ignored). Operations already enqueued on a GPU stream must have
+/// completed (synchronize the stream first) when the memory they use is freed.
+///
+/// # Safety
+/// `ctx` is NULL or a handle from `gg_context_create_*` not yet destroyed; it is not used again.
+#[no_mangle]
+pub unsafe extern "C" fn gg_context_destroy(ctx: *mut gg_context) {
+    if ctx.is_null() {
+        return;
+    }
+    // A panic while releasing GPU resources is recorded, never propagated.
+    let _ = guard(|| {
+        // SAFETY: a live handle allocated by Box::into_raw in `create`, destroyed once
+        // (caller's contract).
+        drop(unsafe { Box::from_raw(ctx) });
+        Ok(())
+    });
+}
+
+/// Copies a description of the context's backend (e.g. `"cpu (8 threads)"`, the GPU's name)
+/// into `buf`, snprintf-style (at most `cap - 1` bytes and a NUL); `*len_out`, if not NULL,
+/// receives the full length (excluding the NUL). `buf` may be NULL with `cap == 0` to query the
+/// length.
+///
+/// # Safety
+/// `ctx` is NULL (an error) or a live handle; `buf` is NULL or points at `cap` writable bytes;
+/// `len_out` is NULL or points at a writable `size_t`.
+#[no_mangle]
+pub unsafe extern "C" fn gg_context_describe(
+    ctx: *const gg_context,
+    buf: *mut c_char,
+    cap: usize,
+    len_out: *mut usize,
+) -> gg_status {
+    guard(|| {
+        // SAFETY: forwarded from this function's contract.
+        let ctx = unsafe { context_ref(ctx) }?;
+        let text = ctx.describe();
+        // SAFETY: forwarded from this function's contract.
+        unsafe { copy_to_caller(text.as_bytes(), buf, cap, len_out) }
+    })
+}
+
+/// Caps the scratch memory that a form chosen automatically may use (default 4 GiB).
+///
+/// # Safety
+/// `ctx` is NULL (an error) or a live handle not used concurrently by another thread.
+#[no_mangle]
+pub unsafe extern "C" fn gg_context_set_max_workspace_bytes(ctx: *mut gg_context, bytes: u64) -> gg_status {
+    guard(|| {
+        if ctx.is_null() {
+            return Err(Failure::null("ctx"));
+        }
+        // SAFETY: a live handle, used by this thread only (caller's contract).
+        unsafe { (*ctx).inner.set_max_workspace_bytes(bytes) };
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations
+// ---------------------------------------------------------------------------------------------
+
+/// Ghost dot-products of one layer (MATH.md §1):
+/// `out[n, v] = beta·out[n, v] + scale·<G_n, Gq_v>`, `out` f32 `[N, V]`, with
+/// `G_n = Σ_t b_{n,t} a_{n,t}ᵀ` and `Gq_v = Σ_{u∈v} bq_u aq_uᵀ`. `form` is a `gg_form_request`.
+/// `choice_out` (may be NULL) receives the form used and its costs; the reason in words is
+/// [`gg_last_form_reason`].
+///
+/// # Safety
+/// `ctx` is NULL or a live handle. `train` and `query` are NULL (an error) or readable
+/// descriptors. Every buffer they describe is NULL or holds `len` elements of its dtype in the
+/// context's memory space, readable during the call (until the stream passes the operation on a
+/// GPU). `out` holds `out.len` writable f32 that nothing else reads or writes meanwhile.
+/// `choice_out` is NULL or points at a writable `gg_form_choice`.
+#[no_mangle]
+pub unsafe extern "C" fn gg_ghost_dot(
+    ctx: *const gg_context,
+    shape: gg_layer_shape,
+    train: *const gg_train,
+    query: *const gg_query,
+    out: gg_tensor_mut,
+    scale: f32,
+    beta: f32,
+    form: gg_form_request,
+    choice_out: *mut gg_form_choice,
+) -> gg_status {
+    guard(|| {
+        // SAFETY: forwarded from this function's contract.
+        let (ctx, train, query) = unsafe { (context_ref(ctx)?, read_desc(train, "train")?, read_desc(query, "query")?) };
+        let form = form_request_from_code(form)?;
+        let mut bufs = Buffers::new(ctx);
+        let raw_train = bufs.train(&train)?;
+        let raw_query = bufs.query(&query)?;
+        let raw_out = bufs.output("out", &out)?;
+        bufs.check_overlaps()?;
+        let space = bufs.space;
+        // SAFETY: buffers checked (non-null, aligned, sized, no output aliasing) and valid for
+        // the call by this function's contract.
+        let (train, query, mut out) = unsafe { (raw_train.view(space), raw_query.view(space), raw_out.view_mut(space)) };
+        set_form_reason("");
+        let choice = ctx.ghost_dot(&layer_shape(&shape), &train, &query, &mut out, Accumulate { scale, beta }, form)?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { publish_choices(std::slice::from_ref(&choice), choice_out) }
+    })
+}
+
+/// Ghost dot-products summed over `n_layers` layers (same `N` and `V`; any shapes and dtypes):
+/// `out[n, v] = beta·out[n, v] + scale·Σ_l <G^l_n, Gq^l_v>`, `out` f32 `[N, V]`.
+/// `choices_out` (may be NULL) receives one `gg_form_choice` per layer; the reasons are the
+/// lines of [`gg_last_form_reason`]. Errors name the layer (`layers[i]`).
+///
+/// # Safety
+/// As [`gg_ghost_dot`], for every layer; `layers` is NULL (an error) or points at `n_layers`
+/// readable `gg_layer`; `choices_out` is NULL or points at `n_layers` writable `gg_form_choice`.
+#[no_mangle]
+pub unsafe extern "C" fn gg_ghost_dot_layers(
+    ctx: *const gg_context,
+    layers: *const gg_layer,
+    n_layers: usize,
+    out: gg_tensor_mut,
+    scale: f32,
+    beta: f32,
+    choices_out: *mut gg_form_choice,
+) -> gg_status {
+    guard(|| {
+        // SAFETY: forwarded from this function's contract.
+        let ctx = unsafe { context_ref(ctx) }?;
+        if layers.is_null() {
+            return Err(Failure::null("layers"));
+        }
+        if (layers as usize) % std::mem::align_of::<gg_layer>() != 0 {
+            return Err(Failure::new(GG_STATUS_MISALIGNED, "`layers` is misaligned for gg_layer"));
+        }
+        if n_layers == 0 {
+            return Err(GhostError::ZeroSize { what: "n_layers" }.into());
+        }
+        // SAFETY: non-null, aligned, n_layers readable descriptors (caller's contract); copied
+        // out at once.
+        let descs: Vec<gg_layer> = unsafe { std::slice::from_raw_parts(layers, n_layers) }.to_vec();
+        let mut bufs = Buffers::new(ctx);
+        let mut raw = Vec::with_capacity(n_layers);
+        for (i, l) in descs.iter().enumerate() {
+            bufs.prefix = format!("layers[{i}].");
+            let parsed = (|| {
+                Ok::<_, Failure>((bufs.train(&l.train)?, bufs.query(&l.query)?, form_request_from_code(l.form)?))
+            })()
+            .map_err(|f| if f.message.contains("layers[") { f } else { f.context(&format!("layers[{i}]")) })?;
+            raw.push(parsed);
+        }
+        bufs.prefix.clear();
+        let raw_out = bufs.output("out", &out)?;
+        bufs.check_overlaps()?;
+        let space = bufs.space;
+        let mut gl = Vec::with_capacity(n_layers);
+        for (i, (l, (rt, rq, form))) in descs.iter().zip(&raw).enumerate() {
+            // SAFETY: checked buffers, valid for the call by this function's contract.
+            let (train, query) = unsafe { (rt.view(space), rq.view(space)) };
+            let shape = layer_shape(&l.shape);
+            // Validates this layer alone so that an error names it.
+            ctx.choose_form(&shape, &train, &query, *form).map_err(|e| Failure::from(e).context(&format!("layers[{i}]")))?;
+            gl.push(GhostDotLayer { shape, train, query, form: *form });
+        }
+        // SAFETY: checked output, no aliasing (check_overlaps), exclusive by the contract.
+        let mut out = unsafe { raw_out.view_mut(space) };
+        set_form_reason("");
+        let choices = ctx.ghost_dot_layers(&gl, &mut out, Accumulate { scale, beta })?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { publish_choices(&choices, choices_out) }
+    })
+}
+
+/// Dense-query ghost dot-product with a caller-given `m` (f32 `[d_out, d_in]`) and, iff the
+/// layer has a bias, `m_bias` (f32 `[d_out]`; otherwise absent):
+/// `out[n] = beta·out[n] + scale·Σ_t (b_{n,t}ᵀ M a_{n,t} + b_{n,t}·m_bias)`, `out` f32 `[N]`.
+///
+/// # Safety
+/// As [`gg_ghost_dot`] for `ctx`, `train`, `m`, `m_bias` and `out`.
+#[no_mangle]
+pub unsafe extern "C" fn gg_ghost_dot_dense(
+    ctx: *const gg_context,
+    shape: gg_layer_shape,
+    train: *const gg_train,
+    m: gg_tensor,
+    m_bias: gg_tensor,
+    out: gg_tensor_mut,
+    scale: f32,
+    beta: f32,
+) -> gg_status {
+    guard(|| {
+        // SAFETY: forwarded from this function's contract.
+        let (ctx, train) = unsafe { (context_ref(ctx)?, read_desc(train, "train")?) };
+        let mut bufs = Buffers::new(ctx);
+        let raw_train = bufs.train(&train)?;
+        let raw_m = bufs.input("m", &m)?;
+        let raw_mb = bufs.optional_input("m_bias", &m_bias)?;
+        let raw_out = bufs.output("out", &out)?;
+        bufs.check_overlaps()?;
+        let space = bufs.space;
+        // SAFETY: checked buffers, no output aliasing, valid for the call (contract).
+        let (train, m, mb, mut out) = unsafe {
+            (raw_train.view(space), raw_m.view(space), raw_mb.map(|b| b.view(space)), raw_out.view_mut(space))
+        };
+        Ok(ctx.ghost_dot_dense(&layer_shape(&shape), &train, &m, mb.as_ref(), &mut out, Accumulate { scale, beta })?)
+    })
+}
+
+/// Factored weight gradient of every query sample:
+/// `out[v] = beta·out[v] + scale·Σ_{u∈v} w_u bq_u aq_uᵀ`, `out` f32 `[V, d_out, d_in]`; iff the
+/// layer has a bias, `out_bias` f32 `[V, d_out]` receives `Σ_{u∈v} w_u bq_u` (otherwise absent).
+/// `row_weights` f32 `[q]` is optional (1 when absent).
+///
+/// # Safety
+/// As [`gg_ghost_dot`] for `ctx`, `query`, `row_weights`, `out` and `out_bias`.
+#[no_mangle]
+pub unsafe extern "C" fn gg_factored_grad(
+    ctx: *const gg_context,
+    shape: gg_layer_shape,
+    query: *const gg_query,
+    row_weights: gg_tensor,
+    out: gg_tensor_mut,
+    out_bias: gg_tensor_mut,
+    scale: f32,
+    beta: f32,
+) -> gg_status {
+    guard(|| {
+        // SAFETY: forwarded from this function's contract.
+        let (ctx, query) = unsafe { (context_ref(ctx)?, read_desc(query, "query")?) };
+        let mut bufs = Buffers::new(ctx);
+        let raw_query = bufs.query(&query)?;
+        let raw_w = bufs.optional_input("row_weights", &row_weights)?;
+        let raw_out = bufs.output("out", &out)?;
+        let raw_ob = bufs.optional_output("out_bias", &out_bias)?;
+        bufs.check_overlaps()?;
+        let space = bufs.space;
+        // SAFETY: checked buffers, no output aliasing, valid for the call (contract).
+        let (query, w, mut out, mut ob) = unsafe {
+            (
+                raw_query.view(space),
+                raw_w.map(|b| b.view(space)),
+                raw_out.view_mut(space),
+                raw_ob.map(|b| b.view_mut(space)),
+            )
+        };
+        Ok(ctx.factored_grad(&layer_shape(&shape), &query, w.as_ref(), &mut out, ob.as_mut(), Accumulate { scale, beta })?)
+    })
+}
+
+/// Which entry point of the train-only family.
+#[derive(Clone, Copy)]
+enum TrainOnly {
+    Gram,
+    SqNorm,
+}
+
+/// # Safety
+/// As [`gg_ghost_gram`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn train_only(
+    op: TrainOnly,
+    ctx: *const gg_context,
+    shape: gg_layer_shape,
+    train: *const gg_train,
+    out: gg_tensor_mut,
+    scale: f32,
+    beta: f32,
+    form: gg_form_request,
+    choice_out: *mut gg_form_choice,
+) -> gg_status {
+    guard(|| {
+        // SAFETY: forwarded from this function's contract.
+        let (ctx, train) = unsafe { (context_ref(ctx)?, read_desc(train, "train")?) };
+        let form = form_request_from_code(form)?;
+        let mut bufs = Buffers::new(ctx);
+        let raw_train = bufs.train(&train)?;
+        let raw_out = bufs.output("out", &out)?;
+        bufs.check_overlaps()?;
+        let space = bufs.space;
+        // SAFETY: checked buffers, no output aliasing, valid for the call (contract).
+        let (train, mut out) = unsafe { (raw_train.view(space), raw_out.view_mut(space)) };
+        let (shape, acc) = (layer_shape(&shape), Accumulate { scale, beta });
+        set_form_reason("");
+        let choice = match op {
+            TrainOnly::Gram => ctx.ghost_gram(&shape, &train, &mut out, acc, form)?,
+            TrainOnly::SqNorm => ctx.ghost_sqnorm(&shape, &train, &mut out, acc, form)?,
+        };
+        // SAFETY: forwarded from this function's contract.
+        unsafe { publish_choices(std::slice::from_ref(&choice), choice_out) }
+    })
+}
+
+/// Pairwise train×train Gram matrix `K[n, m] = beta·K[n, m] + scale·<G_n, G_m>`, `out` f32
+/// `[N, N]`. `form`: AUTO, GRAM or MATERIALIZE (dense-query does not apply).
+///
+/// # Safety
+/// As [`gg_ghost_dot`] for `ctx`, `train`, `out` and `choice_out`.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn gg_ghost_gram(
+    ctx: *const gg_context,
+    shape: gg_layer_shape,
+    train: *const gg_train,
+    out: gg_tensor_mut,
+    scale: f32,
+    beta: f32,
+    form: gg_form_request,
+    choice_out: *mut gg_form_choice,
+) -> gg_status {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { train_only(TrainOnly::Gram, ctx, shape, train, out, scale, beta, form, choice_out) }
+}
+
+/// Per-sample squared gradient norms `out[n] = beta·out[n] + scale·‖G_n‖²`, `out` f32 `[N]`
+/// (the diagonal of [`gg_ghost_gram`]; ghost clipping in DP-SGD).
+///
+/// # Safety
+/// As [`gg_ghost_dot`] for `ctx`, `train`, `out` and `choice_out`.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn gg_ghost_sqnorm(
+    ctx: *const gg_context,
+    shape: gg_layer_shape,
+    train: *const gg_train,
+    out: gg_tensor_mut,
+    scale: f32,
+    beta: f32,
+    form: gg_form_request,
+    choice_out: *mut gg_form_choice,
+) -> gg_status {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { train_only(TrainOnly::SqNorm, ctx, shape, train, out, scale, beta, form, choice_out) }
+}
+
+/// Which form [`gg_ghost_dot`] would use for these arguments, and why; validates everything but
+/// runs nothing. `choice_out` is required; the reason is [`gg_last_form_reason`].
+///
+/// # Safety
+/// As [`gg_ghost_dot`] for `ctx`, `train` and `query` (the buffers are not read);
+/// `choice_out` is NULL (an error) or points at a writable `gg_form_choice`.
+#[no_mangle]
+pub unsafe extern "C" fn gg_choose_form(
+    ctx: *const gg_context,
+    shape: gg_layer_shape,
+    train: *const gg_train,
+    query: *const gg_query,
+    form: gg_form_request,
+    choice_out: *mut gg_form_choice,
+) -> gg_status {
+    guard(|| {
+        // SAFETY: forwarded from this function's contract.
+        let (ctx, train, query) = unsafe { (context_ref(ctx)?, read_desc(train, "train")?, read_desc(query, "query")?) };
+        check_out_param(choice_out, "choice_out")?;
+        let form = form_request_from_code(form)?;
+        let mut bufs = Buffers::new(ctx);
+        let raw_train = bufs.train(&train)?;
+        let raw_query = bufs.query(&query)?;
+        let space = bufs.space;
+        // SAFETY: checked buffers, valid for the call (contract); nothing is written.
+        let (train, query) = unsafe { (raw_train.view(space), raw_query.view(space)) };
+        set_form_reason("");
+        let choice = ctx.choose_form(&layer_shape(&shape), &train, &query, form)?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe { publish_choices(std::slice::from_ref(&choice), choice_out) }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_has_a_distinct_name_and_round_trips() {
+        for s in ALL_STATUSES {
+            assert_eq!(gg_status::from_code(s as i32), Some(s));
+            assert!(s.name().to_str().unwrap().starts_with("GG_STATUS_"));
+        }
+        assert_eq!(gg_status::from_code(ALL_STATUSES.len() as i32), None);
+    }
+
+    #[test]
+    fn a_panic_becomes_a_status_with_its_message() {
+        let st = guard(|| panic!("boom in a test"));
+        assert_eq!(st, GG_STATUS_PANIC);
+        let msg = unsafe { CStr::from_ptr(gg_last_error_message()) }.to_str().unwrap().to_string();
+        assert!(msg.contains("boom in a test"), "{msg}");
+        assert_eq!(guard(|| Ok(())), GG_STATUS_OK);
+        assert_eq!(unsafe { CStr::from_ptr(gg_last_error_message()) }.to_bytes(), b"");
+    }
+}

@@ -372,8 +372,7 @@ fn check_gram_and_norms(c: &Case, form: FormRequest) {
     let mut out_d = rt.upload(&old_d, DType::F32).unwrap();
     ctx.ghost_gram(&shape, &dt.factors(), &mut out.view_mut().into(), acc, form)
         .unwrap_or_else(|e| panic!("interp ghost_gram {form:?} {c:?}: {e}"));
-    let norm_form = if form == FormRequest::Force(Form::Materialize) { FormRequest::Force(Form::Gram) } else { form };
-    ctx.ghost_sqnorm(&shape, &dt.factors(), &mut out_d.view_mut().into(), acc, norm_form)
+    ctx.ghost_sqnorm(&shape, &dt.factors(), &mut out_d.view_mut().into(), acc, form)
         .unwrap_or_else(|e| panic!("interp ghost_sqnorm {c:?}: {e}"));
     let (got, got_d) = (read_out(&rt, &out), read_out(&rt, &out_d));
     let apply = |x: &[f64], old: &[f32]| -> Vec<f32> {

@@ -10,7 +10,7 @@
 use super::cost::Form;
 use super::validate_ops::{QueryDims, SegKind, TrainDims};
 use crate::dtype::DType;
-use crate::error::{GhostError, Result};
+use crate::error::Result;
 use crate::ghost_dot::Accumulate;
 use crate::runtime::{KernelArg, KernelRuntime, LaunchPlan};
 
@@ -203,8 +203,9 @@ pub(crate) fn factored_grad_plan(
     })
 }
 
-/// `rows_dot_f32` plan: partial[s][n·V + v] = Σ_{k∈chunk s} X[n,k]·Y[v,k].
-pub(crate) fn rows_dot_plan(x: u64, y: u64, partial: u64, n: u64, v: u64, dim: u64) -> Result<(LaunchPlan, u64)> {
+/// `rows_dot_f32` plan: partial[s][n·V + v] = Σ_{k∈chunk s} X[n,k]·Y[v,k]; with `diag`
+/// (and `v = 1`), partial[s][n] = Σ_k X[n,k]·Y[n,k].
+pub(crate) fn rows_dot_plan(x: u64, y: u64, partial: u64, n: u64, v: u64, dim: u64, diag: bool) -> Result<(LaunchPlan, u64)> {
     let nv = crate::validate::mul("n*V", n, v)?;
     let want = TARGET_CTAS.div_ceil(nv.max(1)).max(1);
     let s = want.min(dim.div_ceil(1024)).max(1);
@@ -223,6 +224,7 @@ pub(crate) fn rows_dot_plan(x: u64, y: u64, partial: u64, n: u64, v: u64, dim: u
             KernelArg::U32(u32_of("V", v)?),
             KernelArg::U64(dim),
             KernelArg::U64(chunk),
+            KernelArg::U32(diag as u32),
         ],
     };
     Ok((plan, s))
@@ -283,8 +285,8 @@ pub(crate) fn ghost_dot_plans(
             Form::DenseQuery => dense_plan(&l.dims, &l.ptrs, 0, 0, v, 0)?.1,
             Form::Materialize => {
                 let dd = crate::validate::mul("d_out*d_in", l.dims.d_out, l.dims.d_in)?;
-                let s1 = rows_dot_plan(0, 0, 0, n, v, dd)?.1;
-                let s2 = if l.dims.has_bias { rows_dot_plan(0, 0, 0, n, v, l.dims.d_out)?.1 } else { 0 };
+                let s1 = rows_dot_plan(0, 0, 0, n, v, dd, l.self_only)?.1;
+                let s2 = if l.dims.has_bias { rows_dot_plan(0, 0, 0, n, v, l.dims.d_out, l.self_only)?.1 } else { 0 };
                 s1 + s2
             }
         };
@@ -332,12 +334,6 @@ pub(crate) fn ghost_dot_plans(
                 plans.push(dense_plan(d, &l.ptrs, m, mb, v, part)?.0);
             }
             Form::Materialize => {
-                if l.self_only {
-                    return Err(GhostError::InvalidArgument {
-                        what: "form",
-                        reason: "the materialize form of ghost_sqnorm is not available on the GPU backend; use gram".into(),
-                    });
-                }
                 let mut c = Carve { bytes: scratch_base };
                 let dd = crate::validate::mul("d_out*d_in", d.d_out, d.d_in)?;
                 let g = ws + c.take(crate::validate::product("materialized G", &[n, dd, 4])?)?;
@@ -360,7 +356,7 @@ pub(crate) fn ghost_dot_plans(
                     d.has_bias,
                     Accumulate::overwrite(),
                 )?);
-                let (gq, gqb) = if l.pairwise {
+                let (gq, gqb) = if l.pairwise || l.self_only {
                     (g, gb)
                 } else {
                     let gq = ws + c.take(crate::validate::product("materialized Gq", &[v, dd, 4])?)?;
@@ -387,10 +383,10 @@ pub(crate) fn ghost_dot_plans(
                     (gq, gqb)
                 };
                 scratch_max = scratch_max.max(c.bytes - scratch_base);
-                let (p1, s1) = rows_dot_plan(g, gq, part, n, v, dd)?;
+                let (p1, s1) = rows_dot_plan(g, gq, part, n, v, dd, l.self_only)?;
                 plans.push(p1);
                 if d.has_bias {
-                    plans.push(rows_dot_plan(gb, gqb, part + s1 * nv * 4, n, v, d.d_out)?.0);
+                    plans.push(rows_dot_plan(gb, gqb, part + s1 * nv * 4, n, v, d.d_out, l.self_only)?.0);
                 }
             }
         }
