@@ -32,8 +32,8 @@ pub enum Backend {
 /// Where operations run, plus the cost-model settings.
 #[derive(Clone)]
 pub struct Context {
-    backend: Backend,
-    rates: MachineRates,
+    pub(crate) backend: Backend,
+    pub(crate) rates: MachineRates,
 }
 
 impl std::fmt::Debug for Context {
@@ -42,14 +42,14 @@ impl std::fmt::Debug for Context {
     }
 }
 
-fn host_f32<'a>(what: &'static str, t: &Tensor<'a>) -> Result<&'a [f32]> {
+pub(crate) fn host_f32<'a>(what: &'static str, t: &Tensor<'a>) -> Result<&'a [f32]> {
     match t.host(what)? {
         HostSlice::F32(s) => Ok(s),
         other => Err(GhostError::UnsupportedDtype { what, dtype: other.dtype(), op: "cpu backend" }),
     }
 }
 
-fn host_u8<'a>(what: &'static str, t: Option<&Tensor<'a>>) -> Result<Option<&'a [u8]>> {
+pub(crate) fn host_u8<'a>(what: &'static str, t: Option<&Tensor<'a>>) -> Result<Option<&'a [u8]>> {
     t.map(|t| match t.host(what)? {
         HostSlice::U8(s) => Ok(s),
         other => Err(GhostError::UnsupportedDtype { what, dtype: other.dtype(), op: "cpu backend" }),
@@ -57,7 +57,7 @@ fn host_u8<'a>(what: &'static str, t: Option<&Tensor<'a>>) -> Result<Option<&'a 
     .transpose()
 }
 
-fn dev_ptr(t: Option<&Tensor<'_>>, what: &'static str) -> Result<u64> {
+pub(crate) fn dev_ptr(t: Option<&Tensor<'_>>, what: &'static str) -> Result<u64> {
     Ok(match t {
         Some(t) => t.device(what)?.ptr(),
         None => 0,
@@ -114,14 +114,14 @@ impl Context {
         self.rates.max_extra_bytes = bytes as f64;
     }
 
-    fn space(&self) -> Space {
+    pub(crate) fn space(&self) -> Space {
         match self.backend {
             Backend::Gpu(_) => Space::Device,
             _ => Space::Host,
         }
     }
 
-    fn check_device_ptrs(&self, ptrs: &[(&'static str, Option<&Tensor<'_>>)]) -> Result<()> {
+    pub(crate) fn check_device_ptrs(&self, ptrs: &[(&'static str, Option<&Tensor<'_>>)]) -> Result<()> {
         if let Backend::Gpu(rt) = &self.backend {
             for (what, t) in ptrs {
                 if let Some(Tensor::Device(d)) = t {
@@ -132,7 +132,7 @@ impl Context {
         Ok(())
     }
 
-    fn check_out_ptr(&self, what: &'static str, out: &TensorMut<'_>) -> Result<()> {
+    pub(crate) fn check_out_ptr(&self, what: &'static str, out: &TensorMut<'_>) -> Result<()> {
         if let (Backend::Gpu(rt), TensorMut::Device(d)) = (&self.backend, out) {
             rt.check_pointer(what, d.ptr(), d.len() * 4)?;
         }
@@ -558,7 +558,7 @@ impl Context {
     }
 }
 
-fn cpu_train<'a>(shape: LayerShape, t: &TrainFactors<'a>, d: &TrainDims) -> Result<reference::Train<'a>> {
+pub(crate) fn cpu_train<'a>(shape: LayerShape, t: &TrainFactors<'a>, d: &TrainDims) -> Result<reference::Train<'a>> {
     Ok(reference::Train {
         a: t.a.host("a")?,
         b: t.b.host("b")?,
@@ -571,7 +571,7 @@ fn cpu_train<'a>(shape: LayerShape, t: &TrainFactors<'a>, d: &TrainDims) -> Resu
     })
 }
 
-fn cpu_query<'a>(qf: &QueryFactors<'a>, q: &QueryDims) -> Result<reference::Query<'a>> {
+pub(crate) fn cpu_query<'a>(qf: &QueryFactors<'a>, q: &QueryDims) -> Result<reference::Query<'a>> {
     Ok(reference::Query {
         aq: qf.aq.host("aq")?,
         bq: qf.bq.host("bq")?,
