@@ -194,8 +194,14 @@ fn compile_one(
     cmd.arg(src).arg("-o").arg(&fatbin);
     let stderr = run(&mut cmd)?;
     let mut report = String::new();
-    for line in stderr.lines().filter(|l| l.starts_with("ptxas info")) {
-        let _ = writeln!(report, "{stem}: {}", line.trim_start_matches("ptxas info    : "));
+    // "ptxas info" lines, and the indented continuation after "Function properties" that
+    // carries the stack frame and spill counts.
+    for line in stderr.lines() {
+        if let Some(rest) = line.strip_prefix("ptxas info    : ") {
+            let _ = writeln!(report, "{stem}: {rest}");
+        } else if line.starts_with("    ") && line.contains("spill") {
+            let _ = writeln!(report, "{stem}: {}", line.trim());
+        }
     }
     Ok((stem, report))
 }
