@@ -402,6 +402,7 @@ pub(crate) fn run_with_workspace(
 ) -> Result<()> {
     // Sizes do not depend on the base: build once to size the workspace, then for real.
     let (_, bytes) = build(0)?;
+    let _serialized = rt.op_lock()?;
     let ws = if bytes > 0 { rt.workspace(bytes)? } else { 0 };
     let (plans, _) = build(ws)?;
     for p in &plans {

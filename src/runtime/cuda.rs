@@ -47,6 +47,7 @@ pub struct CudaRuntime {
     functions: HashMap<String, sys::CUfunction>,
     modules: Vec<sys::CUmodule>,
     workspace: Mutex<Option<Workspace>>,
+    op: Mutex<()>,
 }
 
 // SAFETY: CUDA handles may be used from any thread once the context is bound, which every
@@ -107,7 +108,7 @@ impl CudaRuntime {
                 functions.insert(name, f);
             }
         }
-        Ok(CudaRuntime { ctx, stream, owns_stream, functions, modules, workspace: Mutex::new(None) })
+        Ok(CudaRuntime { ctx, stream, owns_stream, functions, modules, workspace: Mutex::new(None), op: Mutex::new(()) })
     }
 
     /// The raw stream this runtime launches on.
@@ -184,6 +185,10 @@ impl KernelRuntime for CudaRuntime {
         let ptr = unsafe { result::malloc_async(self.stream, grow as usize) }.map_err(driver_err("cuMemAllocAsync"))?;
         *ws = Some(Workspace { ptr, bytes: grow });
         Ok(ptr)
+    }
+
+    fn op_lock(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
+        self.op.lock().map_err(|_| GhostError::Internal("operation lock poisoned".into()))
     }
 
     fn check_pointer(&self, what: &'static str, ptr: u64, _bytes: u64) -> Result<()> {

@@ -35,6 +35,7 @@ struct State {
 /// A [`KernelRuntime`] that runs kernels in the PTX interpreter.
 pub struct InterpRuntime {
     state: Mutex<State>,
+    op: Mutex<()>,
 }
 
 fn interp_err(e: impl std::fmt::Display) -> GhostError {
@@ -88,6 +89,7 @@ impl InterpRuntime {
                 allocations: HashMap::new(),
                 records: Vec::new(),
             }),
+            op: Mutex::new(()),
         })
     }
 
@@ -206,6 +208,10 @@ impl KernelRuntime for InterpRuntime {
         let p = Self::alloc_bytes(st, bytes)?;
         st.workspace = Some((p, bytes));
         Ok(p)
+    }
+
+    fn op_lock(&self) -> Result<std::sync::MutexGuard<'_, ()>> {
+        self.op.lock().map_err(|_| GhostError::Internal("operation lock poisoned".into()))
     }
 
     fn check_pointer(&self, what: &'static str, ptr: u64, bytes: u64) -> Result<()> {

@@ -56,4 +56,8 @@ pub trait KernelRuntime: Send + Sync {
     fn workspace(&self, bytes: u64) -> Result<u64>;
     /// Checks that a caller pointer can be used by this runtime (right device, known memory).
     fn check_pointer(&self, what: &'static str, ptr: u64, bytes: u64) -> Result<()>;
+    /// Held by an operation from [`workspace`](Self::workspace) until its last launch is
+    /// enqueued, so operations from several threads sharing one runtime never interleave their
+    /// use of the workspace on the stream.
+    fn op_lock(&self) -> Result<std::sync::MutexGuard<'_, ()>>;
 }
