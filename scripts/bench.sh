@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs the CPU benchmarks (benches/ghost_dot.rs, criterion, quick settings: 10 samples, short
+# measurement) and regenerates BENCHMARKS.md from that run: criterion's estimates.json plus the
+# peak-memory numbers the bench measures itself. Takes a few minutes on a 2-core machine.
+# Env: GHOSTGRAD_BENCH_N (default 8), GHOSTGRAD_BENCH_T (default 32,128,512),
+# GHOSTGRAD_BENCH_MEASURE_S (criterion measurement seconds per benchmark, default 1).
+# Extra arguments go to criterion (e.g. a filter; the report then has gaps).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target-bench}"
+export GHOSTGRAD_BENCH_MEASURE_S="${GHOSTGRAD_BENCH_MEASURE_S:-1}"
+export GHOSTGRAD_BENCH_REPORT="$root/BENCHMARKS.md"
+export GHOSTGRAD_BENCH_DATE="$(date -u '+%Y-%m-%d %H:%M UTC')"
+cmd=(cargo bench --no-default-features --bench ghost_dot -- "$@")
+export GHOSTGRAD_BENCH_CMD="bash scripts/bench.sh  (runs: CARGO_TARGET_DIR=target-bench GHOSTGRAD_BENCH_MEASURE_S=$GHOSTGRAD_BENCH_MEASURE_S ${cmd[*]})"
+# Fresh criterion results only: stale estimates of an earlier run must not reach the report.
+rm -rf "$CARGO_TARGET_DIR/criterion"
+"${cmd[@]}"
+echo "bench.sh: wrote $GHOSTGRAD_BENCH_REPORT"
+
+# Modeled GPU metrics: every kernel at benchmark shapes on the PTX interpreter (sampled CTAs),
+# spliced into the report's "Modeled GPU metrics" section.
+cargo bench --bench gpu_model
+python3 - "$GHOSTGRAD_BENCH_REPORT" "$root/target/gpu_model.md" <<'PY'
+import sys
+report, model = sys.argv[1], sys.argv[2]
+heading = "## Modeled GPU metrics (PTX interpreter)"
+text = open(report).read()
+head = text.split(heading)[0].rstrip() + "\n\n"
+body = open(model).read().strip() + "\n"
+cmd = "Command: `bash scripts/bench.sh` (runs `cargo bench --bench gpu_model`, which writes `target/gpu_model.md`).\n\n"
+open(report, "w").write(head + heading + "\n\n" + cmd + body)
+PY
+echo "bench.sh: spliced the modeled GPU metrics into $GHOSTGRAD_BENCH_REPORT"
