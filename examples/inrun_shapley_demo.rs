@@ -7,7 +7,7 @@
 //! = helpful); the reported value is −φ (loss reduction), so lowest value = most suspicious.
 //!
 //! Usage: cargo run --release --example inrun_shapley_demo -- [--seed N] [--epochs E]
-//!        [--lr LR] [--plot PATH]
+//!        [--lr LR] [--batch B] [--val M] [--plot PATH]  (defaults: 20 epochs, lr 1.0, batch 32, M 600)
 //! Runs on `Context::cpu()` (the CUDA branch needs device buffers and is not part of this demo;
 //! see the report).
 
@@ -71,9 +71,9 @@ fn auc(score: &[f64], positive: &[bool]) -> f64 {
 fn main() -> ghostgrad::Result<()> {
     let seed: u64 = arg("--seed", 0);
     let epochs: usize = arg("--epochs", 20);
-    let lr: f64 = arg("--lr", 0.5);
+    let lr: f64 = arg("--lr", 1.0);
     let batch: usize = arg("--batch", 32);
-    let n_val: usize = arg("--val", 300);
+    let n_val: usize = arg("--val", 600);
     let plot: String = arg("--plot", "target/inrun_values.svg".to_string());
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
 
