@@ -243,11 +243,15 @@ impl<'a> From<DeviceSlice<'a>> for Tensor<'a> {
     }
 }
 
-/// An operation output (always f32): host memory or device memory.
+/// An operation output: host memory or device memory. Every operation writes f32 except
+/// [`accumulate_values`](crate::Context::accumulate_values), whose float64 accumulator is a
+/// [`TensorMut::HostF64`] or a device slice of dtype [`DType::F64`].
 #[derive(Debug)]
 pub enum TensorMut<'a> {
     Host(&'a mut [f32]),
     Device(DeviceSliceMut<'a>),
+    /// Host float64 (the value accumulator).
+    HostF64(&'a mut [f64]),
 }
 
 impl TensorMut<'_> {
@@ -255,6 +259,7 @@ impl TensorMut<'_> {
         match self {
             TensorMut::Host(h) => h.len() as u64,
             TensorMut::Device(d) => d.len(),
+            TensorMut::HostF64(h) => h.len() as u64,
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -264,6 +269,7 @@ impl TensorMut<'_> {
         match self {
             TensorMut::Host(_) => DType::F32,
             TensorMut::Device(d) => d.dtype(),
+            TensorMut::HostF64(_) => DType::F64,
         }
     }
     pub(crate) fn host(&mut self, what: &'static str) -> Result<&mut [f32]> {
@@ -272,12 +278,22 @@ impl TensorMut<'_> {
             TensorMut::Device(_) => {
                 Err(GhostError::WrongMemorySpace { what, expected: "host", got: "device" })
             }
+            TensorMut::HostF64(_) => Err(GhostError::UnsupportedDtype { what, dtype: DType::F64, op: "f32 output" }),
+        }
+    }
+    pub(crate) fn host_f64(&mut self, what: &'static str) -> Result<&mut [f64]> {
+        match self {
+            TensorMut::HostF64(h) => Ok(h),
+            TensorMut::Host(_) => Err(GhostError::DtypeMismatch { what, expected: DType::F64, got: DType::F32 }),
+            TensorMut::Device(_) => {
+                Err(GhostError::WrongMemorySpace { what, expected: "host", got: "device" })
+            }
         }
     }
     pub(crate) fn device(&self, what: &'static str) -> Result<DeviceSlice<'_>> {
         match self {
             TensorMut::Device(d) => Ok(d.as_view()),
-            TensorMut::Host(_) => {
+            TensorMut::Host(_) | TensorMut::HostF64(_) => {
                 Err(GhostError::WrongMemorySpace { what, expected: "device", got: "host" })
             }
         }
@@ -287,6 +303,11 @@ impl TensorMut<'_> {
 impl<'a> From<&'a mut [f32]> for TensorMut<'a> {
     fn from(s: &'a mut [f32]) -> Self {
         TensorMut::Host(s)
+    }
+}
+impl<'a> From<&'a mut [f64]> for TensorMut<'a> {
+    fn from(s: &'a mut [f64]) -> Self {
+        TensorMut::HostF64(s)
     }
 }
 impl<'a> From<DeviceSliceMut<'a>> for TensorMut<'a> {

@@ -134,12 +134,12 @@ impl Context {
 
     pub(crate) fn check_out_ptr(&self, what: &'static str, out: &TensorMut<'_>) -> Result<()> {
         if let (Backend::Gpu(rt), TensorMut::Device(d)) = (&self.backend, out) {
-            rt.check_pointer(what, d.ptr(), d.len() * 4)?;
+            rt.check_pointer(what, d.ptr(), d.len() * d.dtype().size())?;
         }
         Ok(())
     }
 
-    fn size_of(d: &TrainDims, q: &QueryDims) -> GhostDotSize {
+    pub(crate) fn size_of(d: &TrainDims, q: &QueryDims) -> GhostDotSize {
         GhostDotSize {
             n: d.n,
             t: d.t,
@@ -152,7 +152,7 @@ impl Context {
         }
     }
 
-    fn validate_dot(&self, shape: &LayerShape, train: &TrainFactors<'_>, query: &QueryFactors<'_>) -> Result<(TrainDims, QueryDims)> {
+    pub(crate) fn validate_dot(&self, shape: &LayerShape, train: &TrainFactors<'_>, query: &QueryFactors<'_>) -> Result<(TrainDims, QueryDims)> {
         let space = self.space();
         let d = vo::train("ghost_dot", shape, train, space)?;
         let q = vo::query("ghost_dot", shape, query, space, d.dtype)?;

@@ -3,7 +3,8 @@
 use std::fmt;
 
 /// Element type of a buffer. Factor inputs may be `F32`, `BF16` or `F16`; masks are `U8`
-/// (nonzero = keep); segment offsets are `I32`; every result is `F32`.
+/// (nonzero = keep); segment offsets and sample ids are `I32`; results are `F32`, except the
+/// value accumulator of In-Run Data Shapley, which is `F64`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum DType {
@@ -12,6 +13,7 @@ pub enum DType {
     F16 = 2,
     U8 = 3,
     I32 = 4,
+    F64 = 5,
 }
 
 impl DType {
@@ -21,6 +23,7 @@ impl DType {
             DType::F32 | DType::I32 => 4,
             DType::BF16 | DType::F16 => 2,
             DType::U8 => 1,
+            DType::F64 => 8,
         }
     }
     /// True for the factor (activation/gradient) dtypes.
@@ -35,6 +38,7 @@ impl DType {
             DType::F16 => "f16",
             DType::U8 => "u8",
             DType::I32 => "i32",
+            DType::F64 => "f64",
         }
     }
     pub fn from_u32(v: u32) -> Option<DType> {
@@ -44,6 +48,7 @@ impl DType {
             2 => DType::F16,
             3 => DType::U8,
             4 => DType::I32,
+            5 => DType::F64,
             _ => return None,
         })
     }
@@ -57,6 +62,7 @@ impl fmt::Display for DType {
             DType::F16 => "f16",
             DType::U8 => "u8",
             DType::I32 => "i32",
+            DType::F64 => "f64",
         })
     }
 }

@@ -299,7 +299,8 @@ pub const GG_SEGMENTS_UNIFORM: gg_segments_kind = 1;
 pub const GG_SEGMENTS_OFFSETS: gg_segments_kind = 2;
 
 fn dtype_from_code(what: &str, code: gg_dtype) -> FfiResult<DType> {
-    DType::from_u32(code).ok_or_else(|| {
+    // F64 (the Rust-only value accumulator of In-Run Data Shapley) is not part of the C ABI.
+    DType::from_u32(code).filter(|d| *d != DType::F64).ok_or_else(|| {
         Failure::new(
             GG_STATUS_DTYPE,
             format!("`{what}`: dtype code {code} is not a gg_dtype (F32=0, BF16=1, F16=2, U8=3, I32=4)"),
@@ -670,6 +671,7 @@ impl RawBuf {
                 DType::F16 => HostSlice::F16(unsafe { std::slice::from_raw_parts(self.addr as *const f16, len) }),
                 DType::U8 => HostSlice::U8(unsafe { std::slice::from_raw_parts(self.addr as *const u8, len) }),
                 DType::I32 => HostSlice::I32(unsafe { std::slice::from_raw_parts(self.addr as *const i32, len) }),
+                DType::F64 => unreachable!("dtype_from_code never yields F64"),
             }),
         }
     }

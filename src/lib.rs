@@ -18,6 +18,7 @@ pub mod dtype;
 pub mod error;
 pub mod ffi;
 pub mod ghost_dot;
+pub mod inrun;
 pub mod kernels;
 pub mod runtime;
 pub mod validate;
@@ -25,6 +26,7 @@ pub mod validate;
 pub use buffer::{DeviceSlice, DeviceSliceMut, HostSlice, Tensor, TensorMut};
 pub use context::{Backend, Context};
 pub use dtype::DType;
+pub use inrun::GhgLayer;
 pub use error::{GhostError, Result};
 pub use ghost_dot::{
     Accumulate, Form, FormChoice, FormCost, FormRequest, GhostDotLayer, LayerShape, QueryFactors, Segments,

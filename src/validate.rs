@@ -104,13 +104,26 @@ pub fn input(
 /// Checks an output buffer (f32): memory space, dtype, non-null, aligned, exact length.
 pub fn output(what: &'static str, t: &TensorMut<'_>, space: Space, expected_len: u64, op: &'static str) -> Result<()> {
     let (got_space, ptr) = match t {
-        TensorMut::Host(_) => ("host", None),
+        TensorMut::Host(_) | TensorMut::HostF64(_) => ("host", None),
         TensorMut::Device(d) => ("device", Some(d.ptr())),
     };
     if t.dtype() != DType::F32 {
         return Err(GhostError::UnsupportedDtype { what, dtype: t.dtype(), op });
     }
     check_space_ptr_len(what, space, got_space, ptr, 4, t.len(), expected_len)
+}
+
+/// Checks a float64 output buffer (the value accumulator): space, dtype, non-null, aligned,
+/// exact length.
+pub fn output_f64(what: &'static str, t: &TensorMut<'_>, space: Space, expected_len: u64, op: &'static str) -> Result<()> {
+    let (got_space, ptr) = match t {
+        TensorMut::Host(_) | TensorMut::HostF64(_) => ("host", None),
+        TensorMut::Device(d) => ("device", Some(d.ptr())),
+    };
+    if t.dtype() != DType::F64 {
+        return Err(GhostError::UnsupportedDtype { what, dtype: t.dtype(), op });
+    }
+    check_space_ptr_len(what, space, got_space, ptr, 8, t.len(), expected_len)
 }
 
 /// Two inputs that must share a dtype.

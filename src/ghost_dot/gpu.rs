@@ -272,6 +272,25 @@ pub(crate) fn ghost_dot_plans(
     ws: u64,
 ) -> Result<(Vec<LaunchPlan>, u64)> {
     let nv = crate::validate::mul("n*V", n, v)?;
+    let mut p = partial_plans(layers, n, v, ws)?;
+    let total_splits: u64 = p.layer_splits.iter().sum();
+    p.plans.push(finalize_plan(p.partial, out, nv, total_splits, acc)?);
+    Ok((p.plans, p.workspace_bytes))
+}
+
+/// The per-layer kernels of [`ghost_dot_plans`] without the finalize: layer `l` writes partial
+/// slots `[Σ_{k<l} layer_splits[k], Σ_{k≤l} layer_splits[k])` of `partial` (`n·V` floats each).
+pub(crate) struct PartialPlans {
+    pub plans: Vec<LaunchPlan>,
+    /// Device address of slot 0.
+    pub partial: u64,
+    pub layer_splits: Vec<u64>,
+    pub workspace_bytes: u64,
+}
+
+/// Per-layer kernels writing partial slots, in layer order (see [`PartialPlans`]).
+pub(crate) fn partial_plans(layers: &[GpuDotLayer], n: u64, v: u64, ws: u64) -> Result<PartialPlans> {
+    let nv = crate::validate::mul("n*V", n, v)?;
     // First pass: how many partial slots each layer writes (plans depend only on sizes).
     let mut plans = Vec::new();
     let mut carve = Carve::default();
@@ -391,8 +410,7 @@ pub(crate) fn ghost_dot_plans(
             }
         }
     }
-    plans.push(finalize_plan(partial, out, nv, total_splits, acc)?);
-    Ok((plans, scratch_base + scratch_max))
+    Ok(PartialPlans { plans, partial, layer_splits, workspace_bytes: scratch_base + scratch_max })
 }
 
 /// Runs plans built against workspace base 0 after relocating them onto the real workspace.

@@ -138,6 +138,13 @@ impl InterpRuntime {
         Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
 
+    /// Reads `len` f64 values back (the value accumulator).
+    pub fn read_f64(&self, buf: &InterpBuffer) -> Result<Vec<f64>> {
+        let st = self.lock()?;
+        let bytes = st.device.read(buf.ptr, buf.len * 8).map_err(interp_err)?;
+        Ok(bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+    }
+
     /// Overwrites a buffer's contents.
     pub fn write<T: bytemuck::Pod>(&self, buf: &InterpBuffer, data: &[T]) -> Result<()> {
         let st = &mut *self.lock()?;
