@@ -18,6 +18,7 @@ pub mod dtype;
 pub mod error;
 pub mod ffi;
 pub mod ghost_dot;
+pub mod projection;
 pub mod kernels;
 pub mod runtime;
 pub mod validate;
@@ -29,4 +30,7 @@ pub use error::{GhostError, Result};
 pub use ghost_dot::{
     Accumulate, Form, FormChoice, FormCost, FormRequest, GhostDotLayer, LayerShape, QueryFactors, Segments,
     TrainFactors,
+};
+pub use projection::{
+    Distribution, OutColumns, ProjectLayer, ProjectionKind, ProjectionSpec, ScoreDims, ScoreMode, Which,
 };
