@@ -734,3 +734,127 @@ mod interp {
         }
     }
 }
+
+// ---------------------------------------------------------------- K-FAC / EK-FAC
+
+mod kfac {
+    use super::*;
+    use ghostgrad::projection::precondition::Kfac;
+
+    /// `Σ_kept x xᵀ` of rows of width `w` (+ a trailing 1 when `ones`), f64.
+    fn raw_cov(buf: &Buf, mask: Option<&[u8]>, rows: usize, w: usize, ones: bool) -> Vec<f64> {
+        let d = w + ones as usize;
+        let mut c = vec![0.0; d * d];
+        for r in 0..rows {
+            if mask.is_some_and(|m| m[r] == 0) {
+                continue;
+            }
+            let x: Vec<f64> = (0..w).map(|j| buf.get(r * w + j)).chain(ones.then_some(1.0)).collect();
+            for i in 0..d {
+                for j in 0..d {
+                    c[i * d + j] += x[i] * x[j];
+                }
+            }
+        }
+        c
+    }
+
+    /// `P S Pᵀ` for `P [k, d]` f32, `S [d, d]` f64.
+    fn sandwich(p: &[f32], s: &[f64], k: usize, d: usize) -> Vec<f64> {
+        let mut out = vec![0.0; k * k];
+        for i in 0..k {
+            for j in 0..k {
+                out[i * k + j] = (0..d).flat_map(|a| (0..d).map(move |b| (a, b))).map(|(a, b)| p[i * d + a] as f64 * s[a * d + b] * p[j * d + b] as f64).sum();
+            }
+        }
+        out
+    }
+
+    fn close(what: &str, got: &[f64], want: &[f64], rel: f64) {
+        let scale = want.iter().map(|x| x.abs()).fold(0.0, f64::max).max(1e-300);
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((g - w).abs() <= rel * scale, "{what}[{i}]: got {g:e}, want {w:e} (scale {scale:e})");
+        }
+    }
+
+    struct Setup {
+        kfac: Kfac,
+        c_a: Vec<f64>,
+        c_b: Vec<f64>,
+        grads: Vec<f32>,
+        k_i: usize,
+        k_o: usize,
+        n: usize,
+    }
+
+    fn setup() -> Setup {
+        let shape = LayerShape::new(6, 5).with_bias(true);
+        let (n, t, k_i, k_o) = (9usize, 7usize, 3usize, 4usize);
+        let mut r = rng(31);
+        let train = TrainData::random(&mut r, shape, n, t, DType::BF16, true);
+        let proj = ProjectionSpec { k_i: k_i as u64, k_o: k_o as u64, kind: ProjectionKind::Random { seed: 8, layer: 1, dist: Distribution::Gaussian } };
+        let (c_a, c_b) = Kfac::covariances(&shape, &train.factors(), &proj).unwrap();
+        let pi = materialize_projection(8, 1, Which::In, k_i as u64, 7, Distribution::Gaussian);
+        let po = materialize_projection(8, 1, Which::Out, k_o as u64, 5, Distribution::Gaussian);
+        let m = train.mask.as_deref();
+        close("C_A", &c_a, &sandwich(&pi, &raw_cov(&train.a, m, n * t, 6, true), k_i, 7), 1e-12);
+        close("C_B", &c_b, &sandwich(&po, &raw_cov(&train.b, m, n * t, 5, false), k_o, 5), 1e-12);
+        let kfac = Kfac::from_covariances(&c_a, k_i, &c_b, k_o).unwrap();
+        let mut grads = poisoned(n * k_i * k_o);
+        Context::cpu()
+            .kron_project(&shape, &train.factors(), &proj, &mut TensorMut::from(&mut grads[..]), OutColumns { offset: 0, row_stride: (k_i * k_o) as u64 }, Accumulate::overwrite())
+            .unwrap();
+        Setup { kfac, c_a, c_b, grads, k_i, k_o, n }
+    }
+
+    #[test]
+    fn kfac_equals_the_damped_kronecker_inverse() {
+        // Q_B[(Q_BᵀĜQ_A) ⊘ (Λ_BΛ_Aᵀ + λ)]Q_Aᵀ = (C_B ⊗ C_A + λI)⁻¹ vec(Ĝ) (row-major vec),
+        // λ = 0.1·mean(Λ_BΛ_Aᵀ) = 0.1·tr(C_B)·tr(C_A)/(k_o·k_i); both sides in f64.
+        let s = setup();
+        let (k_i, k_o) = (s.k_i, s.k_o);
+        let k = k_i * k_o;
+        let tr = |c: &[f64], d: usize| (0..d).map(|i| c[i * d + i]).sum::<f64>();
+        let lambda = 0.1 * tr(&s.c_a, k_i) * tr(&s.c_b, k_o) / k as f64;
+        assert!((s.kfac.damping() - lambda).abs() <= 1e-10 * lambda, "λ {} vs {lambda}", s.kfac.damping());
+        let mut h = vec![0.0; k * k];
+        for x in 0..k {
+            for y in 0..k {
+                let (o, i, o2, i2) = (x / k_i, x % k_i, y / k_i, y % k_i);
+                h[x * k + y] = s.c_b[o * k_o + o2] * s.c_a[i * k_i + i2] + if x == y { lambda } else { 0.0 };
+            }
+        }
+        let pre = s.kfac.apply_f64(&s.grads, s.n).unwrap();
+        for n in 0..s.n {
+            let g: Vec<f64> = s.grads[n * k..(n + 1) * k].iter().map(|&x| x as f64).collect();
+            close(&format!("kfac sample {n}"), &pre[n * k..(n + 1) * k], &solve(&h, &g, k), 1e-9);
+        }
+    }
+
+    #[test]
+    fn ekfac_scale_is_the_raw_fisher_diagonal_in_the_kronecker_eigenbasis() {
+        // EK-FAC's (1/N) Σ_n (Q_BᵀĜ_nQ_A)^{⊙2} = diag(Uᵀ F U), U = Q_B ⊗ Q_A, F the raw Fisher;
+        // and before the correction Uᵀ (C_B ⊗ C_A) U = diag(Λ_B Λ_Aᵀ).
+        let mut s = setup();
+        let k = s.k_i * s.k_o;
+        // U's columns from the basis change of unit vectors: to_eigenbasis(e_y)[x] = U[y, x].
+        let u: Vec<Vec<f64>> = (0..k)
+            .map(|y| {
+                let mut e = vec![0f32; k];
+                e[y] = 1.0;
+                s.kfac.to_eigenbasis(&e)
+            })
+            .collect();
+        let quad = |m: &dyn Fn(usize, usize) -> f64, x: usize| -> f64 { (0..k).flat_map(|a| (0..k).map(move |b| (a, b))).map(|(a, b)| u[a][x] * m(a, b) * u[b][x]).sum() };
+        let kron = |a: usize, b: usize| s.c_b[(a / s.k_i) * s.k_o + b / s.k_i] * s.c_a[(a % s.k_i) * s.k_i + b % s.k_i];
+        let want: Vec<f64> = (0..k).map(|x| quad(&kron, x)).collect();
+        close("K-FAC eigenvalue products", s.kfac.eigenbasis_scale(), &want, 1e-9);
+        let fisher = RawFisher::fit(&s.grads, s.n, k).unwrap().fisher();
+        let f = |a: usize, b: usize| fisher[a * k + b];
+        let want: Vec<f64> = (0..k).map(|x| quad(&f, x)).collect();
+        s.kfac.ekfac_correct(&s.grads, s.n).unwrap();
+        close("EK-FAC scale", s.kfac.eigenbasis_scale(), &want, 1e-9);
+        let mean = want.iter().sum::<f64>() / k as f64;
+        assert!((s.kfac.damping() - 0.1 * mean).abs() <= 1e-9 * mean);
+    }
+}
