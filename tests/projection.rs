@@ -10,8 +10,6 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::*;
 use ghostgrad::projection::cpu::{kron_project_reference, scores_reference};
 use ghostgrad::projection::precondition::RawFisher;
@@ -131,7 +129,10 @@ fn spread(mag: &[f64], n: usize, width: usize, ld: usize, offset: usize) -> Vec<
 
 /// Runs a case on `ctx` (host or interpreter memory via `run`) and checks it against the
 /// reference, including that columns outside the layer are untouched.
-fn check_case(c: &Case, label: &str, run: &dyn Fn(&Case, &TrainData, &[f32], &[f32], &[f32], OutColumns, Accumulate) -> Vec<f32>) {
+/// Runs one case on some backend: `(case, data, p_in, p_out, old out, columns, acc) -> out`.
+type ProjectRun<'a> = dyn Fn(&Case, &TrainData, &[f32], &[f32], &[f32], OutColumns, Accumulate) -> Vec<f32> + 'a;
+
+fn check_case(c: &Case, label: &str, run: &ProjectRun<'_>) {
     let mut r = rng(c.seed);
     let shape = c.shape();
     let train = TrainData::random(&mut r, shape, c.n, c.t, c.dtype, c.masked);
@@ -350,7 +351,7 @@ fn johnson_lindenstrauss_inner_products_are_unbiased_within_the_derived_bound() 
         let mut ests = Vec::with_capacity(rounds);
         for seed in 0..rounds as u64 {
             let proj = ProjectionSpec { k_i, k_o, kind: ProjectionKind::Random { seed, layer: 0, dist } };
-            let mut out = vec![0f32; 12];
+            let mut out = [0f32; 12];
             Context::cpu()
                 .kron_project(&shape, &train.factors(), &proj, &mut TensorMut::from(&mut out[..]), OutColumns { offset: 0, row_stride: 6 }, Accumulate::overwrite())
                 .unwrap();
@@ -376,8 +377,9 @@ fn solve(h: &[f64], y: &[f64], k: usize) -> Vec<f64> {
         a.swap(c, p);
         for rr in c + 1..k {
             let f = a[rr][c] / a[c][c];
-            for j in c..=k {
-                a[rr][j] -= f * a[c][j];
+            let pivot = a[c].clone();
+            for (x, p) in a[rr][c..=k].iter_mut().zip(&pivot[c..=k]) {
+                *x -= f * p;
             }
         }
     }
@@ -463,7 +465,10 @@ fn full_rank_identity_projection_with_raw_fisher_equals_exact_damped_influence()
     }
 }
 
-fn check_scores(ctx: &Context, mode: ScoreMode, dims: (usize, usize, usize), seed: u64, beta: bool, run: &dyn Fn(&[f32], &[f32], Option<&[f32]>, &[f32], Accumulate) -> Vec<f32>) {
+/// Runs scores on some backend: `(test, train, train_self, old out, acc) -> out`.
+type ScoreRun<'a> = dyn Fn(&[f32], &[f32], Option<&[f32]>, &[f32], Accumulate) -> Vec<f32> + 'a;
+
+fn check_scores(ctx: &Context, mode: ScoreMode, dims: (usize, usize, usize), seed: u64, beta: bool, run: &ScoreRun<'_>) {
     let (nt, nb, k) = dims;
     let _ = ctx;
     let mut r = rng(seed);
@@ -501,13 +506,13 @@ proptest! {
 
 #[test]
 fn influence_scores_rejects_inconsistent_train_self() {
-    let x = vec![1f32; 4];
-    let mut out = vec![0f32; 4];
+    let x = [1f32; 4];
+    let mut out = [0f32; 4];
     let dims = ScoreDims { n_test: 2, n_block: 2, k: 2 };
     let ctx = Context::cpu();
     let e = ctx.influence_scores(&x[..].into(), &x[..].into(), dims, &mut TensorMut::from(&mut out[..]), ScoreMode::Cosine, None, Accumulate::overwrite()).unwrap_err();
     assert!(matches!(e, ghostgrad::GhostError::InvalidArgument { what: "train_self", .. }), "{e:?}");
-    let s = vec![1f32; 2];
+    let s = [1f32; 2];
     let st: Tensor = s[..].into();
     let e = ctx.influence_scores(&x[..].into(), &x[..].into(), dims, &mut TensorMut::from(&mut out[..]), ScoreMode::Dot, Some(&st), Accumulate::overwrite()).unwrap_err();
     assert!(matches!(e, ghostgrad::GhostError::InvalidArgument { what: "train_self", .. }), "{e:?}");
@@ -516,13 +521,13 @@ fn influence_scores_rejects_inconsistent_train_self() {
 #[test]
 fn kron_project_validates_dense_shapes_and_columns() {
     let shape = LayerShape::new(3, 2).with_bias(true);
-    let a = vec![0f32; 6];
-    let b = vec![0f32; 4];
+    let a = [0f32; 6];
+    let b = [0f32; 4];
     let train = TrainFactors { a: a[..].into(), b: b[..].into(), n: 1, t: 2, mask: None };
-    let pi = vec![0f32; 2 * 3]; // needs 2·(3+1)
-    let po = vec![0f32; 2 * 2];
+    let pi = [0f32; 2 * 3]; // needs 2·(3+1)
+    let po = [0f32; 2 * 2];
     let proj = ProjectionSpec { k_i: 2, k_o: 2, kind: ProjectionKind::Dense { p_in: pi[..].into(), p_out: po[..].into() } };
-    let mut out = vec![0f32; 4];
+    let mut out = [0f32; 4];
     let e = Context::cpu().kron_project(&shape, &train, &proj, &mut TensorMut::from(&mut out[..]), OutColumns { offset: 0, row_stride: 4 }, Accumulate::overwrite()).unwrap_err();
     assert!(matches!(e, ghostgrad::GhostError::LengthMismatch { what: "p_in", expected: 8, got: 6 }), "{e:?}");
     let proj = ProjectionSpec { k_i: 2, k_o: 2, kind: ProjectionKind::Random { seed: 0, layer: 0, dist: Distribution::Gaussian } };
@@ -535,6 +540,7 @@ fn kron_project_validates_dense_shapes_and_columns() {
 #[cfg(feature = "interp")]
 mod interp {
     use super::*;
+    use std::sync::Arc;
     use ghostgrad::runtime::interp::{InterpBuffer, InterpRuntime};
     use ptx_interp::Options;
 
