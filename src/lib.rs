@@ -19,6 +19,7 @@ pub mod error;
 pub mod ffi;
 pub mod ghost_dot;
 pub mod inrun;
+pub mod projection;
 pub mod kernels;
 pub mod runtime;
 pub mod validate;
@@ -31,4 +32,7 @@ pub use error::{GhostError, Result};
 pub use ghost_dot::{
     Accumulate, Form, FormChoice, FormCost, FormRequest, GhostDotLayer, LayerShape, QueryFactors, Segments,
     TrainFactors,
+};
+pub use projection::{
+    Distribution, OutColumns, ProjectLayer, ProjectionKind, ProjectionSpec, ScoreDims, ScoreMode, Which,
 };

@@ -85,7 +85,7 @@ fn kept(mask: Option<&[u8]>, r: usize) -> bool {
 /// The kept rows of `src[rows]` (row width `width`) as f32, with a trailing 1 column when `ones`
 /// and each row scaled by `weights[r]` when given. Borrows `src` when it is already in that form.
 /// Returns the rows and their number.
-fn gather<'x>(
+pub(crate) fn gather<'x>(
     src: HostSlice<'x>,
     mask: Option<&[u8]>,
     rows: Range<usize>,
@@ -180,7 +180,7 @@ impl<'a> Side<'a> {
 /// `dst[m×n] (row stride dst_rs) = lhs · rhs` with `lhs[i, p] = lhs[i·lhs_rs + p·lhs_cs]` and
 /// `rhs[p, j] = rhs[p·rhs_rs + j·rhs_cs]`, single-threaded. Bounds are checked before the call.
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(crate) fn matmul(
     m: usize,
     n: usize,
     k: usize,

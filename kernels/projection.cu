@@ -1,0 +1,321 @@
+// Low-rank projections of per-sample gradients (MATH.md §3) and influence scores (§4).
+//
+// kron_project_{f32,bf16,f16}: fused Kronecker projection of factored per-sample gradients
+//
+//   partial[(s*N + n)*K + o*k_i + i] = Σ_{t in split s, mask[n*T+t]} (P_o b_{n,t})[o] (P_i a_{n,t})[i]
+//   K = k_o*k_i; a_{n,t} is augmented with a trailing 1 when flags bit0 (bias): P_i then has
+//   d_in + 1 columns and its last column projects the bias gradient.
+//
+// Signature (Elem = float | __nv_bfloat16 | __half):
+//   (const Elem* A, const Elem* B, const unsigned char* mask, const float* P_in,
+//    const float* P_out, unsigned long long key_in, unsigned long long key_out,
+//    float scale_in, float scale_out, float* partial, unsigned N, unsigned T, unsigned d_in,
+//    unsigned d_out, unsigned k_i, unsigned k_o, unsigned tokens_per_split, unsigned flags)
+//   flags: bit0 bias; bit1 random (P entries generated in-kernel from key_*/scale_*, P_in and
+//   P_out unused, may be null); else dense P_in f32 [k_i, d_in+bias], P_out f32 [k_o, d_out];
+//   bit2 Rademacher (else the Irwin–Hall Gaussian), see gg_proj_random below.
+//
+// Launch: grid = (N, S, ceil(k_o/64)*ceil(k_i/64)), blockIdx.z = to*ceil(k_i/64) + ti; block
+//   (256,1,1). The block owns a 64×64 tile (o0 = 64*to, i0 = 64*ti) of Ĝ_n for tokens of
+//   split s (tokens [s*tps, min(T,(s+1)*tps)), tps == 0 means T).
+//
+// Tiling, per 32-token tile:
+//   1. projection: PA[t][j] = Σ_c a[t][c] P_i[i0+j][c] and PB[t][j] = Σ_c b[t][c] P_o[o0+j][c],
+//      streaming features in chunks of 32 through Xs[32][33] (tokens × features, masked and
+//      tail tokens zero-filled, never read) and Ps[64][33] (P rows × features, generated or
+//      read); thread (tq = tid/64, j = tid%64) owns tokens tq + 4m (m < 8) of column j, summing
+//      c in ascending order with fmaf;
+//   2. outer products: thread (ty = tid/16, tx = tid%16) owns G[4ty+ii][4tx+jj] in registers
+//      and adds PB[t][.] PA[t][.] for every kept token t in ascending order.
+//   Shared memory (static): Xs 4224 + Ps 8448 + PA 8192 + PB 8192 + keep 32 = 29088 bytes.
+//   The result depends only on (tokens_per_split, shapes): never on the device or schedule.
+//
+// kron_finalize_f32(const float* partial, float* out, unsigned N, unsigned K, unsigned splits,
+//                   unsigned long long ld, unsigned long long offset, float scale, float beta)
+//   sum = ((0 + partial[0*N*K+i]) + partial[1*N*K+i]) + ...;  i = n*K + j
+//   out[n*ld + offset + j] = beta != 0 ? fmaf(beta, old, scale*sum) : scale*sum
+//   (beta == 0 never reads out). Launch grid = (ceil(N*K/256), 1, 1).
+//
+// projection_materialize_f32(float* out, unsigned long long key, float scale, unsigned flags,
+//                            unsigned rows, unsigned cols)
+//   out[r*cols + c] = gg_proj_random(key, r, c, flags, scale): the generated matrix, for
+//   inspection and the cross-backend bitwise tests. Launch grid = (ceil(rows*cols/256), 1, 1).
+//
+// gemm_nt_f32(const float* A, const float* Bm, const float* self_norm, float* C, unsigned M,
+//             unsigned N, unsigned K, unsigned mode, float alpha, float beta)
+//   r = Σ_k A[m*K+k] Bm[n*K+k]   (k ascending, fmaf, no split-K)
+//   mode 1 (cosine): r = r / sqrtf(self_norm[n]);  mode 2 (l2): r = r - 0.5f*self_norm[n]
+//   C[m*N+n] = beta != 0 ? fmaf(beta, C, alpha*r) : alpha*r
+//   Launch grid = (ceil(N/64), ceil(M/64), 1); 64×64 tile per block, 4×4 per thread, k in
+//   chunks of 16 through As[16][68], Bs[16][68] (k-major, float4 reads). 8704 bytes of smem.
+//
+// Random entries (identical bit for bit to src/projection/generator.rs):
+//   bits = mix64(key + ((row << 32 | col) + 1) * 0x9E3779B97F4A7C15)   (SplitMix64 finalizer)
+//   Rademacher: bit 63 ? -scale : scale
+//   Gaussian:   (float)(Σ_{j<4} (bits >> 16j & 0xFFFF) - 131070) * scale   (one IEEE multiply)
+// Only integer ops and one round-to-nearest multiply: no transcendental approximations.
+
+#include "common.cuh"
+
+#define KP_TT 32
+#define KP_KT 64
+#define KP_DC 32
+#define KP_FLAG_RANDOM 2u
+#define KP_FLAG_RADEMACHER 4u
+#define GG_GOLDEN 0x9E3779B97F4A7C15ull
+
+__device__ __forceinline__ unsigned long long gg_mix64(unsigned long long z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+__device__ __forceinline__ float gg_proj_random(unsigned long long key, unsigned int row,
+                                                unsigned int col, unsigned int flags,
+                                                float scale) {
+    const unsigned long long ctr = ((((unsigned long long)row) << 32) | col) + 1ull;
+    const unsigned long long bits = gg_mix64(key + ctr * GG_GOLDEN);
+    if (flags & KP_FLAG_RADEMACHER) return (bits >> 63) ? -scale : scale;
+    const int s = (int)(bits & 0xFFFFull) + (int)((bits >> 16) & 0xFFFFull) +
+                  (int)((bits >> 32) & 0xFFFFull) + (int)(bits >> 48);
+    return __fmul_rn((float)(s - 131070), scale);
+}
+
+// Y[t][j] = Σ_c X[t][c] P[r0+j][c] for the 32 tokens of the tile (see the file comment).
+template <typename Elem>
+__device__ __forceinline__ void kp_project_tile(const Elem* __restrict__ X, unsigned int width,
+                                                bool ones, unsigned int t0,
+                                                const unsigned char* keep,
+                                                const float* __restrict__ P,
+                                                unsigned long long key, float scale,
+                                                unsigned int flags, unsigned int r0,
+                                                unsigned int k, float (*Xs)[KP_DC + 1],
+                                                float (*Ps)[KP_DC + 1], float (*Y)[KP_KT]) {
+    const unsigned int ncols = width + (ones ? 1u : 0u);
+    const unsigned int j = threadIdx.x & 63u;
+    const unsigned int tq = threadIdx.x >> 6;
+    float y[8];
+#pragma unroll
+    for (int m = 0; m < 8; ++m) y[m] = 0.0f;
+    for (unsigned int c0 = 0; c0 < ncols; c0 += KP_DC) {
+#pragma unroll
+        for (int p = 0; p < (KP_TT * KP_DC) / GG_BLOCK; ++p) {
+            const unsigned int idx = threadIdx.x + GG_BLOCK * p;
+            const unsigned int t = idx >> 5, c = idx & 31u;
+            const unsigned int col = c0 + c;
+            float x = 0.0f;
+            if (keep[t]) {
+                if (col < width)
+                    x = to_f32(X[(size_t)(t0 + t) * width + col]);
+                else if (col < ncols)
+                    x = 1.0f;
+            }
+            Xs[t][c] = x;
+        }
+#pragma unroll
+        for (int p = 0; p < (KP_KT * KP_DC) / GG_BLOCK; ++p) {
+            const unsigned int idx = threadIdx.x + GG_BLOCK * p;
+            const unsigned int jj = idx >> 5, c = idx & 31u;
+            const unsigned int row = r0 + jj, col = c0 + c;
+            float v = 0.0f;
+            if (row < k && col < ncols) {
+                v = (flags & KP_FLAG_RANDOM) ? gg_proj_random(key, row, col, flags, scale)
+                                             : P[(size_t)row * ncols + col];
+            }
+            Ps[jj][c] = v;
+        }
+        __syncthreads();
+#pragma unroll 4
+        for (int c = 0; c < KP_DC; ++c) {
+            const float pv = Ps[j][c];
+#pragma unroll
+            for (int m = 0; m < 8; ++m) y[m] = fmaf(Xs[tq + 4 * m][c], pv, y[m]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int m = 0; m < 8; ++m) Y[tq + 4 * m][j] = y[m];
+}
+
+template <typename Elem>
+__device__ __forceinline__ void kron_project_impl(
+    const Elem* __restrict__ A, const Elem* __restrict__ B, const unsigned char* __restrict__ mask,
+    const float* __restrict__ P_in, const float* __restrict__ P_out, unsigned long long key_in,
+    unsigned long long key_out, float scale_in, float scale_out, float* partial, unsigned int N,
+    unsigned int T, unsigned int d_in, unsigned int d_out, unsigned int k_i, unsigned int k_o,
+    unsigned int tokens_per_split, unsigned int flags) {
+    static_assert(KP_TT * KP_DC == 4 * GG_BLOCK && KP_KT * KP_DC == 8 * GG_BLOCK, "loader shape");
+    __shared__ float Xs[KP_TT][KP_DC + 1];
+    __shared__ float Ps[KP_KT][KP_DC + 1];
+    __shared__ __align__(16) float PA[KP_TT][KP_KT];
+    __shared__ __align__(16) float PB[KP_TT][KP_KT];
+    __shared__ unsigned char keep[KP_TT];
+
+    if (blockIdx.x >= N) return;  // uniform over the block
+    const unsigned int n = blockIdx.x;
+    const unsigned int s = blockIdx.y;
+    const unsigned int tiles_i = (k_i + KP_KT - 1) / KP_KT;
+    const unsigned int i0 = (blockIdx.z % tiles_i) * KP_KT;
+    const unsigned int o0 = (blockIdx.z / tiles_i) * KP_KT;
+    const bool has_bias = (flags & GG_FLAG_BIAS) != 0u;
+
+    const Elem* An = A + (size_t)n * T * d_in;
+    const Elem* Bn = B + (size_t)n * T * d_out;
+    const unsigned char* maskn = mask ? mask + (size_t)n * T : nullptr;
+
+    const unsigned long long tps = tokens_per_split ? tokens_per_split : T;
+    unsigned long long tb = (unsigned long long)s * tps;
+    unsigned long long te = tb + tps;
+    if (te > T) te = T;
+    if (tb > te) tb = te;
+    const unsigned int t_begin = (unsigned int)tb, t_end = (unsigned int)te;
+
+    const unsigned int tx = threadIdx.x & 15u;
+    const unsigned int ty = threadIdx.x >> 4;
+    float g[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+#pragma unroll
+        for (int b = 0; b < 4; ++b) g[a][b] = 0.0f;
+
+    for (unsigned int t0 = t_begin; t0 < t_end; t0 += KP_TT) {
+        __syncthreads();  // the previous tile's outer products have finished reading PA/PB/keep
+        if (threadIdx.x < KP_TT) {
+            const unsigned int t = t0 + threadIdx.x;
+            keep[threadIdx.x] = (t < t_end && keep_row(maskn, t)) ? 1 : 0;
+        }
+        __syncthreads();
+        kp_project_tile<Elem>(An, d_in, has_bias, t0, keep, P_in, key_in, scale_in, flags, i0, k_i,
+                              Xs, Ps, PA);
+        kp_project_tile<Elem>(Bn, d_out, false, t0, keep, P_out, key_out, scale_out, flags, o0,
+                              k_o, Xs, Ps, PB);
+        __syncthreads();
+        for (int t = 0; t < KP_TT; ++t) {
+            if (!keep[t]) continue;  // uniform: keep is in shared memory
+            const float4 pb = *reinterpret_cast<const float4*>(&PB[t][4 * ty]);
+            const float4 pa = *reinterpret_cast<const float4*>(&PA[t][4 * tx]);
+            const float bo[4] = {pb.x, pb.y, pb.z, pb.w};
+            const float ai[4] = {pa.x, pa.y, pa.z, pa.w};
+#pragma unroll
+            for (int a = 0; a < 4; ++a)
+#pragma unroll
+                for (int b = 0; b < 4; ++b) g[a][b] = fmaf(bo[a], ai[b], g[a][b]);
+        }
+    }
+
+    const size_t K = (size_t)k_o * k_i;
+    float* dst = partial + ((size_t)s * N + n) * K;
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+        const unsigned int o = o0 + 4u * ty + a;
+#pragma unroll
+        for (int b = 0; b < 4; ++b) {
+            const unsigned int i = i0 + 4u * tx + b;
+            if (o < k_o && i < k_i) dst[(size_t)o * k_i + i] = g[a][b];
+        }
+    }
+}
+
+#define GG_KRON_INSTANTIATE(SUFFIX, ELEM)                                                          \
+    extern "C" __global__ void GG_LAUNCH_BOUNDS kron_project_##SUFFIX(                             \
+        const ELEM* __restrict__ A, const ELEM* __restrict__ B,                                    \
+        const unsigned char* __restrict__ mask, const float* __restrict__ P_in,                    \
+        const float* __restrict__ P_out, unsigned long long key_in, unsigned long long key_out,    \
+        float scale_in, float scale_out, float* partial, unsigned int N, unsigned int T,           \
+        unsigned int d_in, unsigned int d_out, unsigned int k_i, unsigned int k_o,                 \
+        unsigned int tokens_per_split, unsigned int flags) {                                       \
+        kron_project_impl<ELEM>(A, B, mask, P_in, P_out, key_in, key_out, scale_in, scale_out,     \
+                                partial, N, T, d_in, d_out, k_i, k_o, tokens_per_split, flags);    \
+    }
+
+GG_KRON_INSTANTIATE(f32, float)
+GG_KRON_INSTANTIATE(bf16, __nv_bfloat16)
+GG_KRON_INSTANTIATE(f16, __half)
+
+extern "C" __global__ void GG_LAUNCH_BOUNDS
+    kron_finalize_f32(const float* __restrict__ partial, float* out, unsigned int N,
+                      unsigned int K, unsigned int splits, unsigned long long ld,
+                      unsigned long long offset, float scale, float beta) {
+    const unsigned long long i = (unsigned long long)blockIdx.x * GG_BLOCK + threadIdx.x;
+    const unsigned long long count = (unsigned long long)N * K;
+    if (i >= count) return;
+    float sum = 0.0f;
+    for (unsigned int s = 0; s < splits; ++s) sum += partial[(size_t)s * count + i];
+    const unsigned long long n = i / K, j = i - n * K;
+    float* o = out + n * ld + offset + j;
+    float r = scale * sum;
+    if (beta != 0.0f) r = fmaf(beta, *o, r);
+    *o = r;
+}
+
+extern "C" __global__ void GG_LAUNCH_BOUNDS
+    projection_materialize_f32(float* out, unsigned long long key, float scale, unsigned int flags,
+                               unsigned int rows, unsigned int cols) {
+    const unsigned long long i = (unsigned long long)blockIdx.x * GG_BLOCK + threadIdx.x;
+    if (i >= (unsigned long long)rows * cols) return;
+    const unsigned int r = (unsigned int)(i / cols), c = (unsigned int)(i % cols);
+    out[i] = gg_proj_random(key, r, c, flags | KP_FLAG_RANDOM, scale);
+}
+
+#define GM_T 64
+#define GM_KC 16
+#define GM_LD (GM_T + 4)
+
+extern "C" __global__ void GG_LAUNCH_BOUNDS
+    gemm_nt_f32(const float* __restrict__ A, const float* __restrict__ Bm,
+                const float* __restrict__ self_norm, float* C, unsigned int M, unsigned int N,
+                unsigned int K, unsigned int mode, float alpha, float beta) {
+    static_assert(GM_T * GM_KC == 4 * GG_BLOCK, "loader shape");
+    __shared__ __align__(16) float As[GM_KC][GM_LD];
+    __shared__ __align__(16) float Bs[GM_KC][GM_LD];
+    const unsigned int m0 = blockIdx.y * GM_T, n0 = blockIdx.x * GM_T;
+    const unsigned int tx = threadIdx.x & 15u, ty = threadIdx.x >> 4;
+    float c[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+#pragma unroll
+        for (int b = 0; b < 4; ++b) c[a][b] = 0.0f;
+    for (unsigned int k0 = 0; k0 < K; k0 += GM_KC) {
+#pragma unroll
+        for (int p = 0; p < 4; ++p) {
+            const unsigned int idx = threadIdx.x + GG_BLOCK * p;
+            const unsigned int r = idx >> 4, kk = idx & 15u;
+            const unsigned int k = k0 + kk;
+            const unsigned int m = m0 + r, nn = n0 + r;
+            As[kk][r] = (m < M && k < K) ? A[(size_t)m * K + k] : 0.0f;
+            Bs[kk][r] = (nn < N && k < K) ? Bm[(size_t)nn * K + k] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < GM_KC; ++kk) {
+            const float4 a4 = *reinterpret_cast<const float4*>(&As[kk][4 * ty]);
+            const float4 b4 = *reinterpret_cast<const float4*>(&Bs[kk][4 * tx]);
+            const float av[4] = {a4.x, a4.y, a4.z, a4.w};
+            const float bv[4] = {b4.x, b4.y, b4.z, b4.w};
+#pragma unroll
+            for (int a = 0; a < 4; ++a)
+#pragma unroll
+                for (int b = 0; b < 4; ++b) c[a][b] = fmaf(av[a], bv[b], c[a][b]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+        const unsigned int m = m0 + 4u * ty + a;
+#pragma unroll
+        for (int b = 0; b < 4; ++b) {
+            const unsigned int nn = n0 + 4u * tx + b;
+            if (m < M && nn < N) {
+                float r = c[a][b];
+                if (mode == 1u)
+                    r = r / sqrtf(self_norm[nn]);
+                else if (mode == 2u)
+                    r = r - 0.5f * self_norm[nn];
+                float* o = C + (size_t)m * N + nn;
+                float v = alpha * r;
+                if (beta != 0.0f) v = fmaf(beta, *o, v);
+                *o = v;
+            }
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Launch plans of kernels/projection.cu. Argument lists mirror the kernel declarations.
+//!
+//! `kron_project_<dt>` splits tokens across CTAs exactly like the ghost dot-product plans
+//! (`token_split`, a function of the shape only) and writes partial sums that
+//! `kron_finalize_f32` adds in a fixed order into the caller's columns: every device returns
+//! the same bits.
+
+use crate::error::Result;
+use crate::ghost_dot::gpu::{token_split, Carve, BLOCK, FLAG_BIAS};
+use crate::ghost_dot::validate_ops::TrainDims;
+use crate::ghost_dot::Accumulate;
+use crate::runtime::{KernelArg, LaunchPlan};
+use crate::validate::{fits_i32, mul, product};
+
+/// Rows of `P_i` / `P_o` a CTA projects onto (one 64×64 tile of `Ĝ`).
+pub(crate) const K_TILE: u64 = 64;
+pub(crate) const FLAG_RANDOM: u32 = 2;
+pub(crate) const FLAG_RADEMACHER: u32 = 4;
+
+/// Device side of a layer's projection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GpuProjection {
+    pub p_in: u64,
+    pub p_out: u64,
+    pub key_in: u64,
+    pub key_out: u64,
+    pub scale_in: f32,
+    pub scale_out: f32,
+    /// FLAG_RANDOM | FLAG_RADEMACHER bits.
+    pub flags: u32,
+}
+
+/// One validated layer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GpuProjectLayer {
+    pub dims: TrainDims,
+    pub a: u64,
+    pub b: u64,
+    pub mask: u64,
+    pub proj: GpuProjection,
+    pub k_i: u64,
+    pub k_o: u64,
+    pub offset: u64,
+}
+
+/// Kernel + finalize plans of every layer; partial slots carved from workspace base `ws`.
+pub(crate) fn kron_plans(layers: &[GpuProjectLayer], out: u64, ld: u64, acc: Accumulate, ws: u64) -> Result<(Vec<LaunchPlan>, u64)> {
+    let mut plans = Vec::new();
+    let mut carve = Carve::default();
+    for l in layers {
+        let d = &l.dims;
+        let tiles = mul("projection tiles", l.k_o.div_ceil(K_TILE), l.k_i.div_ceil(K_TILE))?;
+        let (s, tps) = token_split(d.t, mul("n*tiles", d.n, tiles)?);
+        let width = mul("k_o*k_i", l.k_o, l.k_i)?;
+        let partial = ws + carve.take(product("projection partials", &[s, d.n, width, 4])?)?;
+        let flags = l.proj.flags | if d.has_bias { FLAG_BIAS } else { 0 };
+        plans.push(LaunchPlan {
+            kernel: format!("kron_project_{}", d.dtype.kernel_suffix()),
+            grid: [fits_i32("n (grid.x)", d.n)?, fits_i32("token splits", s)?, fits_i32("projection tiles (grid.z)", tiles)?],
+            block: BLOCK,
+            shared_bytes: 0,
+            args: vec![
+                KernelArg::Ptr(l.a),
+                KernelArg::Ptr(l.b),
+                KernelArg::Ptr(l.mask),
+                KernelArg::Ptr(l.proj.p_in),
+                KernelArg::Ptr(l.proj.p_out),
+                KernelArg::U64(l.proj.key_in),
+                KernelArg::U64(l.proj.key_out),
+                KernelArg::F32(l.proj.scale_in),
+                KernelArg::F32(l.proj.scale_out),
+                KernelArg::Ptr(partial),
+                KernelArg::U32(fits_i32("n", d.n)?),
+                KernelArg::U32(fits_i32("t", d.t)?),
+                KernelArg::U32(fits_i32("d_in", d.d_in)?),
+                KernelArg::U32(fits_i32("d_out", d.d_out)?),
+                KernelArg::U32(fits_i32("k_i", l.k_i)?),
+                KernelArg::U32(fits_i32("k_o", l.k_o)?),
+                KernelArg::U32(fits_i32("tokens per split", tps)?),
+                KernelArg::U32(flags),
+            ],
+        });
+        plans.push(LaunchPlan {
+            kernel: "kron_finalize_f32".into(),
+            grid: [fits_i32("finalize blocks", mul("n*k", d.n, width)?.div_ceil(256))?, 1, 1],
+            block: BLOCK,
+            shared_bytes: 0,
+            args: vec![
+                KernelArg::Ptr(partial),
+                KernelArg::Ptr(out),
+                KernelArg::U32(fits_i32("n", d.n)?),
+                KernelArg::U32(fits_i32("k_o*k_i", width)?),
+                KernelArg::U32(fits_i32("token splits", s)?),
+                KernelArg::U64(ld),
+                KernelArg::U64(l.offset),
+                KernelArg::F32(acc.scale),
+                KernelArg::F32(acc.beta),
+            ],
+        });
+    }
+    Ok((plans, carve.bytes))
+}
+
+/// `projection_materialize_f32` plan.
+pub(crate) fn materialize_plan(out: u64, key: u64, scale: f32, rademacher: bool, rows: u64, cols: u64) -> Result<LaunchPlan> {
+    Ok(LaunchPlan {
+        kernel: "projection_materialize_f32".into(),
+        grid: [fits_i32("materialize blocks", mul("k*d", rows, cols)?.div_ceil(256))?, 1, 1],
+        block: BLOCK,
+        shared_bytes: 0,
+        args: vec![
+            KernelArg::Ptr(out),
+            KernelArg::U64(key),
+            KernelArg::F32(scale),
+            KernelArg::U32(FLAG_RANDOM | if rademacher { FLAG_RADEMACHER } else { 0 }),
+            KernelArg::U32(fits_i32("k", rows)?),
+            KernelArg::U32(fits_i32("d", cols)?),
+        ],
+    })
+}
+
+/// `gemm_nt_f32` plan: `C[M, N] = alpha·mode(A Bᵀ) + beta·C`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_nt_plan(a: u64, b: u64, self_norm: u64, c: u64, m: u64, n: u64, k: u64, mode: u32, acc: Accumulate) -> Result<LaunchPlan> {
+    Ok(LaunchPlan {
+        kernel: "gemm_nt_f32".into(),
+        grid: [fits_i32("n tiles", n.div_ceil(64))?, fits_i32("m tiles", m.div_ceil(64))?, 1],
+        block: BLOCK,
+        shared_bytes: 0,
+        args: vec![
+            KernelArg::Ptr(a),
+            KernelArg::Ptr(b),
+            KernelArg::Ptr(self_norm),
+            KernelArg::Ptr(c),
+            KernelArg::U32(fits_i32("n_test", m)?),
+            KernelArg::U32(fits_i32("n_block", n)?),
+            KernelArg::U32(fits_i32("k", k)?),
+            KernelArg::U32(mode),
+            KernelArg::F32(acc.scale),
+            KernelArg::F32(acc.beta),
+        ],
+    })
+}

@@ -1,0 +1,97 @@
+//! Low-rank Kronecker projections of per-sample gradients (MATH.md §3) and influence in the
+//! projected space (§4).
+//!
+//! ```text
+//! Ĝ_n = P_o G_n P_iᵀ = Σ_t (P_o b_{n,t})(P_i a_{n,t})ᵀ ∈ R^{k_o×k_i},   ĝ_n = vec(Ĝ_n) (row-major:
+//!       ĝ_n[o·k_i + i] = Ĝ_n[o, i])
+//! P_i ∈ R^{k_i × (d_in + bias)}: with a bias, activations are augmented with a trailing 1, so
+//!       the LAST column of P_i projects the bias gradient Σ_t b_{n,t};   P_o ∈ R^{k_o × d_out}
+//! S[q, j] = <ĝ'_q, ĝ_j>  (Dot),  S/√self_j (Cosine / RelatIF),  S − ½·self_j (L2)
+//! ```
+//! Shapes follow [`crate::ghost_dot`]: `A [N, T, d_in]`, `B [N, T, d_out]` (f32 | bf16 | f16),
+//! optional `mask [N, T]` u8 (a zero SKIPS the token: it contributes exactly 0 even if it holds
+//! NaN). Every output is f32 and written `out = beta·out + scale·result` (`beta = 0` never reads
+//! `out`).
+//!
+//! Projection matrices are [`ProjectionKind::Dense`] (caller-given f32) or
+//! [`ProjectionKind::Random`]: generated from `(seed, layer, which, row, col)` by the
+//! counter-based generator of [`generator`], identically by the CPU backends and inside the GPU
+//! kernels (no matrix in memory; the same seed gives the same matrix on every device, tile
+//! shape and backend).
+//!
+//! Operations (on [`Context`](crate::Context)): [`kron_project`](crate::Context::kron_project),
+//! [`kron_project_layers`](crate::Context::kron_project_layers),
+//! [`projection_matrix`](crate::Context::projection_matrix),
+//! [`influence_scores`](crate::Context::influence_scores); CPU preconditioners in
+//! [`precondition`].
+
+pub mod cpu;
+pub mod generator;
+pub(crate) mod gpu;
+mod ops;
+pub mod precondition;
+
+use crate::buffer::Tensor;
+use crate::ghost_dot::{LayerShape, TrainFactors};
+
+pub use generator::{materialize_projection, Distribution, Which};
+
+/// Where the projection matrices come from.
+#[derive(Debug, Clone, Copy)]
+pub enum ProjectionKind<'a> {
+    /// Generated entries (see [`generator`]): `P_i` is matrix [`Which::In`] of `layer`, `P_o`
+    /// is [`Which::Out`], entries of variance `1/k_i` and `1/k_o`.
+    Random { seed: u64, layer: u32, dist: Distribution },
+    /// Caller-given f32 matrices: `p_in [k_i, d_in + bias]`, `p_out [k_o, d_out]`, row-major.
+    Dense { p_in: Tensor<'a>, p_out: Tensor<'a> },
+}
+
+/// A layer's projection: `Ĝ ∈ R^{k_o × k_i}`.
+#[derive(Debug, Clone, Copy)]
+pub struct ProjectionSpec<'a> {
+    pub k_i: u64,
+    pub k_o: u64,
+    pub kind: ProjectionKind<'a>,
+}
+
+impl ProjectionSpec<'_> {
+    /// `k_o·k_i`, the length of `ĝ`.
+    pub fn width(&self) -> u64 {
+        self.k_o.saturating_mul(self.k_i)
+    }
+}
+
+/// One layer of [`kron_project_layers`](crate::Context::kron_project_layers).
+#[derive(Debug, Clone, Copy)]
+pub struct ProjectLayer<'a> {
+    pub shape: LayerShape,
+    pub train: TrainFactors<'a>,
+    pub proj: ProjectionSpec<'a>,
+}
+
+/// Where one layer's `ĝ_n` goes in a row-major `[N, row_stride]` output: columns
+/// `offset .. offset + k_o·k_i` of each row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutColumns {
+    pub offset: u64,
+    pub row_stride: u64,
+}
+
+/// Score transformation of [`influence_scores`](crate::Context::influence_scores).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScoreMode {
+    /// `S = test · trainᵀ`.
+    Dot,
+    /// `S / √self_j` (RelatIF / cosine-style normalization by the train side).
+    Cosine,
+    /// `S − ½·self_j`.
+    L2,
+}
+
+/// Sizes of an [`influence_scores`](crate::Context::influence_scores) call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScoreDims {
+    pub n_test: u64,
+    pub n_block: u64,
+    pub k: u64,
+}
