@@ -158,6 +158,13 @@ fn case_strategy() -> impl Strategy<Value = Case> {
         })
 }
 
+/// The reference result `x` written into `old` with `acc` (the library's own CPU accumulation).
+fn accumulated(x: &[f64], old: &[f32], acc: Accumulate) -> Vec<f32> {
+    let mut out = old.to_vec();
+    ghostgrad::cpu::apply_accumulate(&mut out, x, acc);
+    out
+}
+
 fn read_out(rt: &InterpRuntime, b: &InterpBuffer) -> Vec<f32> {
     rt.read_f32(b).unwrap()
 }
@@ -291,11 +298,7 @@ fn check_dense(c: &Case) {
     let mbh = c.bias.then_some(&mb[..]);
     let exact = reference::ghost_dot_dense(&train.reference(), &m, mbh, false);
     let mag = reference::ghost_dot_dense(&train.reference(), &m, mbh, true);
-    let want: Vec<f32> = exact
-        .iter()
-        .zip(&old)
-        .map(|(x, o)| ((if acc.beta == 0.0 { 0.0 } else { acc.beta as f64 * *o as f64 }) + acc.scale as f64 * x) as f32)
-        .collect();
+    let want = accumulated(&exact, &old, acc);
     let tol = Tol::for_depth(rounding_depth(&shape, c.t, 0));
     assert_close(&format!("interp ghost_dot_dense {c:?}"), &got, &want, &mag, &old, acc, tol);
 }
@@ -335,12 +338,7 @@ fn check_factored(c: &Case, weighted: bool) {
     let wh = weighted.then_some(&w[..]);
     let (m, mbias) = reference::factored_grad(&query.reference(), wh, di, dout, shape.has_bias, false);
     let (mag, mag_b) = reference::factored_grad(&query.reference(), wh, di, dout, shape.has_bias, true);
-    let apply = |x: &[f64], old: &[f32]| -> Vec<f32> {
-        x.iter()
-            .zip(old)
-            .map(|(x, o)| ((if acc.beta == 0.0 { 0.0 } else { acc.beta as f64 * *o as f64 }) + acc.scale as f64 * x) as f32)
-            .collect()
-    };
+    let apply = |x: &[f64], old: &[f32]| accumulated(x, old, acc);
     let tol = Tol::for_depth(c.q + 8);
     assert_close(&format!("interp factored_grad {c:?} w={weighted}"), &got, &apply(&m, &old), &mag, &old, acc, tol);
     if c.bias {
@@ -375,12 +373,7 @@ fn check_gram_and_norms(c: &Case, form: FormRequest) {
     ctx.ghost_sqnorm(&shape, &dt.factors(), &mut out_d.view_mut().into(), acc, form)
         .unwrap_or_else(|e| panic!("interp ghost_sqnorm {c:?}: {e}"));
     let (got, got_d) = (read_out(&rt, &out), read_out(&rt, &out_d));
-    let apply = |x: &[f64], old: &[f32]| -> Vec<f32> {
-        x.iter()
-            .zip(old)
-            .map(|(x, o)| ((if acc.beta == 0.0 { 0.0 } else { acc.beta as f64 * *o as f64 }) + acc.scale as f64 * x) as f32)
-            .collect()
-    };
+    let apply = |x: &[f64], old: &[f32]| accumulated(x, old, acc);
     let tr = train.reference();
     let tol = Tol::for_depth(rounding_depth(&shape, c.t, c.t * c.n));
     assert_close(&format!("interp ghost_gram {form:?} {c:?}"), &got, &apply(&reference::ghost_gram(&tr, false), &old), &reference::ghost_gram(&tr, true), &old, acc, tol);

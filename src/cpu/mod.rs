@@ -7,7 +7,7 @@ pub mod reference;
 use crate::ghost_dot::Accumulate;
 
 /// `out = beta·out + scale·result`, reading `out` only when `beta != 0`.
-pub(crate) fn apply_accumulate<T: Copy + Into<f64>>(out: &mut [f32], result: &[T], acc: Accumulate) {
+pub fn apply_accumulate<T: Copy + Into<f64>>(out: &mut [f32], result: &[T], acc: Accumulate) {
     debug_assert_eq!(out.len(), result.len());
     for (o, &r) in out.iter_mut().zip(result) {
         let r: f64 = r.into();
