@@ -280,13 +280,15 @@ fn merge_blocks(partial: &[f64], outer: usize, blocks: usize, inner: usize) -> V
     res
 }
 
-/// `acc[v] += Σ_{t<tr} Σ_{u∈segs[v]} (a_t·qa_u)(b_t·qb_u)` for `tr` training rows `a`, `b` and the
-/// query rows `qa`, `qb` (segments sorted, disjoint), one `tr × QUERY_BLOCK` tile pair at a time.
+/// `acc[g·V + v] += Σ_{t∈group g} Σ_{u∈segs[v]} (a_t·qa_u)(b_t·qb_u)` for the training rows `a`,
+/// `b` split into groups by `bounds` (group g = rows `bounds[g]..bounds[g+1]`, the last bound is
+/// the row count) and the query rows `qa`, `qb` (segments sorted, disjoint), one
+/// `rows × QUERY_BLOCK` tile pair at a time.
 #[allow(clippy::too_many_arguments)]
 fn gram_tile(
     a: &[f32],
     b: &[f32],
-    tr: usize,
+    bounds: &[usize],
     qa: &[f32],
     qb: &[f32],
     segs: &[Range<usize>],
@@ -296,6 +298,8 @@ fn gram_tile(
     sb: &mut Vec<f32>,
 ) {
     let rows = segs.last().map_or(0, |s| s.end);
+    let tr = *bounds.last().expect("bounds end with the row count");
+    let nv = segs.len();
     if tr == 0 || rows == 0 {
         return;
     }
@@ -309,7 +313,11 @@ fn gram_tile(
         while first < segs.len() && segs[first].end <= q0 {
             first += 1;
         }
+        let mut g = 0;
         for t in 0..tr {
+            while bounds[g + 1] <= t {
+                g += 1;
+            }
             let (ra, rb) = (&sa[t * w..(t + 1) * w], &sb[t * w..(t + 1) * w]);
             for (v, s) in segs.iter().enumerate().skip(first) {
                 if s.start >= q0 + w {
@@ -317,16 +325,51 @@ fn gram_tile(
                 }
                 let (lo, hi) = (s.start.max(q0) - q0, s.end.min(q0 + w) - q0);
                 if lo < hi {
-                    acc[v] += dot8(&ra[lo..hi], &rb[lo..hi]) as f64;
+                    acc[g * nv + v] += dot8(&ra[lo..hi], &rb[lo..hi]) as f64;
                 }
             }
         }
     }
 }
 
+/// The kept rows of samples `n0 .. n0 + count` (see [`gather`]) and each sample's row range in
+/// them: `bounds[k]..bounds[k + 1]` for sample `n0 + k`.
+fn gather_samples<'x>(
+    train: &Train<'x>,
+    n0: usize,
+    count: usize,
+    d: Dims,
+    sa: &'x mut Vec<f32>,
+    sb: &'x mut Vec<f32>,
+) -> (Vec<usize>, &'x [f32], &'x [f32]) {
+    let t = train.t;
+    let rows = n0 * t..(n0 + count) * t;
+    let mut bounds = Vec::with_capacity(count + 1);
+    bounds.push(0);
+    for k in 0..count {
+        let r0 = (n0 + k) * t;
+        let kept_rows = (r0..r0 + t).filter(|&r| kept(train.mask, r)).count();
+        bounds.push(bounds[k] + kept_rows);
+    }
+    let (a, _) = gather(train.a, train.mask, rows.clone(), d.d_in, d.ones, None, sa);
+    let (b, _) = gather(train.b, train.mask, rows, d.d_out, false, None, sb);
+    (bounds, a, b)
+}
+
 /// Gram form of `<G_n, Gq_v>`: `[N, V]`.
 fn gram_dot(train: &Train<'_>, q: &Side<'_>, d: Dims) -> Vec<f64> {
     let nv = q.segs.len();
+    if train.t < TRAIN_BLOCK {
+        // Short samples: one task covers several whole samples, so the score tiles come from
+        // one GEMM of up to TRAIN_BLOCK rows instead of one tiny GEMM per sample.
+        let per = TRAIN_BLOCK / train.t;
+        let mut res = vec![0.0f64; train.n * nv];
+        res.par_chunks_mut(per * nv).enumerate().for_each_init(Scratch::default, |s, (g, acc)| {
+            let (bounds, a, b) = gather_samples(train, g * per, acc.len() / nv, d, &mut s.a, &mut s.b);
+            gram_tile(a, b, &bounds, &q.a, &q.b, &q.segs, d, acc, &mut s.sa, &mut s.sb);
+        });
+        return res;
+    }
     let blocks = train.t.div_ceil(TRAIN_BLOCK);
     let mut partial = vec![0.0f64; train.n * blocks * nv];
     partial.par_chunks_mut(nv).enumerate().for_each_init(Scratch::default, |s, (task, acc)| {
@@ -334,13 +377,41 @@ fn gram_dot(train: &Train<'_>, q: &Side<'_>, d: Dims) -> Vec<f64> {
         let rows = n * train.t + blk * TRAIN_BLOCK..n * train.t + train.t.min((blk + 1) * TRAIN_BLOCK);
         let (a, tr) = gather(train.a, train.mask, rows.clone(), d.d_in, d.ones, None, &mut s.a);
         let (b, _) = gather(train.b, train.mask, rows, d.d_out, false, None, &mut s.b);
-        gram_tile(a, b, tr, &q.a, &q.b, &q.segs, d, acc, &mut s.sa, &mut s.sb);
+        gram_tile(a, b, &[0, tr], &q.a, &q.b, &q.segs, d, acc, &mut s.sa, &mut s.sb);
     });
     merge_blocks(&partial, train.n, blocks, nv)
 }
 
 /// `Σ_t b_tᵀ M_v a_t` for every `v` (`m` holds `nv` matrices `[d_out, di]`): `[N, nv]`.
 fn dense_dot(train: &Train<'_>, m: &[f32], nv: usize, d: Dims) -> Vec<f64> {
+    if train.t < DENSE_ROWS {
+        // Short samples: one task covers several whole samples (one GEMM of up to DENSE_ROWS
+        // rows per query matrix instead of one per sample); per sample the same f64 order.
+        let per = DENSE_ROWS / train.t;
+        let mut res = vec![0.0f64; train.n * nv];
+        res.par_chunks_mut(per * nv).enumerate().for_each_init(Scratch::default, |s, (g, acc)| {
+            let (bounds, a, b) = gather_samples(train, g * per, acc.len() / nv, d, &mut s.a, &mut s.b);
+            let tr = *bounds.last().unwrap();
+            if tr == 0 {
+                return;
+            }
+            let c = &mut s.sa;
+            for v in 0..nv {
+                let mv = &m[v * d.grad_len()..(v + 1) * d.grad_len()];
+                for c0 in (0..d.di).step_by(DENSE_COLS) {
+                    let w = DENSE_COLS.min(d.di - c0);
+                    c.resize(tr * w, 0.0);
+                    matmul(tr, w, d.d_out, c, w, b, d.d_out, 1, &mv[c0..], d.di, 1);
+                    for (k, rows) in bounds.windows(2).enumerate() {
+                        for t in rows[0]..rows[1] {
+                            acc[k * nv + v] += dot8(&c[t * w..(t + 1) * w], &a[t * d.di + c0..t * d.di + c0 + w]) as f64;
+                        }
+                    }
+                }
+            }
+        });
+        return res;
+    }
     let blocks = train.t.div_ceil(DENSE_ROWS);
     let mut partial = vec![0.0f64; train.n * blocks * nv];
     partial.par_chunks_mut(nv).enumerate().for_each_init(Scratch::default, |s, (task, acc)| {
@@ -492,7 +563,7 @@ fn self_gram_block(train: &Train<'_>, n: usize, blk: usize, d: Dims, s: &mut Scr
         let (qa, qr) = gather(train.a, train.mask, block_rows(other), d.d_in, d.ones, None, &mut s.qa);
         let (qb, _) = gather(train.b, train.mask, block_rows(other), d.d_out, false, None, &mut s.qb);
         let mut acc = [0.0f64];
-        gram_tile(a, b, tr, qa, qb, std::slice::from_ref(&(0..qr)), d, &mut acc, &mut s.sa, &mut s.sb);
+        gram_tile(a, b, &[0, tr], qa, qb, std::slice::from_ref(&(0..qr)), d, &mut acc, &mut s.sa, &mut s.sb);
         total += if other == blk { acc[0] } else { 2.0 * acc[0] };
     }
     total
@@ -529,7 +600,7 @@ pub fn ghost_gram(train: &Train<'_>, form: Form, out: &mut [f32], acc: Accumulat
                     let (qa, qr) = gather(train.a, train.mask, rows_m.clone(), d.d_in, d.ones, None, &mut s.qa);
                     let (qb, _) = gather(train.b, train.mask, rows_m, d.d_out, false, None, &mut s.qb);
                     let mut one = [0.0f64];
-                    gram_tile(a, b, tr, qa, qb, std::slice::from_ref(&(0..qr)), d, &mut one, &mut s.sa, &mut s.sb);
+                    gram_tile(a, b, &[0, tr], qa, qb, std::slice::from_ref(&(0..qr)), d, &mut one, &mut s.sa, &mut s.sb);
                     *r = one[0];
                 }
             });

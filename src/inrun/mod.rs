@@ -189,6 +189,8 @@ impl Context {
     ///
     /// Returns the form chosen for every pseudo-layer, in the order
     /// `[(a_val, b_val) of layers 0..L | (a_val, ḃ), (ȧ, b_val) of layer 0, of layer 1, …]`.
+    /// (The fast CPU path evaluates `(a_val, b_val)` and `(a_val, ḃ)` of a layer as one query
+    /// with `b` rows `−η·b_val + (η²/2)·ḃ`, in the first slot's form: two passes per layer.)
     pub fn ghg(
         &self,
         layers: &[GhgLayer<'_>],
@@ -260,13 +262,36 @@ impl Context {
                 apply_accumulate(out.host("out")?, &phi, acc);
             }
             Backend::CpuFast => {
+                // Two passes per layer instead of three: the first-order query (a_val, b_val) and
+                // the (a_val, ḃ) half of H v share a_val and the bias column, so they are one
+                // query with b rows w0·b_val + w1·ḃ (formed in f64, rounded once to f32) and the
+                // first-order slot's form (the (a_val, ḃ) slot has the same sizes, so the same
+                // choice); then (ȧ, b_val) without bias, scaled by w1.
                 let out = out.host("out")?;
-                for (i, (((shape, train, query), (d, q)), c)) in pseudo.iter().zip(&validated).zip(&choices).enumerate() {
-                    let w = if i < n_first { w0 } else { w1 };
-                    let layer_acc = Accumulate { scale: acc.scale * w, beta: if i == 0 { acc.beta } else { 1.0 } };
+                for (l, layer) in layers.iter().enumerate() {
+                    let rows = (layer.t_v * layer.shape.d_out) as usize;
+                    let (mut bv, mut bd) = (vec![0.0f32; rows], vec![0.0f32; rows]);
+                    layer.b_val.host("b_val")?.copy_to_f32(0, &mut bv);
+                    layer.b_dot.host("b_dot")?.copy_to_f32(0, &mut bd);
+                    let comb: Vec<f32> =
+                        bv.iter().zip(&bd).map(|(&v, &dv)| (w0 as f64 * v as f64 + w1 as f64 * dv as f64) as f32).collect();
+                    let (shape, train, query) = &pseudo[l];
+                    let (d, q) = &validated[l];
                     let tr = cpu_train(*shape, train, d)?;
-                    let qr = cpu_query(query, q)?;
-                    cpu::fast::ghost_dot(&tr, &qr, c.form, out, layer_acc);
+                    let qr = reference::Query {
+                        aq: query.aq.host("a_val")?,
+                        bq: HostSlice::F32(&comb),
+                        mask: host_u8("val_mask", query.mask.as_ref())?,
+                        ranges: q.ranges(),
+                    };
+                    let first_acc = Accumulate { scale: acc.scale, beta: if l == 0 { acc.beta } else { 1.0 } };
+                    cpu::fast::ghost_dot(&tr, &qr, choices[l].form, out, first_acc);
+                    let i2 = n_first + 2 * l + 1;
+                    let (shape2, train2, query2) = &pseudo[i2];
+                    let (d2, q2) = &validated[i2];
+                    let tr2 = cpu_train(*shape2, train2, d2)?;
+                    let qr2 = cpu_query(query2, q2)?;
+                    cpu::fast::ghost_dot(&tr2, &qr2, choices[i2].form, out, Accumulate { scale: acc.scale * w1, beta: 1.0 });
                 }
             }
         }
