@@ -250,18 +250,18 @@ impl Context {
                 gpu::run_with_workspace(rt.as_ref(), |ws| gpu::ghost_dot_plans(&gl, n, nseg, out_ptr, acc, ws))?;
             }
             backend => {
-                let out = out.host("out")?;
-                for (i, ((l, (d, q)), c)) in layers.iter().zip(&validated).zip(&choices).enumerate() {
-                    let layer_acc = if i == 0 { acc } else { Accumulate { scale: acc.scale, beta: 1.0 } };
+                // The layers' sum stays in f64 and is rounded once into `out`.
+                let mut total = vec![0.0f64; (n * nseg) as usize];
+                for ((l, (d, q)), c) in layers.iter().zip(&validated).zip(&choices) {
                     let train = cpu_train(l.shape, &l.train, d)?;
                     let query = cpu_query(&l.query, q)?;
-                    match backend {
-                        Backend::CpuReference => {
-                            apply_accumulate(out, &reference::ghost_dot(&train, &query, false), layer_acc)
-                        }
-                        _ => cpu::fast::ghost_dot(&train, &query, c.form, out, layer_acc),
-                    }
+                    let r = match backend {
+                        Backend::CpuReference => reference::ghost_dot(&train, &query, false),
+                        _ => cpu::fast::ghost_dot_f64(&train, &query, c.form),
+                    };
+                    total.iter_mut().zip(&r).for_each(|(t, x)| *t += x);
                 }
+                apply_accumulate(out.host("out")?, &total, acc);
             }
         }
         Ok(choices)

@@ -480,13 +480,22 @@ fn materialize_train(train: &Train<'_>, d: Dims) -> Vec<f32> {
 
 /// `out[n, v] = beta·out + scale·<G_n, Gq_v>` in the requested form (`out` `[N, V]`).
 pub fn ghost_dot(train: &Train<'_>, query: &Query<'_>, form: Form, out: &mut [f32], acc: Accumulate) {
+    if query.ranges.is_empty() {
+        return;
+    }
+    write_out(out, &ghost_dot_f64(train, query, form), acc);
+}
+
+/// `<G_n, Gq_v>` `[N, V]` before the output's rounding, so callers summing several layers or
+/// passes round once.
+pub fn ghost_dot_f64(train: &Train<'_>, query: &Query<'_>, form: Form) -> Vec<f64> {
     let d = Dims::of(train);
     let q = Side::new(query.aq, query.bq, query.mask, &query.ranges, d, None);
     let nv = q.segs.len();
     if nv == 0 {
-        return;
+        return Vec::new();
     }
-    let res = match form {
+    match form {
         Form::Gram => gram_dot(train, &q, d),
         Form::DenseQuery => dense_dot(train, &factor_all(&q, d), nv, d),
         Form::Materialize => {
@@ -500,8 +509,7 @@ pub fn ghost_dot(train: &Train<'_>, query: &Query<'_>, form: Form, out: &mut [f3
             });
             res
         }
-    };
-    write_out(out, &res, acc);
+    }
 }
 
 /// `out[n] = beta·out + scale·Σ_t (b_{n,t}ᵀ M a_{n,t} + b_{n,t}·m_bias)` (`m` `[d_out, d_in]`).

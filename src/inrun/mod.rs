@@ -268,6 +268,7 @@ impl Context {
                 // first-order slot's form (the (a_val, ḃ) slot has the same sizes, so the same
                 // choice); then (ȧ, b_val) without bias, scaled by w1.
                 let out = out.host("out")?;
+                let mut total = vec![0.0f64; n as usize]; // all passes in f64, rounded once
                 for (l, layer) in layers.iter().enumerate() {
                     let rows = (layer.t_v * layer.shape.d_out) as usize;
                     let (mut bv, mut bd) = (vec![0.0f32; rows], vec![0.0f32; rows]);
@@ -284,15 +285,17 @@ impl Context {
                         mask: host_u8("val_mask", query.mask.as_ref())?,
                         ranges: q.ranges(),
                     };
-                    let first_acc = Accumulate { scale: acc.scale, beta: if l == 0 { acc.beta } else { 1.0 } };
-                    cpu::fast::ghost_dot(&tr, &qr, choices[l].form, out, first_acc);
+                    let r = cpu::fast::ghost_dot_f64(&tr, &qr, choices[l].form);
+                    total.iter_mut().zip(&r).for_each(|(t, x)| *t += x);
                     let i2 = n_first + 2 * l + 1;
                     let (shape2, train2, query2) = &pseudo[i2];
                     let (d2, q2) = &validated[i2];
                     let tr2 = cpu_train(*shape2, train2, d2)?;
                     let qr2 = cpu_query(query2, q2)?;
-                    cpu::fast::ghost_dot(&tr2, &qr2, choices[i2].form, out, Accumulate { scale: acc.scale * w1, beta: 1.0 });
+                    let r = cpu::fast::ghost_dot_f64(&tr2, &qr2, choices[i2].form);
+                    total.iter_mut().zip(&r).for_each(|(t, x)| *t += w1 as f64 * x);
                 }
+                apply_accumulate(out, &total, acc);
             }
         }
         Ok(choices)
