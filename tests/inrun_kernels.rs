@@ -124,12 +124,9 @@ fn expected(layers: &[GhgLayer<'_>], eta: f32, old: &[f32], acc: Accumulate) -> 
     let (f, s) = reference_ghg(layers, false).unwrap();
     let (fa, sa) = reference_ghg(layers, true).unwrap();
     let (w0, w1) = (-(eta as f64), 0.5 * (eta as f64) * (eta as f64));
-    let want = (0..f.len())
-        .map(|i| {
-            let prev = if acc.beta == 0.0 { 0.0 } else { acc.beta as f64 * old[i] as f64 };
-            (prev + acc.scale as f64 * (w0 * f[i] + w1 * s[i])) as f32
-        })
-        .collect();
+    let phi: Vec<f64> = (0..f.len()).map(|i| w0 * f[i] + w1 * s[i]).collect();
+    let mut want = old.to_vec();
+    ghostgrad::cpu::apply_accumulate(&mut want, &phi, acc);
     let mag = (0..f.len()).map(|i| w0.abs() * fa[i] + w1 * sa[i]).collect();
     (want, mag)
 }
