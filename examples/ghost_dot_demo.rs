@@ -11,9 +11,7 @@
 //! the fast CPU backend, saying why); `--cpu` forces the CPU. Exits non-zero if ghostgrad and the
 //! naive method disagree.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use gemm::Parallelism;
@@ -34,58 +32,17 @@ const TOLERANCE: f64 = 1e-3;
 
 // ---- counting allocator: peak live heap bytes during a call, above the level before it ----
 
-struct CountingAlloc;
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
+#[path = "../benches/support/peak_alloc.rs"]
+mod peak_alloc;
+
 #[global_allocator]
-static ALLOC: CountingAlloc = CountingAlloc;
-
-fn grew(bytes: usize) {
-    let now = LIVE.fetch_add(bytes, Ordering::Relaxed) + bytes;
-    PEAK.fetch_max(now, Ordering::Relaxed);
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the counters only observe.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let p = System.alloc(l);
-        if !p.is_null() {
-            grew(l.size());
-        }
-        p
-    }
-    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        let p = System.alloc_zeroed(l);
-        if !p.is_null() {
-            grew(l.size());
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, l: Layout) {
-        System.dealloc(ptr, l);
-        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, l: Layout, new_size: usize) -> *mut u8 {
-        let p = System.realloc(ptr, l, new_size);
-        if !p.is_null() {
-            if new_size >= l.size() {
-                grew(new_size - l.size());
-            } else {
-                LIVE.fetch_sub(l.size() - new_size, Ordering::Relaxed);
-            }
-        }
-        p
-    }
-}
+static ALLOC: peak_alloc::CountingAlloc = peak_alloc::CountingAlloc;
 
 /// Runs `f` once: its result, wall time in seconds, and peak extra heap bytes.
 fn measured<R>(f: impl FnOnce() -> R) -> (R, f64, usize) {
-    let before = LIVE.load(Ordering::SeqCst);
-    PEAK.store(before, Ordering::SeqCst);
     let start = Instant::now();
-    let r = f();
-    let secs = start.elapsed().as_secs_f64();
-    (r, secs, PEAK.load(Ordering::SeqCst).saturating_sub(before))
+    let (r, peak) = peak_alloc::peak_extra_bytes(f);
+    (r, start.elapsed().as_secs_f64(), peak)
 }
 
 // ---- factors with realistic structure ----
