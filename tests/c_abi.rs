@@ -1209,3 +1209,26 @@ fn kfac_handle_matches_the_rust_api_including_ekfac_and_rejects_bad_arguments() 
         gg_kfac_destroy(ptr::null_mut());
     }
 }
+
+#[test]
+fn c_projection_example_matches_a_naive_double_precision_computation() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lib = static_library();
+    let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("projection_c_example");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let compiled = run(Command::new(&cc)
+        .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1"])
+        .arg("-I")
+        .arg(root.join("include"))
+        .arg(root.join("examples/c/projection.c"))
+        .arg(&lib)
+        .args(["-lpthread", "-ldl", "-lm", "-o"])
+        .arg(&exe));
+    assert!(compiled.status.success(), "compiling examples/c/projection.c against {} failed", lib.display());
+    let ran = run(&mut Command::new(&exe));
+    assert!(ran.status.success(), "the C projection example failed ({})", ran.status);
+    let stdout = String::from_utf8_lossy(&ran.stdout);
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+    assert_eq!(stdout.matches("relative error").count(), 4, "every check ran: {stdout}");
+    assert!(stdout.contains("GG_STATUS_INVALID_ARGUMENT"), "the error path was not shown: {stdout}");
+}
