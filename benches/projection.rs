@@ -25,7 +25,7 @@
 //!
 //! Writes a markdown section to `target/projection_bench.md` (spliced into BENCHMARKS.md by
 //! `scripts/bench.sh`). Knobs: `GHOSTGRAD_BENCH_PROJ_N` (default 4), `GHOSTGRAD_BENCH_PROJ_T`
-//! (default 256), `GHOSTGRAD_BENCH_MEASURE_S` (default 1), `GHOSTGRAD_BENCH_DENSE_MAX_BYTES`.
+//! (default 512, LoGra's T), `GHOSTGRAD_BENCH_MEASURE_S` (default 1), `GHOSTGRAD_BENCH_DENSE_MAX_BYTES`.
 //! Without `--bench` (e.g. `cargo test --benches`) it only smoke-tests one tiny case.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -401,7 +401,7 @@ fn rel_err(x: &[f32], reference: &[f32]) -> f64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let full = args.iter().any(|a| a == "--bench");
-    let (n, t) = if full { (env_or("GHOSTGRAD_BENCH_PROJ_N", 4usize), env_or("GHOSTGRAD_BENCH_PROJ_T", 256usize)) } else { (2, 3) };
+    let (n, t) = if full { (env_or("GHOSTGRAD_BENCH_PROJ_N", 4usize), env_or("GHOSTGRAD_BENCH_PROJ_T", 512usize)) } else { (2, 3) };
     let shapes: Vec<(usize, usize, usize)> = if full {
         vec![(1024, 1024, 16), (1024, 1024, 64), (768, 3072, 16), (768, 3072, 64)]
     } else {
@@ -594,26 +594,38 @@ fn render(dir: &Path, records: &[CaseRecord], measure: Duration, budget: u64) ->
         s,
         "Workload: MATH.md §7 LoGra rows scaled for a CPU (layer widths kept, N and T shrunk), f32, no bias, no mask. \
          Output of every method: `[N, k_o·k_i]`. FLOPs: kron_project and LogIX `2·N·T·(d_in·k_i + d_out·k_o + k_i·k_o)`; \
-         TRAK `2·N·T·d_in·d_out + 2·N·k_o·k_i·d_in·d_out`; GEMM `2·m·n·k`. \"% of GEMM rate\": GFLOP/s over the rate of \
-         the square GEMM of (about) kron_project's FLOPs timed in the same case. Peak extra memory: counting allocator, \
+         TRAK `2·N·T·d_in·d_out + 2·N·k_o·k_i·d_in·d_out`; GEMM `2·m·n·k`. \"% of GEMM rate\": GFLOP/s over the faster of \
+         the two plain GEMMs timed in the same case (a square GEMM of about kron_project's FLOPs, and the \
+         shape-matched skinny GEMM of exactly its FLOPs); above 100 % means the load on the machine changed between \
+         the two measurements. Peak extra memory: counting allocator, \
          peak live heap bytes during one call above the level before (inputs/outputs excluded); persistent: memory the \
          method keeps between calls (the TRAK matrix). TRAK baseline memory budget: {:.1} GB \
          (`GHOSTGRAD_BENCH_DENSE_MAX_BYTES`, default min(4 GiB, MemAvailable/4)).\n",
         budget as f64 / 1e9
     );
-    let _ = writeln!(s, "| layer | k_i×k_o | N | T | method | time [95 % CI] | GFLOP | GFLOP/s | % of GEMM rate | time / kron_project | peak extra memory | persistent memory |");
+    let _ = writeln!(s, "| layer | k_i×k_o | N | T | method | time [95 % CI] | GFLOP | GFLOP/s | % of GEMM rate | time / kron_project (P given) | peak extra memory | persistent memory |");
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut notes = Vec::new();
+    let mut summary = Vec::new();
     for r in records {
         let timing = |m: Method| read_timing(dir, &r.group, m.id());
+        // This machine's GEMM rate during the case: the faster of its two plain GEMMs.
         let gemm_rate = r
             .methods
             .iter()
-            .find(|m| m.method == Method::GemmSquare)
-            .and_then(|m| timing(Method::GemmSquare).map(|t| m.flops / t.median));
-        let kron_time = timing(Method::KronRandom).map(|t| t.median);
+            .filter(|m| m.gemm.is_some())
+            .filter_map(|m| timing(m.method).map(|t| m.flops / t.median))
+            .reduce(f64::max);
+        // Baselines get their matrices ready-made: compare them with kron_project given P too.
+        let kron_time = timing(Method::KronDense).map(|t| t.median);
+        let peak = |m: Method| r.methods.iter().find(|x| x.method == m).map(|x| x.peak_bytes as f64);
         let layer = format!("{}→{}", r.d_in, r.d_out);
         for m in &r.methods {
+            if m.method == Method::GemmSquare {
+                if let Some(why) = &r.trak_skipped {
+                    let _ = writeln!(s, "| {layer} | {k}×{k} | {} | {} | TRAK-style | **skipped**: {why} | | | | | | |", r.n, r.t, k = r.k);
+                }
+            }
             let tm = timing(m.method);
             let label = match m.gemm {
                 Some(g) => format!("{} {}", m.method.label(), g.label()),
@@ -642,11 +654,34 @@ fn render(dir: &Path, records: &[CaseRecord], measure: Duration, budget: u64) ->
                 k = r.k,
             );
         }
-        if let Some(why) = &r.trak_skipped {
-            let _ = writeln!(s, "| {layer} | {k}×{k} | {} | {} | TRAK-style | **skipped**: {why} | | | | | | |", r.n, r.t, k = r.k);
-        }
+        let ratio = |m: Method| match (timing(m), kron_time) {
+            (Some(t), Some(k)) => format!("{:.2}×", t.median / k),
+            _ => "–".into(),
+        };
+        let mem = |m: Method| match (peak(m), peak(Method::KronDense)) {
+            (Some(x), Some(k)) if k > 0.0 => format!("{:.1}×", x / k),
+            _ => "–".into(),
+        };
+        let trak = match &r.trak_skipped {
+            Some(_) => "TRAK-style skipped (its matrix does not fit)".to_string(),
+            None => format!(
+                "TRAK-style {} the time, {} the peak extra memory, plus {} persistent",
+                ratio(Method::Trak),
+                mem(Method::Trak),
+                fmt_bytes(r.methods.iter().find(|m| m.method == Method::Trak).map_or(0.0, |m| m.persistent_bytes as f64))
+            ),
+        };
+        summary.push(format!(
+            "- {layer}, k_i = k_o = {}: relative to `kron_project` with P given — LogIX-style {} the time and {} the peak \
+             extra memory; {trak}; `kron_project` with P generated per call {} the time.",
+            r.k,
+            ratio(Method::Logix),
+            mem(Method::Logix),
+            ratio(Method::KronRandom)
+        ));
         notes.push(format!("{layer} k={}: max |LogIX − kron_project| / max |kron_project| = {:.1e}", r.k, r.logix_rel_err));
     }
+    let _ = writeln!(s, "\nSummary (ratios of medians and of peak extra memory, same case, same process):\n\n{}", summary.join("\n"));
     let _ = writeln!(
         s,
         "\nChecks made by the bench before timing: `kron_project` with random P equals it with the same P given \
