@@ -310,7 +310,8 @@ const char *gg_status_name(int32_t status);
 const char *gg_last_error_message(void);
 
 // Why the last form-choosing call on this thread (`gg_ghost_dot`, `gg_ghost_dot_layers`,
-// `gg_ghost_gram`, `gg_ghost_sqnorm`, `gg_choose_form`) used its form(s): one line per layer.
+// `gg_ghost_gram`, `gg_ghost_sqnorm`, `gg_choose_form`, `gg_ghg`) used its form(s): one line per
+// layer (per pseudo-layer for `gg_ghg`).
 // Empty before any such call succeeded. Owned by ghostgrad; valid until the next form-choosing
 // call on this thread.
 const char *gg_last_form_reason(void);

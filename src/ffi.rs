@@ -842,7 +842,8 @@ pub extern "C" fn gg_last_error_message() -> *const c_char {
 }
 
 /// Why the last form-choosing call on this thread (`gg_ghost_dot`, `gg_ghost_dot_layers`,
-/// `gg_ghost_gram`, `gg_ghost_sqnorm`, `gg_choose_form`) used its form(s): one line per layer.
+/// `gg_ghost_gram`, `gg_ghost_sqnorm`, `gg_choose_form`, `gg_ghg`) used its form(s): one line per
+/// layer (per pseudo-layer for `gg_ghg`).
 /// Empty before any such call succeeded. Owned by ghostgrad; valid until the next form-choosing
 /// call on this thread.
 #[no_mangle]
@@ -1775,6 +1776,10 @@ pub unsafe extern "C" fn gg_ghg(
         // SAFETY: forwarded from this function's contract.
         let (ctx, descs) = unsafe { (context_ref(ctx)?, read_array(layers, n_layers, "layers")?) };
         let form = form_request_from_code(form)?;
+        if !choices_out.is_null() {
+            // Checked before anything runs, so that a bad pointer never follows a computed output.
+            check_out_param(choices_out, "choices_out")?;
+        }
         let mut bufs = Buffers::new(ctx);
         let mut raw = Vec::with_capacity(n_layers);
         for (i, l) in descs.iter().enumerate() {
@@ -1810,7 +1815,6 @@ pub unsafe extern "C" fn gg_ghg(
         let reason = labels.zip(&choices).map(|(label, c)| format!("{label}: {}", c.reason)).collect::<Vec<_>>().join("\n");
         set_form_reason(&reason);
         if !choices_out.is_null() {
-            check_out_param(choices_out, "choices_out")?;
             for (i, c) in choices.iter().enumerate() {
                 // SAFETY: non-null, aligned (checked), 3·n_layers entries (contract).
                 unsafe { choices_out.add(i).write(gg_form_choice::from(c)) };
@@ -1878,7 +1882,7 @@ fn grads_dims(raw: &RawBuf, n: u64, k: u64) -> FfiResult<(usize, usize)> {
     Ok((n as usize, k as usize))
 }
 
-/// Writes `res` (f32, `out.len()` long already checked) into the caller's output.
+/// Checks that an output of the preconditioners has exactly `expected` elements.
 fn check_out_len(raw: &RawBuf, expected: u64) -> FfiResult {
     if raw.len != expected {
         return Err(GhostError::LengthMismatch { what: "out", expected, got: raw.len }.into());

@@ -1008,6 +1008,13 @@ fn ghg_matches_the_rust_api_reports_every_pseudo_layer_and_rejects_bad_arguments
         expect(gg_ghg(ctx.0, ptr::null(), 1, eta, tm(&mut out), 1.0, 0.0, 0, ptr::null_mut()), GG_STATUS_NULL_POINTER, &["layers"]);
         expect(gg_ghg(ctx.0, layers.as_ptr(), 0, eta, tm(&mut out), 1.0, 0.0, 0, ptr::null_mut()), GG_STATUS_ZERO_SIZE, &["n_layers"]);
         expect(gg_ghg(ctx.0, layers.as_ptr(), 2, eta, tm(&mut out), 1.0, 0.0, 8, ptr::null_mut()), GG_STATUS_INVALID_ARGUMENT, &["form"]);
+        // A misaligned choices array is rejected before anything is computed or written.
+        let mut sentinel = vec![7.0f32; N as usize];
+        let mut space = [0u64; 64];
+        let odd = (space.as_mut_ptr() as *mut u8).add(4) as *mut gg_form_choice;
+        let st = gg_ghg(ctx.0, layers.as_ptr(), 2, eta, tm(&mut sentinel), 1.0, 0.0, 0, odd);
+        expect(st, GG_STATUS_MISALIGNED, &["choices_out"]);
+        assert_eq!(sentinel, vec![7.0f32; N as usize]);
     }
 }
 
