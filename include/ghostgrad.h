@@ -71,6 +71,16 @@ typedef int32_t gg_status;
 // release with [`gg_context_destroy`].
 typedef struct gg_context gg_context;
 
+// A fitted K-FAC (or, after [`gg_kfac_ekfac_correct`], EK-FAC) preconditioner of one layer's
+// projected gradients (opaque, host memory). Created by [`gg_kfac_fit`], owned by the caller,
+// released with [`gg_kfac_destroy`].
+typedef struct gg_kfac gg_kfac;
+
+// A fitted raw-Fisher preconditioner (opaque, host memory): `(F + λI)⁻¹` with
+// `F = (1/N) Σ_n ĝ_n ĝ_nᵀ`, `λ = 0.1·trace(F)/k`, Cholesky-factored in f64. Created by
+// [`gg_raw_fisher_fit`], owned by the caller, released with [`gg_raw_fisher_destroy`].
+typedef struct gg_raw_fisher gg_raw_fisher;
+
 // One linear layer `y = x Wᵀ (+ bias)`, `W` of shape `[d_out, d_in]`; `has_bias` nonzero adds
 // the bias to the parameter (activations augmented with a constant 1).
 typedef struct gg_layer_shape {
@@ -164,6 +174,63 @@ typedef struct gg_layer {
     gg_form_request form;
 } gg_layer;
 
+// Where a layer's projection matrices come from (see [`gg_projection`]).
+typedef uint32_t gg_projection_kind;
+
+// Distribution of the entries of a random projection matrix.
+typedef uint32_t gg_distribution;
+
+// A layer's low-rank projection `Ĝ = P_o G P_iᵀ ∈ R^{k_o × k_i}` (MATH.md §3). `kind` is a
+// `gg_projection_kind`. `seed`, `layer` and `dist` (a `gg_distribution`) are read only for
+// `GG_PROJECTION_RANDOM` (entries of variance `1/k_i` and `1/k_o`; the same seed gives the same
+// matrices on every backend); `p_in` (f32 `[k_i, d_in + bias]`, its last column projecting the
+// bias gradient) and `p_out` (f32 `[k_o, d_out]`), row-major, only for `GG_PROJECTION_DENSE`.
+typedef struct gg_projection {
+    uint64_t k_i;
+    uint64_t k_o;
+    gg_projection_kind kind;
+    gg_distribution dist;
+    uint64_t seed;
+    uint32_t layer;
+    struct gg_tensor p_in;
+    struct gg_tensor p_out;
+} gg_projection;
+
+// One layer of [`gg_kron_project_layers`].
+typedef struct gg_project_layer {
+    struct gg_layer_shape shape;
+    struct gg_train train;
+    struct gg_projection proj;
+} gg_project_layer;
+
+// Which of a layer's two projection matrices.
+typedef uint32_t gg_which;
+
+// Score transformation of [`gg_influence_scores`].
+typedef uint32_t gg_score_mode;
+
+// One model layer of [`gg_ghg`] (MATH.md §2): the training factors, the validation activations
+// `a_val [t_v, d_in]` and output gradients `b_val [t_v, d_out]`, their directional derivatives
+// `a_dot [t_v, d_in]`, `b_dot [t_v, d_out]` along the batch gradient (all of the training
+// dtype), and an optional `val_mask` u8 `[t_v]` (zero = that validation token does not exist).
+typedef struct gg_ghg_layer {
+    struct gg_layer_shape shape;
+    struct gg_train train;
+    struct gg_tensor a_val;
+    struct gg_tensor b_val;
+    struct gg_tensor a_dot;
+    struct gg_tensor b_dot;
+    uint64_t t_v;
+    struct gg_tensor val_mask;
+} gg_ghg_layer;
+
+// A written buffer of `len` f64 elements (the value accumulator of [`gg_accumulate_values`]),
+// host or device memory as for [`gg_tensor`], aligned to 8 bytes.
+typedef struct gg_tensor_f64_mut {
+    void *ptr;
+    uint64_t len;
+} gg_tensor_f64_mut;
+
 #define GG_DTYPE_F32 0
 
 #define GG_DTYPE_BF16 1
@@ -200,6 +267,33 @@ typedef struct gg_layer {
 // `offsets` (i32, `V + 1` entries): sample `v` is rows `offsets[v] .. offsets[v+1]`.
 #define GG_SEGMENTS_OFFSETS 2
 
+// Standardized Irwin–Hall(4) entries of variance `1/k` (bit-exact on every backend).
+#define GG_DISTRIBUTION_GAUSSIAN 0
+
+// `±1/√k` with probability ½ each.
+#define GG_DISTRIBUTION_RADEMACHER 1
+
+// `P_i ∈ R^{k_i × (d_in + bias)}`, applied to activations.
+#define GG_WHICH_IN 0
+
+// `P_o ∈ R^{k_o × d_out}`, applied to output gradients.
+#define GG_WHICH_OUT 1
+
+// Generated from `(seed, layer, which, row, col)` inside the kernels: no matrix in memory.
+#define GG_PROJECTION_RANDOM 0
+
+// Caller-given f32 matrices `p_in [k_i, d_in + bias]` and `p_out [k_o, d_out]`.
+#define GG_PROJECTION_DENSE 1
+
+// `S = test · trainᵀ`.
+#define GG_SCORE_DOT 0
+
+// `S / √train_self[j]` (cosine / RelatIF-style normalization by the train side).
+#define GG_SCORE_COSINE 1
+
+// `S − ½·train_self[j]`.
+#define GG_SCORE_L2 2
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -216,7 +310,8 @@ const char *gg_status_name(int32_t status);
 const char *gg_last_error_message(void);
 
 // Why the last form-choosing call on this thread (`gg_ghost_dot`, `gg_ghost_dot_layers`,
-// `gg_ghost_gram`, `gg_ghost_sqnorm`, `gg_choose_form`) used its form(s): one line per layer.
+// `gg_ghost_gram`, `gg_ghost_sqnorm`, `gg_choose_form`, `gg_ghg`) used its form(s): one line per
+// layer (per pseudo-layer for `gg_ghg`).
 // Empty before any such call succeeded. Owned by ghostgrad; valid until the next form-choosing
 // call on this thread.
 const char *gg_last_form_reason(void);
@@ -387,6 +482,194 @@ gg_status gg_choose_form(const struct gg_context *ctx,
                          const struct gg_query *query,
                          gg_form_request form,
                          struct gg_form_choice *choice_out);
+
+// Projected per-sample gradients of one layer (MATH.md §3):
+// `out[n·row_stride + col_offset + o·k_i + i] = beta·out + scale·Ĝ_n[o, i]`,
+// `Ĝ_n = Σ_t (P_o b_{n,t})(P_i a_{n,t})ᵀ`; `out` f32 `[N, row_stride]` (exactly
+// `N·row_stride` long), `col_offset + k_o·k_i ≤ row_stride`; the other columns are not touched.
+// For one layer alone pass `col_offset = 0`, `row_stride = k_o·k_i`.
+//
+// # Safety
+// As [`gg_ghost_dot`] for `ctx`, `train` and `out`; `proj` is NULL (an error) or a readable
+// descriptor whose dense matrices (if any) obey the same rules as the other inputs.
+gg_status gg_kron_project(const struct gg_context *ctx,
+                          struct gg_layer_shape shape,
+                          const struct gg_train *train,
+                          const struct gg_projection *proj,
+                          struct gg_tensor_mut out,
+                          uint64_t col_offset,
+                          uint64_t row_stride,
+                          float scale,
+                          float beta);
+
+// Several layers' projected gradients side by side: `out` f32 `[N, Σ_l k_o^l·k_i^l]`, layer `l`
+// at column offset `Σ_{l'<l} k_o^{l'}·k_i^{l'}` (array order), every layer with the same `N`;
+// `out = beta·out + scale·[Ĝ^0_n | Ĝ^1_n | …]`. Errors name the layer (`layers[i]`).
+//
+// # Safety
+// As [`gg_kron_project`] for every layer; `layers` is NULL (an error) or points at `n_layers`
+// readable `gg_project_layer`.
+gg_status gg_kron_project_layers(const struct gg_context *ctx,
+                                 const struct gg_project_layer *layers,
+                                 size_t n_layers,
+                                 struct gg_tensor_mut out,
+                                 float scale,
+                                 float beta);
+
+// The random matrix `which` (a `gg_which`) of `layer` under `seed`, `k × d` row-major f32
+// entries of the `gg_distribution` `dist`, exactly what `GG_PROJECTION_RANDOM` uses inside the
+// kernels (bit-identical on every backend). For `P_i` of a layer with a bias pass
+// `d = d_in + 1`. `out` f32 `[k, d]` is overwritten.
+//
+// # Safety
+// As [`gg_ghost_dot`] for `ctx` and `out`.
+gg_status gg_projection_matrix(const struct gg_context *ctx,
+                               uint64_t seed,
+                               uint32_t layer,
+                               gg_which which,
+                               uint64_t k,
+                               uint64_t d,
+                               gg_distribution dist,
+                               struct gg_tensor_mut out);
+
+// Influence scores of a block of training rows (MATH.md §4):
+// `out[q, j] = beta·out + scale·f(Σ_c test[q, c]·train_block[j, c])`, `f` the `gg_score_mode`
+// `mode` (`COSINE`: `S/√train_self[j]`, `L2`: `S − ½·train_self[j]`). `test` f32 `[n_test, k]`
+// (typically preconditioned), `train_block` f32 `[n_block, k]`, `train_self` f32 `[n_block]`
+// (required for COSINE and L2, must be absent for DOT), `out` f32 `[n_test, n_block]`. Stream
+// the training set through a fixed block buffer.
+//
+// # Safety
+// As [`gg_ghost_dot`] for `ctx`, every input and `out`.
+gg_status gg_influence_scores(const struct gg_context *ctx,
+                              struct gg_tensor test,
+                              struct gg_tensor train_block,
+                              uint64_t n_test,
+                              uint64_t n_block,
+                              uint64_t k,
+                              struct gg_tensor train_self,
+                              gg_score_mode mode,
+                              struct gg_tensor_mut out,
+                              float scale,
+                              float beta);
+
+// Fused first + second order In-Run Data Shapley value of every training sample of one SGD
+// step (MATH.md §2), summed over `n_layers` layers (same `N`):
+// `out[n] = beta·out[n] + scale·(−eta·Σ_l <G^l_n, g_val^l> + (eta²/2)·Σ_l <G^l_n, (H_val v)^l>)`,
+// `out` f32 `[N]`. Three ghost-dot pseudo-layers per layer, each with its own form (`form`, a
+// `gg_form_request`, applies to all). `choices_out` (may be NULL) receives `3·n_layers`
+// `gg_form_choice`, ordered `[(a_val, b_val) of every layer | (a_val, b_dot), (a_dot, b_val)
+// of layer 0, of layer 1, …]`; the reasons are the lines of [`gg_last_form_reason`], in that
+// order. Errors name the layer (`layers[i]`).
+//
+// # Safety
+// As [`gg_ghost_dot`] for `ctx`, every buffer of every layer, `out` and `choices_out` (which,
+// if not NULL, points at `3·n_layers` writable `gg_form_choice`); `layers` is NULL (an error) or
+// points at `n_layers` readable `gg_ghg_layer`.
+gg_status gg_ghg(const struct gg_context *ctx,
+                 const struct gg_ghg_layer *layers,
+                 size_t n_layers,
+                 float eta,
+                 struct gg_tensor_mut out,
+                 float scale,
+                 float beta,
+                 gg_form_request form,
+                 struct gg_form_choice *choices_out);
+
+// Float64 value accumulation: `phi[ids[k]] += values[k]` for `k = 0..N`, in `k` order (ids may
+// repeat; the result is the sequential float64 sum, bit for bit on every backend). `values` f32
+// `[N]`, `ids` i32 `[N]` (`N = values.len`), `phi` f64 `[num_ids]` (`num_ids = phi.len ≥ 1`).
+// Ids outside `[0, num_ids)`: `GG_STATUS_INVALID_ARGUMENT` on a CPU context (nothing written);
+// a GPU context cannot read them without synchronizing, so its kernel skips them.
+//
+// # Safety
+// As [`gg_ghost_dot`] for `ctx`, `values`, `ids`; `phi` holds `phi.len` writable f64 in the
+// context's memory space that nothing else reads or writes meanwhile.
+gg_status gg_accumulate_values(const struct gg_context *ctx,
+                               struct gg_tensor values,
+                               struct gg_tensor ids,
+                               struct gg_tensor_f64_mut phi);
+
+// Fits the damped raw Fisher `F + λI` (MATH.md §4) from the projected training gradients
+// `grads` f32 `[n, k]` in host memory (rows `ĝ_n`, e.g. the output of [`gg_kron_project`]);
+// `*out` receives a new handle (NULL on failure) that the caller releases with
+// [`gg_raw_fisher_destroy`]. `k` up to a few thousand: the factorization is O(k³) in f64.
+//
+// # Safety
+// `grads` describes `grads.len` readable host elements; `out` is NULL (an error) or points at a
+// writable `gg_raw_fisher*`.
+gg_status gg_raw_fisher_fit(struct gg_tensor grads, uint64_t n, uint64_t k, struct gg_raw_fisher **out);
+
+// `out = (F + λI)⁻¹ ĝ` for every row of `grads` f32 `[n, k]` (host), `out` f32 `[n, k]` (host,
+// overwritten; computed in f64, rounded once).
+//
+// # Safety
+// `f` is NULL (an error) or a live handle from [`gg_raw_fisher_fit`]; `grads` and `out` describe
+// host memory as for [`gg_ghost_dot`].
+gg_status gg_raw_fisher_apply(const struct gg_raw_fisher *f,
+                              struct gg_tensor grads,
+                              uint64_t n,
+                              struct gg_tensor_mut out);
+
+// The damping `λ = 0.1·trace(F)/k` of a fitted raw Fisher.
+//
+// # Safety
+// `f` is NULL (an error) or a live handle; `out` is NULL (an error) or a writable `double`.
+gg_status gg_raw_fisher_damping(const struct gg_raw_fisher *f, double *out);
+
+// Releases a raw-Fisher handle (NULL is ignored).
+//
+// # Safety
+// `f` is NULL or a live handle from [`gg_raw_fisher_fit`]; it is not used again.
+void gg_raw_fisher_destroy(struct gg_raw_fisher *f);
+
+// Fits K-FAC for one layer (MATH.md §4): projected covariances `C_A = Σ (P_i a)(P_i a)ᵀ`
+// `[k_i×k_i]` and `C_B = Σ (P_o b)(P_o b)ᵀ` `[k_o×k_o]` over every kept token of `train`
+// (host memory; `a` augmented with 1 when the layer has a bias, as in [`gg_kron_project`]),
+// their eigendecompositions in f64 and `λ = 0.1·mean(Λ_B Λ_Aᵀ)`. `proj` must be the projection
+// that produced the gradients it will precondition. `*out` receives a new handle (NULL on
+// failure), released with [`gg_kfac_destroy`]. All tokens are passed at once (the Rust API
+// `Kfac::covariances` / `Kfac::from_covariances` accumulates over batches).
+//
+// # Safety
+// `train` and `proj` are NULL (an error) or readable descriptors of host memory as for
+// [`gg_ghost_dot`]; `out` is NULL (an error) or points at a writable `gg_kfac*`.
+gg_status gg_kfac_fit(struct gg_layer_shape shape,
+                      const struct gg_train *train,
+                      const struct gg_projection *proj,
+                      struct gg_kfac **out);
+
+// Turns K-FAC into EK-FAC: replaces `Λ_B Λ_Aᵀ` by `(1/n) Σ_n (Q_Bᵀ Ĝ_n Q_A)^{⊙2}` from the
+// projected training gradients `grads` f32 `[n, k_o·k_i]` (host); `λ` becomes 0.1·mean of those.
+// On failure the handle is unchanged.
+//
+// # Safety
+// `f` is NULL (an error) or a live handle not used concurrently; `grads` as for
+// [`gg_raw_fisher_fit`].
+gg_status gg_kfac_ekfac_correct(struct gg_kfac *f, struct gg_tensor grads, uint64_t n);
+
+// `Ĝ' = Q_B[(Q_Bᵀ Ĝ Q_A) ⊘ (scale + λ)]Q_Aᵀ` for every row of `grads` f32 `[n, k_o·k_i]`
+// (host, `ĝ[o·k_i + i]`), `out` f32 `[n, k_o·k_i]` (host, overwritten; f64 inside).
+//
+// # Safety
+// `f` is NULL (an error) or a live handle; `grads` and `out` describe host memory as for
+// [`gg_ghost_dot`].
+gg_status gg_kfac_apply(const struct gg_kfac *f,
+                        struct gg_tensor grads,
+                        uint64_t n,
+                        struct gg_tensor_mut out);
+
+// The damping `λ` of a K-FAC / EK-FAC handle.
+//
+// # Safety
+// `f` is NULL (an error) or a live handle; `out` is NULL (an error) or a writable `double`.
+gg_status gg_kfac_damping(const struct gg_kfac *f, double *out);
+
+// Releases a K-FAC handle (NULL is ignored).
+//
+// # Safety
+// `f` is NULL or a live handle from [`gg_kfac_fit`]; it is not used again.
+void gg_kfac_destroy(struct gg_kfac *f);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the CPU benchmarks (benches/ghost_dot.rs, criterion, quick settings: 10 samples, short
+# Runs the CPU benchmarks (benches/ghost_dot.rs and benches/projection.rs, criterion, quick settings: 10 samples, short
 # measurement) and regenerates BENCHMARKS.md from that run: criterion's estimates.json plus the
 # peak-memory numbers the bench measures itself. Takes a few minutes on a 2-core machine.
 # Env: GHOSTGRAD_BENCH_N (default 8), GHOSTGRAD_BENCH_T (default 32,128,512),
@@ -33,6 +33,29 @@ cmd = "Command: `bash scripts/bench.sh` (runs `cargo bench --bench gpu_model`, w
 open(report, "w").write(head + heading + "\n\n" + cmd + body)
 PY
 echo "bench.sh: spliced the modeled GPU metrics into $GHOSTGRAD_BENCH_REPORT"
+
+# LoGra projection vs the TRAK-style and LogIX-style baselines and the GEMM rate
+# (benches/projection.rs writes target/projection_bench.md), spliced into the report's
+# "LoGra projection vs baselines (CPU)" section (replaced if present, else appended).
+cargo bench --no-default-features --bench projection
+python3 - "$GHOSTGRAD_BENCH_REPORT" "$root/target/projection_bench.md" <<'PY'
+import sys
+report, section = sys.argv[1], sys.argv[2]
+heading = "## LoGra projection vs baselines (CPU)"
+text = open(report).read()
+body = open(section).read().strip() + "\n"
+cmd = "Command: `bash scripts/bench.sh` (runs `cargo bench --no-default-features --bench projection`, which writes `target/projection_bench.md`).\n\n"
+new = heading + "\n\n" + cmd + body
+if heading in text:
+    start = text.index(heading)
+    rest = text[start + len(heading):]
+    end = rest.find("\n## ")
+    text = text[:start] + new + ("" if end < 0 else "\n" + rest[end + 1:])
+else:
+    text = text.rstrip() + "\n\n" + new
+open(report, "w").write(text)
+PY
+echo "bench.sh: spliced the LoGra projection benchmarks into $GHOSTGRAD_BENCH_REPORT"
 
 # In-Run Data Shapley inside training (examples/inrun_shapley_demo.rs, CPU backend): ROC AUC for
 # the flipped labels and the overhead against plain training, seeds 0-2, spliced into the report's

@@ -842,7 +842,8 @@ pub extern "C" fn gg_last_error_message() -> *const c_char {
 }
 
 /// Why the last form-choosing call on this thread (`gg_ghost_dot`, `gg_ghost_dot_layers`,
-/// `gg_ghost_gram`, `gg_ghost_sqnorm`, `gg_choose_form`) used its form(s): one line per layer.
+/// `gg_ghost_gram`, `gg_ghost_sqnorm`, `gg_choose_form`, `gg_ghg`) used its form(s): one line per
+/// layer (per pseudo-layer for `gg_ghg`).
 /// Empty before any such call succeeded. Owned by ghostgrad; valid until the next form-choosing
 /// call on this thread.
 #[no_mangle]
@@ -1301,6 +1302,816 @@ pub unsafe extern "C" fn gg_choose_form(
         unsafe { publish_choices(std::slice::from_ref(&choice), choice_out) }
     })
 }
+
+// =============================================================================================
+// BEGIN section: projections (LoGra), influence scores, In-Run Data Shapley (ghg, value
+// accumulation) and the host preconditioners (raw Fisher, K-FAC / EK-FAC).
+// Formulas and shapes: [`crate::projection`], [`crate::inrun`], MATH.md §2–§4. Same conventions
+// as above: statuses, last error, every buffer checked (null, alignment, size, no output
+// overlapping another buffer) before any Rust view of caller memory exists.
+// =============================================================================================
+
+use crate::inrun::GhgLayer;
+use crate::validate as v;
+use crate::projection::precondition::{Kfac, RawFisher};
+use crate::projection::{
+    Distribution, OutColumns, ProjectLayer, ProjectionKind, ProjectionSpec, ScoreDims, ScoreMode, Which,
+};
+
+/// Distribution of the entries of a random projection matrix.
+pub type gg_distribution = u32;
+/// Standardized Irwin–Hall(4) entries of variance `1/k` (bit-exact on every backend).
+pub const GG_DISTRIBUTION_GAUSSIAN: gg_distribution = 0;
+/// `±1/√k` with probability ½ each.
+pub const GG_DISTRIBUTION_RADEMACHER: gg_distribution = 1;
+
+/// Which of a layer's two projection matrices.
+pub type gg_which = u32;
+/// `P_i ∈ R^{k_i × (d_in + bias)}`, applied to activations.
+pub const GG_WHICH_IN: gg_which = 0;
+/// `P_o ∈ R^{k_o × d_out}`, applied to output gradients.
+pub const GG_WHICH_OUT: gg_which = 1;
+
+const _: () = {
+    assert!(GG_WHICH_IN == Which::In as u32);
+    assert!(GG_WHICH_OUT == Which::Out as u32);
+};
+
+/// Where a layer's projection matrices come from (see [`gg_projection`]).
+pub type gg_projection_kind = u32;
+/// Generated from `(seed, layer, which, row, col)` inside the kernels: no matrix in memory.
+pub const GG_PROJECTION_RANDOM: gg_projection_kind = 0;
+/// Caller-given f32 matrices `p_in [k_i, d_in + bias]` and `p_out [k_o, d_out]`.
+pub const GG_PROJECTION_DENSE: gg_projection_kind = 1;
+
+/// Score transformation of [`gg_influence_scores`].
+pub type gg_score_mode = u32;
+/// `S = test · trainᵀ`.
+pub const GG_SCORE_DOT: gg_score_mode = 0;
+/// `S / √train_self[j]` (cosine / RelatIF-style normalization by the train side).
+pub const GG_SCORE_COSINE: gg_score_mode = 1;
+/// `S − ½·train_self[j]`.
+pub const GG_SCORE_L2: gg_score_mode = 2;
+
+/// A layer's low-rank projection `Ĝ = P_o G P_iᵀ ∈ R^{k_o × k_i}` (MATH.md §3). `kind` is a
+/// `gg_projection_kind`. `seed`, `layer` and `dist` (a `gg_distribution`) are read only for
+/// `GG_PROJECTION_RANDOM` (entries of variance `1/k_i` and `1/k_o`; the same seed gives the same
+/// matrices on every backend); `p_in` (f32 `[k_i, d_in + bias]`, its last column projecting the
+/// bias gradient) and `p_out` (f32 `[k_o, d_out]`), row-major, only for `GG_PROJECTION_DENSE`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct gg_projection {
+    pub k_i: u64,
+    pub k_o: u64,
+    pub kind: gg_projection_kind,
+    pub dist: gg_distribution,
+    pub seed: u64,
+    pub layer: u32,
+    pub p_in: gg_tensor,
+    pub p_out: gg_tensor,
+}
+
+/// One layer of [`gg_kron_project_layers`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct gg_project_layer {
+    pub shape: gg_layer_shape,
+    pub train: gg_train,
+    pub proj: gg_projection,
+}
+
+/// One model layer of [`gg_ghg`] (MATH.md §2): the training factors, the validation activations
+/// `a_val [t_v, d_in]` and output gradients `b_val [t_v, d_out]`, their directional derivatives
+/// `a_dot [t_v, d_in]`, `b_dot [t_v, d_out]` along the batch gradient (all of the training
+/// dtype), and an optional `val_mask` u8 `[t_v]` (zero = that validation token does not exist).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct gg_ghg_layer {
+    pub shape: gg_layer_shape,
+    pub train: gg_train,
+    pub a_val: gg_tensor,
+    pub b_val: gg_tensor,
+    pub a_dot: gg_tensor,
+    pub b_dot: gg_tensor,
+    pub t_v: u64,
+    pub val_mask: gg_tensor,
+}
+
+/// A written buffer of `len` f64 elements (the value accumulator of [`gg_accumulate_values`]),
+/// host or device memory as for [`gg_tensor`], aligned to 8 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct gg_tensor_f64_mut {
+    pub ptr: *mut c_void,
+    pub len: u64,
+}
+
+/// A fitted raw-Fisher preconditioner (opaque, host memory): `(F + λI)⁻¹` with
+/// `F = (1/N) Σ_n ĝ_n ĝ_nᵀ`, `λ = 0.1·trace(F)/k`, Cholesky-factored in f64. Created by
+/// [`gg_raw_fisher_fit`], owned by the caller, released with [`gg_raw_fisher_destroy`].
+pub struct gg_raw_fisher {
+    inner: RawFisher,
+    k: u64,
+}
+
+/// A fitted K-FAC (or, after [`gg_kfac_ekfac_correct`], EK-FAC) preconditioner of one layer's
+/// projected gradients (opaque, host memory). Created by [`gg_kfac_fit`], owned by the caller,
+/// released with [`gg_kfac_destroy`].
+pub struct gg_kfac {
+    inner: Kfac,
+    k_i: u64,
+    k_o: u64,
+}
+
+fn distribution_from_code(code: gg_distribution) -> FfiResult<Distribution> {
+    match code {
+        GG_DISTRIBUTION_GAUSSIAN => Ok(Distribution::Gaussian),
+        GG_DISTRIBUTION_RADEMACHER => Ok(Distribution::Rademacher),
+        other => Err(Failure::invalid("dist", format!("{other} is not a gg_distribution (GAUSSIAN=0, RADEMACHER=1)"))),
+    }
+}
+
+fn which_from_code(code: gg_which) -> FfiResult<Which> {
+    match code {
+        GG_WHICH_IN => Ok(Which::In),
+        GG_WHICH_OUT => Ok(Which::Out),
+        other => Err(Failure::invalid("which", format!("{other} is not a gg_which (IN=0, OUT=1)"))),
+    }
+}
+
+fn score_mode_from_code(code: gg_score_mode) -> FfiResult<ScoreMode> {
+    match code {
+        GG_SCORE_DOT => Ok(ScoreMode::Dot),
+        GG_SCORE_COSINE => Ok(ScoreMode::Cosine),
+        GG_SCORE_L2 => Ok(ScoreMode::L2),
+        other => Err(Failure::invalid("mode", format!("{other} is not a gg_score_mode (DOT=0, COSINE=1, L2=2)"))),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum RawProjKind {
+    Random { seed: u64, layer: u32, dist: Distribution },
+    Dense { p_in: RawBuf, p_out: RawBuf },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RawProj {
+    k_i: u64,
+    k_o: u64,
+    kind: RawProjKind,
+}
+
+impl RawProj {
+    /// # Safety
+    /// As [`RawBuf::view`] for the dense matrices.
+    unsafe fn view<'a>(self, space: Space) -> ProjectionSpec<'a> {
+        let kind = match self.kind {
+            RawProjKind::Random { seed, layer, dist } => ProjectionKind::Random { seed, layer, dist },
+            // SAFETY: forwarded from this function's contract.
+            RawProjKind::Dense { p_in, p_out } => unsafe { ProjectionKind::Dense { p_in: p_in.view(space), p_out: p_out.view(space) } },
+        };
+        ProjectionSpec { k_i: self.k_i, k_o: self.k_o, kind }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RawGhg {
+    shape: LayerShape,
+    train: RawTrain,
+    a_val: RawBuf,
+    b_val: RawBuf,
+    a_dot: RawBuf,
+    b_dot: RawBuf,
+    t_v: u64,
+    val_mask: Option<RawBuf>,
+}
+
+impl RawGhg {
+    /// # Safety
+    /// As [`RawBuf::view`] for every buffer.
+    unsafe fn view<'a>(self, space: Space) -> GhgLayer<'a> {
+        // SAFETY: forwarded from this function's contract.
+        unsafe {
+            GhgLayer {
+                shape: self.shape,
+                train: self.train.view(space),
+                a_val: self.a_val.view(space),
+                b_val: self.b_val.view(space),
+                a_dot: self.a_dot.view(space),
+                b_dot: self.b_dot.view(space),
+                t_v: self.t_v,
+                val_mask: self.val_mask.map(|m| m.view(space)),
+            }
+        }
+    }
+}
+
+impl Buffers {
+    /// Buffers of a call without a context: host memory (the preconditioners).
+    fn host() -> Self {
+        Buffers { space: Space::Host, prefix: String::new(), regions: Vec::new() }
+    }
+
+    fn projection(&mut self, p: &gg_projection) -> FfiResult<RawProj> {
+        let kind = match p.kind {
+            GG_PROJECTION_RANDOM => RawProjKind::Random {
+                seed: p.seed,
+                layer: p.layer,
+                dist: distribution_from_code(p.dist).map_err(|f| f.context(&self.name("proj")))?,
+            },
+            GG_PROJECTION_DENSE => RawProjKind::Dense { p_in: self.input("proj.p_in", &p.p_in)?, p_out: self.input("proj.p_out", &p.p_out)? },
+            other => {
+                return Err(Failure::invalid(
+                    &self.name("proj.kind"),
+                    format!("{other} is not a gg_projection_kind (RANDOM=0, DENSE=1)"),
+                ))
+            }
+        };
+        Ok(RawProj { k_i: p.k_i, k_o: p.k_o, kind })
+    }
+
+    fn ghg_layer(&mut self, l: &gg_ghg_layer) -> FfiResult<RawGhg> {
+        Ok(RawGhg {
+            shape: layer_shape(&l.shape),
+            train: self.train(&l.train)?,
+            a_val: self.input("a_val", &l.a_val)?,
+            b_val: self.input("b_val", &l.b_val)?,
+            a_dot: self.input("a_dot", &l.a_dot)?,
+            b_dot: self.input("b_dot", &l.b_dot)?,
+            t_v: l.t_v,
+            val_mask: self.optional_input("val_mask", &l.val_mask)?,
+        })
+    }
+
+    fn output_f64(&mut self, what: &str, t: &gg_tensor_f64_mut) -> FfiResult<RawBuf> {
+        self.check(what, t.ptr as usize, t.len, DType::F64, true)
+    }
+}
+
+impl RawBuf {
+    /// A writable view of an f64 output.
+    ///
+    /// # Safety
+    /// As [`RawBuf::view_mut`], for `len` f64 (8-byte alignment checked).
+    unsafe fn view_mut_f64<'a>(self, space: Space) -> TensorMut<'a> {
+        debug_assert_eq!(self.dtype, DType::F64);
+        match space {
+            // SAFETY: the caller's contract on device memory.
+            Space::Device => {
+                TensorMut::Device(unsafe { DeviceSliceMut::from_raw_parts(self.addr as u64, self.len, DType::F64) })
+            }
+            // SAFETY: non-null, 8-byte aligned, size checked; exclusive for 'a by the caller's
+            // contract and the overlap check; every bit pattern is a valid f64.
+            Space::Host => {
+                TensorMut::HostF64(unsafe { std::slice::from_raw_parts_mut(self.addr as *mut f64, self.len as usize) })
+            }
+        }
+    }
+}
+
+/// Reads `n` descriptors from a caller array (null, alignment and `n > 0` checked).
+///
+/// # Safety
+/// `p` is NULL or points at `n` readable `T`.
+unsafe fn read_array<T: Copy>(p: *const T, n: usize, what: &'static str) -> FfiResult<Vec<T>> {
+    if p.is_null() {
+        return Err(Failure::null(what));
+    }
+    if (p as usize) % std::mem::align_of::<T>() != 0 {
+        return Err(Failure::new(GG_STATUS_MISALIGNED, format!("`{what}` at {p:p} is misaligned for its type")));
+    }
+    if n == 0 {
+        return Err(GhostError::ZeroSize { what: "n_layers" }.into());
+    }
+    // SAFETY: non-null, aligned, n readable elements (caller's contract); copied out at once.
+    Ok(unsafe { std::slice::from_raw_parts(p, n) }.to_vec())
+}
+
+/// Projected per-sample gradients of one layer (MATH.md §3):
+/// `out[n·row_stride + col_offset + o·k_i + i] = beta·out + scale·Ĝ_n[o, i]`,
+/// `Ĝ_n = Σ_t (P_o b_{n,t})(P_i a_{n,t})ᵀ`; `out` f32 `[N, row_stride]` (exactly
+/// `N·row_stride` long), `col_offset + k_o·k_i ≤ row_stride`; the other columns are not touched.
+/// For one layer alone pass `col_offset = 0`, `row_stride = k_o·k_i`.
+///
+/// # Safety
+/// As [`gg_ghost_dot`] for `ctx`, `train` and `out`; `proj` is NULL (an error) or a readable
+/// descriptor whose dense matrices (if any) obey the same rules as the other inputs.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn gg_kron_project(
+    ctx: *const gg_context,
+    shape: gg_layer_shape,
+    train: *const gg_train,
+    proj: *const gg_projection,
+    out: gg_tensor_mut,
+    col_offset: u64,
+    row_stride: u64,
+    scale: f32,
+    beta: f32,
+) -> gg_status {
+    guard(|| {
+        // SAFETY: forwarded from this function's contract.
+        let (ctx, train, proj) = unsafe { (context_ref(ctx)?, read_desc(train, "train")?, read_desc(proj, "proj")?) };
+        let mut bufs = Buffers::new(ctx);
+        let raw_train = bufs.train(&train)?;
+        let raw_proj = bufs.projection(&proj)?;
+        let raw_out = bufs.output("out", &out)?;
+        bufs.check_overlaps()?;
+        let space = bufs.space;
+        // SAFETY: checked buffers, no output aliasing, valid for the call (contract).
+        let (train, proj, mut out) = unsafe { (raw_train.view(space), raw_proj.view(space), raw_out.view_mut(space)) };
+        let cols = OutColumns { offset: col_offset, row_stride };
+        Ok(ctx.kron_project(&layer_shape(&shape), &train, &proj, &mut out, cols, Accumulate { scale, beta })?)
+    })
+}
+
+/// Several layers' projected gradients side by side: `out` f32 `[N, Σ_l k_o^l·k_i^l]`, layer `l`
+/// at column offset `Σ_{l'<l} k_o^{l'}·k_i^{l'}` (array order), every layer with the same `N`;
+/// `out = beta·out + scale·[Ĝ^0_n | Ĝ^1_n | …]`. Errors name the layer (`layers[i]`).
+///
+/// # Safety
+/// As [`gg_kron_project`] for every layer; `layers` is NULL (an error) or points at `n_layers`
+/// readable `gg_project_layer`.
+#[no_mangle]
+pub unsafe extern "C" fn gg_kron_project_layers(
+    ctx: *const gg_context,
+    layers: *const gg_project_layer,
+    n_layers: usize,
+    out: gg_tensor_mut,
+    scale: f32,
+    beta: f32,
+) -> gg_status {
+    guard(|| {
+        // SAFETY: forwarded from this function's contract.
+        let (ctx, descs) = unsafe { (context_ref(ctx)?, read_array(layers, n_layers, "layers")?) };
+        let mut bufs = Buffers::new(ctx);
+        let mut raw = Vec::with_capacity(n_layers);
+        for (i, l) in descs.iter().enumerate() {
+            bufs.prefix = format!("layers[{i}].");
+            raw.push((bufs.train(&l.train)?, bufs.projection(&l.proj)?));
+        }
+        bufs.prefix.clear();
+        let raw_out = bufs.output("out", &out)?;
+        bufs.check_overlaps()?;
+        let space = bufs.space;
+        let mut pl = Vec::with_capacity(n_layers);
+        for (i, (l, (rt, rp))) in descs.iter().zip(&raw).enumerate() {
+            // SAFETY: checked buffers, valid for the call by this function's contract.
+            let (train, proj) = unsafe { (rt.view(space), rp.view(space)) };
+            let layer = ProjectLayer { shape: layer_shape(&l.shape), train, proj };
+            // Validates this layer alone (nothing runs) so that an error names it.
+            ctx.check_projection(&layer.shape, &layer.train, &layer.proj)
+                .map_err(|e| Failure::from(e).context(&format!("layers[{i}]")))?;
+            pl.push(layer);
+        }
+        // SAFETY: checked output, no aliasing (check_overlaps), exclusive by the contract.
+        let mut out = unsafe { raw_out.view_mut(space) };
+        Ok(ctx.kron_project_layers(&pl, &mut out, Accumulate { scale, beta })?)
+    })
+}
+
+/// The random matrix `which` (a `gg_which`) of `layer` under `seed`, `k × d` row-major f32
+/// entries of the `gg_distribution` `dist`, exactly what `GG_PROJECTION_RANDOM` uses inside the
+/// kernels (bit-identical on every backend). For `P_i` of a layer with a bias pass
+/// `d = d_in + 1`. `out` f32 `[k, d]` is overwritten.
+///
+/// # Safety
+/// As [`gg_ghost_dot`] for `ctx` and `out`.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn gg_projection_matrix(
+    ctx: *const gg_context,
+    seed: u64,
+    layer: u32,
+    which: gg_which,
+    k: u64,
+    d: u64,
+    dist: gg_distribution,
+    out: gg_tensor_mut,
+) -> gg_status {
+    guard(|| {
+        // SAFETY: forwarded from this function's contract.
+        let ctx = unsafe { context_ref(ctx) }?;
+        let (which, dist) = (which_from_code(which)?, distribution_from_code(dist)?);
+        let mut bufs = Buffers::new(ctx);
+        let raw_out = bufs.output("out", &out)?;
+        let space = bufs.space;
+        // SAFETY: checked output, the only buffer of the call, exclusive by the contract.
+        let mut out = unsafe { raw_out.view_mut(space) };
+        Ok(ctx.projection_matrix(seed, layer, which, k, d, dist, &mut out)?)
+    })
+}
+
+/// Influence scores of a block of training rows (MATH.md §4):
+/// `out[q, j] = beta·out + scale·f(Σ_c test[q, c]·train_block[j, c])`, `f` the `gg_score_mode`
+/// `mode` (`COSINE`: `S/√train_self[j]`, `L2`: `S − ½·train_self[j]`). `test` f32 `[n_test, k]`
+/// (typically preconditioned), `train_block` f32 `[n_block, k]`, `train_self` f32 `[n_block]`
+/// (required for COSINE and L2, must be absent for DOT), `out` f32 `[n_test, n_block]`. Stream
+/// the training set through a fixed block buffer.
+///
+/// # Safety
+/// As [`gg_ghost_dot`] for `ctx`, every input and `out`.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn gg_influence_scores(
+    ctx: *const gg_context,
+    test: gg_tensor,
+    train_block: gg_tensor,
+    n_test: u64,
+    n_block: u64,
+    k: u64,
+    train_self: gg_tensor,
+    mode: gg_score_mode,
+    out: gg_tensor_mut,
+    scale: f32,
+    beta: f32,
+) -> gg_status {
+    guard(|| {
+        // SAFETY: forwarded from this function's contract.
+        let ctx = unsafe { context_ref(ctx) }?;
+        let mode = score_mode_from_code(mode)?;
+        let mut bufs = Buffers::new(ctx);
+        let raw_test = bufs.input("test", &test)?;
+        let raw_train = bufs.input("train_block", &train_block)?;
+        let raw_self = bufs.optional_input("train_self", &train_self)?;
+        let raw_out = bufs.output("out", &out)?;
+        bufs.check_overlaps()?;
+        let space = bufs.space;
+        // SAFETY: checked buffers, no output aliasing, valid for the call (contract).
+        let (test, train, ts, mut out) = unsafe {
+            (raw_test.view(space), raw_train.view(space), raw_self.map(|b| b.view(space)), raw_out.view_mut(space))
+        };
+        let dims = ScoreDims { n_test, n_block, k };
+        Ok(ctx.influence_scores(&test, &train, dims, &mut out, mode, ts.as_ref(), Accumulate { scale, beta })?)
+    })
+}
+
+/// Fused first + second order In-Run Data Shapley value of every training sample of one SGD
+/// step (MATH.md §2), summed over `n_layers` layers (same `N`):
+/// `out[n] = beta·out[n] + scale·(−eta·Σ_l <G^l_n, g_val^l> + (eta²/2)·Σ_l <G^l_n, (H_val v)^l>)`,
+/// `out` f32 `[N]`. Three ghost-dot pseudo-layers per layer, each with its own form (`form`, a
+/// `gg_form_request`, applies to all). `choices_out` (may be NULL) receives `3·n_layers`
+/// `gg_form_choice`, ordered `[(a_val, b_val) of every layer | (a_val, b_dot), (a_dot, b_val)
+/// of layer 0, of layer 1, …]`; the reasons are the lines of [`gg_last_form_reason`], in that
+/// order. Errors name the layer (`layers[i]`).
+///
+/// # Safety
+/// As [`gg_ghost_dot`] for `ctx`, every buffer of every layer, `out` and `choices_out` (which,
+/// if not NULL, points at `3·n_layers` writable `gg_form_choice`); `layers` is NULL (an error) or
+/// points at `n_layers` readable `gg_ghg_layer`.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn gg_ghg(
+    ctx: *const gg_context,
+    layers: *const gg_ghg_layer,
+    n_layers: usize,
+    eta: f32,
+    out: gg_tensor_mut,
+    scale: f32,
+    beta: f32,
+    form: gg_form_request,
+    choices_out: *mut gg_form_choice,
+) -> gg_status {
+    guard(|| {
+        // SAFETY: forwarded from this function's contract.
+        let (ctx, descs) = unsafe { (context_ref(ctx)?, read_array(layers, n_layers, "layers")?) };
+        let form = form_request_from_code(form)?;
+        if !choices_out.is_null() {
+            // Checked before anything runs, so that a bad pointer never follows a computed output.
+            check_out_param(choices_out, "choices_out")?;
+        }
+        let mut bufs = Buffers::new(ctx);
+        let mut raw = Vec::with_capacity(n_layers);
+        for (i, l) in descs.iter().enumerate() {
+            bufs.prefix = format!("layers[{i}].");
+            raw.push(bufs.ghg_layer(l)?);
+        }
+        bufs.prefix.clear();
+        let raw_out = bufs.output("out", &out)?;
+        bufs.check_overlaps()?;
+        let space = bufs.space;
+        let mut gl = Vec::with_capacity(n_layers);
+        for (i, r) in raw.iter().enumerate() {
+            // SAFETY: checked buffers, valid for the call by this function's contract.
+            let l = unsafe { r.view(space) };
+            // Validates the layer's three pseudo-layers (nothing runs) so that an error names it.
+            let query = |aq, bq| QueryFactors { aq, bq, q: l.t_v, segments: Segments::Single, mask: l.val_mask };
+            for (shape, q) in [
+                (l.shape, query(l.a_val, l.b_val)),
+                (l.shape, query(l.a_val, l.b_dot)),
+                (l.shape.with_bias(false), query(l.a_dot, l.b_val)),
+            ] {
+                ctx.choose_form(&shape, &l.train, &q, form).map_err(|e| Failure::from(e).context(&format!("layers[{i}]")))?;
+            }
+            gl.push(l);
+        }
+        // SAFETY: checked output, no aliasing (check_overlaps), exclusive by the contract.
+        let mut out = unsafe { raw_out.view_mut(space) };
+        set_form_reason("");
+        let choices = ctx.ghg(&gl, eta, &mut out, Accumulate { scale, beta }, form)?;
+        let labels = (0..n_layers)
+            .map(|l| format!("layers[{l}] (a_val, b_val)"))
+            .chain((0..n_layers).flat_map(|l| [format!("layers[{l}] (a_val, b_dot)"), format!("layers[{l}] (a_dot, b_val)")]));
+        let reason = labels.zip(&choices).map(|(label, c)| format!("{label}: {}", c.reason)).collect::<Vec<_>>().join("\n");
+        set_form_reason(&reason);
+        if !choices_out.is_null() {
+            for (i, c) in choices.iter().enumerate() {
+                // SAFETY: non-null, aligned (checked), 3·n_layers entries (contract).
+                unsafe { choices_out.add(i).write(gg_form_choice::from(c)) };
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Float64 value accumulation: `phi[ids[k]] += values[k]` for `k = 0..N`, in `k` order (ids may
+/// repeat; the result is the sequential float64 sum, bit for bit on every backend). `values` f32
+/// `[N]`, `ids` i32 `[N]` (`N = values.len`), `phi` f64 `[num_ids]` (`num_ids = phi.len ≥ 1`).
+/// Ids outside `[0, num_ids)`: `GG_STATUS_INVALID_ARGUMENT` on a CPU context (nothing written);
+/// a GPU context cannot read them without synchronizing, so its kernel skips them.
+///
+/// # Safety
+/// As [`gg_ghost_dot`] for `ctx`, `values`, `ids`; `phi` holds `phi.len` writable f64 in the
+/// context's memory space that nothing else reads or writes meanwhile.
+#[no_mangle]
+pub unsafe extern "C" fn gg_accumulate_values(
+    ctx: *const gg_context,
+    values: gg_tensor,
+    ids: gg_tensor,
+    phi: gg_tensor_f64_mut,
+) -> gg_status {
+    guard(|| {
+        // SAFETY: forwarded from this function's contract.
+        let ctx = unsafe { context_ref(ctx) }?;
+        let mut bufs = Buffers::new(ctx);
+        let raw_values = bufs.input("values", &values)?;
+        let raw_ids = bufs.input("ids", &ids)?;
+        let raw_phi = bufs.output_f64("phi", &phi)?;
+        bufs.check_overlaps()?;
+        let space = bufs.space;
+        // SAFETY: checked buffers, no output aliasing, valid for the call (contract).
+        let (values, ids, mut phi) = unsafe { (raw_values.view(space), raw_ids.view(space), raw_phi.view_mut_f64(space)) };
+        Ok(ctx.accumulate_values(&values, &ids, &mut phi)?)
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host preconditioners (no context: host memory only; dense k×k algebra in f64 on the CPU)
+// ---------------------------------------------------------------------------------------------
+
+/// An f32 host view of a checked input, or a dtype error naming it.
+///
+/// # Safety
+/// As [`RawBuf::view`] on host memory.
+unsafe fn host_f32_view<'a>(raw: RawBuf, what: &'static str, op: &'static str) -> FfiResult<&'a [f32]> {
+    // SAFETY: forwarded from this function's contract.
+    match unsafe { raw.view(Space::Host) } {
+        Tensor::Host(HostSlice::F32(s)) => Ok(s),
+        other => Err(GhostError::UnsupportedDtype { what, dtype: other.dtype(), op }.into()),
+    }
+}
+
+/// Checks `grads` (`[n, k]` f32, host) and returns `n` and `k` as `usize`.
+fn grads_dims(raw: &RawBuf, n: u64, k: u64) -> FfiResult<(usize, usize)> {
+    v::nonzero("n", n)?;
+    let len = v::mul("n*k", n, k)?;
+    if raw.len != len {
+        return Err(GhostError::LengthMismatch { what: "grads", expected: len, got: raw.len }.into());
+    }
+    // Fits: len elements were checked to fit the address space.
+    Ok((n as usize, k as usize))
+}
+
+/// Checks that an output of the preconditioners has exactly `expected` elements.
+fn check_out_len(raw: &RawBuf, expected: u64) -> FfiResult {
+    if raw.len != expected {
+        return Err(GhostError::LengthMismatch { what: "out", expected, got: raw.len }.into());
+    }
+    Ok(())
+}
+
+/// Fits the damped raw Fisher `F + λI` (MATH.md §4) from the projected training gradients
+/// `grads` f32 `[n, k]` in host memory (rows `ĝ_n`, e.g. the output of [`gg_kron_project`]);
+/// `*out` receives a new handle (NULL on failure) that the caller releases with
+/// [`gg_raw_fisher_destroy`]. `k` up to a few thousand: the factorization is O(k³) in f64.
+///
+/// # Safety
+/// `grads` describes `grads.len` readable host elements; `out` is NULL (an error) or points at a
+/// writable `gg_raw_fisher*`.
+#[no_mangle]
+pub unsafe extern "C" fn gg_raw_fisher_fit(grads: gg_tensor, n: u64, k: u64, out: *mut *mut gg_raw_fisher) -> gg_status {
+    guard(|| {
+        check_out_param(out, "out")?;
+        // SAFETY: checked non-null and aligned; writable by the contract. NULL until success.
+        unsafe { out.write(std::ptr::null_mut()) };
+        v::nonzero("k", k)?;
+        let mut bufs = Buffers::host();
+        let raw = bufs.input("grads", &grads)?;
+        let (n, k_us) = grads_dims(&raw, n, k)?;
+        // SAFETY: checked host buffer, readable for the call (contract).
+        let g = unsafe { host_f32_view(raw, "grads", "raw_fisher_fit") }?;
+        let inner = RawFisher::fit(g, n, k_us)?;
+        // SAFETY: as above.
+        unsafe { out.write(Box::into_raw(Box::new(gg_raw_fisher { inner, k }))) };
+        Ok(())
+    })
+}
+
+/// `out = (F + λI)⁻¹ ĝ` for every row of `grads` f32 `[n, k]` (host), `out` f32 `[n, k]` (host,
+/// overwritten; computed in f64, rounded once).
+///
+/// # Safety
+/// `f` is NULL (an error) or a live handle from [`gg_raw_fisher_fit`]; `grads` and `out` describe
+/// host memory as for [`gg_ghost_dot`].
+#[no_mangle]
+pub unsafe extern "C" fn gg_raw_fisher_apply(f: *const gg_raw_fisher, grads: gg_tensor, n: u64, out: gg_tensor_mut) -> gg_status {
+    guard(|| {
+        if f.is_null() {
+            return Err(Failure::null("fisher"));
+        }
+        // SAFETY: a live handle (caller's contract).
+        let f = unsafe { &*f };
+        let mut bufs = Buffers::host();
+        let raw = bufs.input("grads", &grads)?;
+        let raw_out = bufs.output("out", &out)?;
+        bufs.check_overlaps()?;
+        let (n, _) = grads_dims(&raw, n, f.k)?;
+        check_out_len(&raw_out, raw.len)?;
+        // SAFETY: checked host buffers, no output aliasing, valid for the call (contract).
+        let g = unsafe { host_f32_view(raw, "grads", "raw_fisher_apply") }?;
+        let res = f.inner.apply(g, n)?;
+        // SAFETY: as above.
+        let mut o = unsafe { raw_out.view_mut(Space::Host) };
+        o.host("out")?.copy_from_slice(&res);
+        Ok(())
+    })
+}
+
+/// The damping `λ = 0.1·trace(F)/k` of a fitted raw Fisher.
+///
+/// # Safety
+/// `f` is NULL (an error) or a live handle; `out` is NULL (an error) or a writable `double`.
+#[no_mangle]
+pub unsafe extern "C" fn gg_raw_fisher_damping(f: *const gg_raw_fisher, out: *mut f64) -> gg_status {
+    guard(|| {
+        if f.is_null() {
+            return Err(Failure::null("fisher"));
+        }
+        // SAFETY: a live handle; out checked inside (caller's contract).
+        unsafe { write_out(out, "out", (*f).inner.damping()) }
+    })
+}
+
+/// Releases a raw-Fisher handle (NULL is ignored).
+///
+/// # Safety
+/// `f` is NULL or a live handle from [`gg_raw_fisher_fit`]; it is not used again.
+#[no_mangle]
+pub unsafe extern "C" fn gg_raw_fisher_destroy(f: *mut gg_raw_fisher) {
+    if f.is_null() {
+        return;
+    }
+    let _ = guard(|| {
+        // SAFETY: allocated by Box::into_raw in gg_raw_fisher_fit, destroyed once (contract).
+        drop(unsafe { Box::from_raw(f) });
+        Ok(())
+    });
+}
+
+/// Fits K-FAC for one layer (MATH.md §4): projected covariances `C_A = Σ (P_i a)(P_i a)ᵀ`
+/// `[k_i×k_i]` and `C_B = Σ (P_o b)(P_o b)ᵀ` `[k_o×k_o]` over every kept token of `train`
+/// (host memory; `a` augmented with 1 when the layer has a bias, as in [`gg_kron_project`]),
+/// their eigendecompositions in f64 and `λ = 0.1·mean(Λ_B Λ_Aᵀ)`. `proj` must be the projection
+/// that produced the gradients it will precondition. `*out` receives a new handle (NULL on
+/// failure), released with [`gg_kfac_destroy`]. All tokens are passed at once (the Rust API
+/// `Kfac::covariances` / `Kfac::from_covariances` accumulates over batches).
+///
+/// # Safety
+/// `train` and `proj` are NULL (an error) or readable descriptors of host memory as for
+/// [`gg_ghost_dot`]; `out` is NULL (an error) or points at a writable `gg_kfac*`.
+#[no_mangle]
+pub unsafe extern "C" fn gg_kfac_fit(
+    shape: gg_layer_shape,
+    train: *const gg_train,
+    proj: *const gg_projection,
+    out: *mut *mut gg_kfac,
+) -> gg_status {
+    guard(|| {
+        check_out_param(out, "out")?;
+        // SAFETY: checked non-null and aligned; writable by the contract. NULL until success.
+        unsafe { out.write(std::ptr::null_mut()) };
+        // SAFETY: forwarded from this function's contract.
+        let (train, proj) = unsafe { (read_desc(train, "train")?, read_desc(proj, "proj")?) };
+        let mut bufs = Buffers::host();
+        let raw_train = bufs.train(&train)?;
+        let raw_proj = bufs.projection(&proj)?;
+        // Same limits on k_i, k_o as the projection itself.
+        v::nonzero("k_i", raw_proj.k_i)?;
+        v::nonzero("k_o", raw_proj.k_o)?;
+        v::fits_i32("k_o*k_i", v::mul("k_o*k_i", raw_proj.k_o, raw_proj.k_i)?)?;
+        // SAFETY: checked host buffers, readable for the call (contract); nothing is written.
+        let (train, proj) = unsafe { (raw_train.view(Space::Host), raw_proj.view(Space::Host)) };
+        let (c_a, c_b) = Kfac::covariances(&layer_shape(&shape), &train, &proj)?;
+        let (k_i, k_o) = (proj.k_i as usize, proj.k_o as usize);
+        let inner = Kfac::from_covariances(&c_a, k_i, &c_b, k_o)?;
+        // SAFETY: as above.
+        unsafe { out.write(Box::into_raw(Box::new(gg_kfac { inner, k_i: proj.k_i, k_o: proj.k_o }))) };
+        Ok(())
+    })
+}
+
+/// Turns K-FAC into EK-FAC: replaces `Λ_B Λ_Aᵀ` by `(1/n) Σ_n (Q_Bᵀ Ĝ_n Q_A)^{⊙2}` from the
+/// projected training gradients `grads` f32 `[n, k_o·k_i]` (host); `λ` becomes 0.1·mean of those.
+/// On failure the handle is unchanged.
+///
+/// # Safety
+/// `f` is NULL (an error) or a live handle not used concurrently; `grads` as for
+/// [`gg_raw_fisher_fit`].
+#[no_mangle]
+pub unsafe extern "C" fn gg_kfac_ekfac_correct(f: *mut gg_kfac, grads: gg_tensor, n: u64) -> gg_status {
+    guard(|| {
+        if f.is_null() {
+            return Err(Failure::null("kfac"));
+        }
+        // SAFETY: a live handle used by this thread only (caller's contract).
+        let f = unsafe { &mut *f };
+        let mut bufs = Buffers::host();
+        let raw = bufs.input("grads", &grads)?;
+        let (n, _) = grads_dims(&raw, n, f.k_o * f.k_i)?;
+        // SAFETY: checked host buffer, readable for the call (contract).
+        let g = unsafe { host_f32_view(raw, "grads", "ekfac_correct") }?;
+        // Corrected on a copy, so that a failure leaves the handle as it was.
+        let mut corrected = f.inner.clone();
+        corrected.ekfac_correct(g, n)?;
+        f.inner = corrected;
+        Ok(())
+    })
+}
+
+/// `Ĝ' = Q_B[(Q_Bᵀ Ĝ Q_A) ⊘ (scale + λ)]Q_Aᵀ` for every row of `grads` f32 `[n, k_o·k_i]`
+/// (host, `ĝ[o·k_i + i]`), `out` f32 `[n, k_o·k_i]` (host, overwritten; f64 inside).
+///
+/// # Safety
+/// `f` is NULL (an error) or a live handle; `grads` and `out` describe host memory as for
+/// [`gg_ghost_dot`].
+#[no_mangle]
+pub unsafe extern "C" fn gg_kfac_apply(f: *const gg_kfac, grads: gg_tensor, n: u64, out: gg_tensor_mut) -> gg_status {
+    guard(|| {
+        if f.is_null() {
+            return Err(Failure::null("kfac"));
+        }
+        // SAFETY: a live handle (caller's contract).
+        let f = unsafe { &*f };
+        let mut bufs = Buffers::host();
+        let raw = bufs.input("grads", &grads)?;
+        let raw_out = bufs.output("out", &out)?;
+        bufs.check_overlaps()?;
+        let (n, _) = grads_dims(&raw, n, f.k_o * f.k_i)?;
+        check_out_len(&raw_out, raw.len)?;
+        // SAFETY: checked host buffers, no output aliasing, valid for the call (contract).
+        let g = unsafe { host_f32_view(raw, "grads", "kfac_apply") }?;
+        let res = f.inner.apply(g, n)?;
+        // SAFETY: as above.
+        let mut o = unsafe { raw_out.view_mut(Space::Host) };
+        o.host("out")?.copy_from_slice(&res);
+        Ok(())
+    })
+}
+
+/// The damping `λ` of a K-FAC / EK-FAC handle.
+///
+/// # Safety
+/// `f` is NULL (an error) or a live handle; `out` is NULL (an error) or a writable `double`.
+#[no_mangle]
+pub unsafe extern "C" fn gg_kfac_damping(f: *const gg_kfac, out: *mut f64) -> gg_status {
+    guard(|| {
+        if f.is_null() {
+            return Err(Failure::null("kfac"));
+        }
+        // SAFETY: a live handle; out checked inside (caller's contract).
+        unsafe { write_out(out, "out", (*f).inner.damping()) }
+    })
+}
+
+/// Releases a K-FAC handle (NULL is ignored).
+///
+/// # Safety
+/// `f` is NULL or a live handle from [`gg_kfac_fit`]; it is not used again.
+#[no_mangle]
+pub unsafe extern "C" fn gg_kfac_destroy(f: *mut gg_kfac) {
+    if f.is_null() {
+        return;
+    }
+    let _ = guard(|| {
+        // SAFETY: allocated by Box::into_raw in gg_kfac_fit, destroyed once (contract).
+        drop(unsafe { Box::from_raw(f) });
+        Ok(())
+    });
+}
+
+// =============================================================================================
+// END section: projections, influence scores, In-Run Data Shapley, preconditioners
+// =============================================================================================
 
 #[cfg(test)]
 mod tests {

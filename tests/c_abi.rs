@@ -562,3 +562,680 @@ fn half_precision_inputs_pass_through_the_abi() {
     let st = dot(ctx.0, &train, &p.query(), tm(&mut out), GG_FORM_REQUEST_AUTO);
     expect(st, GG_STATUS_DTYPE, &["aq"]);
 }
+
+// =============================================================================================
+// Projections, influence scores, In-Run Data Shapley and preconditioners through the ABI: each
+// function against the Rust API, and its null / misaligned / length / overlap errors.
+// =============================================================================================
+
+use ghostgrad::projection::materialize_projection;
+use ghostgrad::projection::precondition::{Kfac, RawFisher};
+use ghostgrad::{
+    Accumulate, Distribution, GhgLayer, OutColumns, ProjectLayer, ProjectionKind, ProjectionSpec, ScoreDims, ScoreMode,
+    TensorMut, Which,
+};
+
+const K_I: u64 = 3;
+const K_O: u64 = 2;
+const KW: u64 = K_I * K_O;
+
+/// Deterministic values in [-1, 1) (not zeros, not a pattern the code could special-case).
+fn vals(len: u64, seed: u32) -> Vec<f32> {
+    (0..len as u32).map(|i| ((i.wrapping_mul(2654435761).wrapping_add(seed.wrapping_mul(40503)) >> 7) % 2001) as f32 / 1000.0 - 1.0).collect()
+}
+
+fn tf64(v: &mut [f64]) -> gg_tensor_f64_mut {
+    gg_tensor_f64_mut { ptr: v.as_mut_ptr() as *mut c_void, len: v.len() as u64 }
+}
+
+fn random_proj(seed: u64, layer: u32) -> gg_projection {
+    gg_projection {
+        k_i: K_I,
+        k_o: K_O,
+        kind: GG_PROJECTION_RANDOM,
+        dist: GG_DISTRIBUTION_GAUSSIAN,
+        seed,
+        layer,
+        p_in: ABSENT,
+        p_out: ABSENT,
+    }
+}
+
+fn rust_random(seed: u64, layer: u32) -> ProjectionSpec<'static> {
+    ProjectionSpec { k_i: K_I, k_o: K_O, kind: ProjectionKind::Random { seed, layer, dist: Distribution::Gaussian } }
+}
+
+fn rust_shape() -> ghostgrad::LayerShape {
+    ghostgrad::LayerShape::new(D_IN, D_OUT).with_bias(true)
+}
+
+fn rust_train(p: &Problem) -> ghostgrad::TrainFactors<'_> {
+    ghostgrad::TrainFactors { a: p.a[..].into(), b: p.b[..].into(), n: N, t: T, mask: Some(p.mask[..].into()) }
+}
+
+/// Max relative error of `got` against `want` (scaled by max |want|).
+fn rel_err(got: &[f32], want: &[f64]) -> f64 {
+    let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let err = got.iter().zip(want).fold(0.0f64, |m, (g, w)| m.max((*g as f64 - w).abs()));
+    assert!(scale > 0.0, "degenerate expected values {want:?}");
+    err / scale
+}
+
+/// `gg_kron_project` of the problem into `out` at `(offset, stride)`.
+fn project(ctx: *const gg_context, train: &gg_train, proj: &gg_projection, out: gg_tensor_mut, offset: u64, stride: u64) -> gg_status {
+    let p = Problem::new();
+    // SAFETY: descriptors of live memory of the test (or deliberately invalid ones).
+    unsafe { gg_kron_project(ctx, p.shape(), train, proj, out, offset, stride, 1.5, 0.0) }
+}
+
+#[test]
+fn kron_project_matches_the_rust_api_and_a_dense_projection_of_the_same_matrices() {
+    let p = Problem::new();
+    let ctx = Ctx::cpu();
+    // Into columns 2..8 of a [N, 9] output: the other columns keep their sentinel.
+    let stride = KW + 3;
+    let mut out = vec![123.0f32; (N * stride) as usize];
+    let st = project(ctx.0, &p.train(), &random_proj(11, 2), tm(&mut out), 2, stride);
+    expect(st, GG_STATUS_OK, &[]);
+    let mut want = vec![123.0f32; (N * stride) as usize];
+    ghostgrad::Context::cpu()
+        .kron_project(
+            &rust_shape(),
+            &rust_train(&p),
+            &rust_random(11, 2),
+            &mut TensorMut::from(&mut want[..]),
+            OutColumns { offset: 2, row_stride: stride },
+            Accumulate { scale: 1.5, beta: 0.0 },
+        )
+        .unwrap();
+    assert_eq!(out, want);
+    for n in 0..N as usize {
+        let row = &out[n * stride as usize..(n + 1) * stride as usize];
+        assert_eq!(&row[..2], &[123.0, 123.0]);
+        assert_eq!(row[stride as usize - 1], 123.0);
+        assert!(row[2..2 + KW as usize].iter().all(|x| x.is_finite() && *x != 123.0), "{row:?}");
+    }
+
+    // The generated matrices through gg_projection_matrix, given back as a dense projection,
+    // on the float64 reference context: the same Ĝ within f32 rounding.
+    let mut p_in = vec![f32::NAN; (K_I * (D_IN + 1)) as usize];
+    let mut p_out = vec![f32::NAN; (K_O * D_OUT) as usize];
+    // SAFETY: live outputs of the right lengths.
+    unsafe {
+        let st = gg_projection_matrix(ctx.0, 11, 2, GG_WHICH_IN, K_I, D_IN + 1, GG_DISTRIBUTION_GAUSSIAN, tm(&mut p_in));
+        expect(st, GG_STATUS_OK, &[]);
+        let st = gg_projection_matrix(ctx.0, 11, 2, GG_WHICH_OUT, K_O, D_OUT, GG_DISTRIBUTION_GAUSSIAN, tm(&mut p_out));
+        expect(st, GG_STATUS_OK, &[]);
+    }
+    let mut dense = random_proj(0, 0);
+    dense.kind = GG_PROJECTION_DENSE;
+    dense.p_in = t(&p_in, GG_DTYPE_F32);
+    dense.p_out = t(&p_out, GG_DTYPE_F32);
+    let reference = Ctx::reference();
+    let mut exact = vec![f32::NAN; (N * KW) as usize];
+    expect(project(reference.0, &p.train(), &dense, tm(&mut exact), 0, KW), GG_STATUS_OK, &[]);
+    let fast: Vec<f64> = (0..N as usize).flat_map(|n| out[n * stride as usize + 2..n * stride as usize + 2 + KW as usize].to_vec()).map(f64::from).collect();
+    assert!(rel_err(&exact, &fast) < 1e-5, "{exact:?} vs {fast:?}");
+}
+
+#[test]
+fn kron_project_rejects_bad_buffers_and_codes() {
+    let p = Problem::new();
+    let ctx = Ctx::cpu();
+    let mut out = vec![0.0f32; (N * KW) as usize];
+    // SAFETY: null descriptors are detected before they are read.
+    unsafe {
+        let st = gg_kron_project(ctx.0, p.shape(), &p.train(), ptr::null(), tm(&mut out), 0, KW, 1.0, 0.0);
+        expect(st, GG_STATUS_NULL_POINTER, &["proj"]);
+        let st = gg_kron_project(ptr::null(), p.shape(), &p.train(), &random_proj(1, 0), tm(&mut out), 0, KW, 1.0, 0.0);
+        expect(st, GG_STATUS_NULL_POINTER, &["ctx"]);
+    }
+    let st = project(ctx.0, &p.train(), &random_proj(1, 0), gg_tensor_mut { ptr: ptr::null_mut(), len: N * KW }, 0, KW);
+    expect(st, GG_STATUS_NULL_POINTER, &["`out`"]);
+    // A dense projection with a missing matrix.
+    let mut dense = random_proj(1, 0);
+    dense.kind = GG_PROJECTION_DENSE;
+    let p_out = vals(K_O * D_OUT, 9);
+    dense.p_out = t(&p_out, GG_DTYPE_F32);
+    expect(project(ctx.0, &p.train(), &dense, tm(&mut out), 0, KW), GG_STATUS_NULL_POINTER, &["proj.p_in"]);
+    // Misaligned dense matrix and output.
+    let p_in_buf = vals(K_I * (D_IN + 1) + 1, 8);
+    // SAFETY: two bytes into a live allocation.
+    dense.p_in = gg_tensor { ptr: unsafe { (p_in_buf.as_ptr() as *const u8).add(2) } as *const c_void, len: K_I * (D_IN + 1), dtype: GG_DTYPE_F32 };
+    expect(project(ctx.0, &p.train(), &dense, tm(&mut out), 0, KW), GG_STATUS_MISALIGNED, &["proj.p_in"]);
+    let mut raw = vec![0.0f32; (N * KW + 1) as usize];
+    // SAFETY: one byte into a live allocation.
+    let odd = gg_tensor_mut { ptr: unsafe { (raw.as_mut_ptr() as *mut u8).add(1) } as *mut c_void, len: N * KW };
+    expect(project(ctx.0, &p.train(), &random_proj(1, 0), odd, 0, KW), GG_STATUS_MISALIGNED, &["out"]);
+    // Lengths: a short dense matrix, a short output, columns beyond the stride.
+    dense.p_in = gg_tensor { ptr: p_in_buf.as_ptr() as *const c_void, len: K_I * D_IN, dtype: GG_DTYPE_F32 };
+    let (want, got) = ((K_I * (D_IN + 1)).to_string(), (K_I * D_IN).to_string());
+    expect(project(ctx.0, &p.train(), &dense, tm(&mut out), 0, KW), GG_STATUS_LENGTH_MISMATCH, &["p_in", &want, &got]);
+    let mut short = vec![0.0f32; (N * KW - 1) as usize];
+    expect(project(ctx.0, &p.train(), &random_proj(1, 0), tm(&mut short), 0, KW), GG_STATUS_LENGTH_MISMATCH, &["`out`"]);
+    expect(project(ctx.0, &p.train(), &random_proj(1, 0), tm(&mut out), 1, KW), GG_STATUS_INVALID_ARGUMENT, &["row_stride"]);
+    // Codes and sizes.
+    let mut bad = random_proj(1, 0);
+    bad.kind = 4;
+    expect(project(ctx.0, &p.train(), &bad, tm(&mut out), 0, KW), GG_STATUS_INVALID_ARGUMENT, &["proj.kind", "4"]);
+    let mut bad = random_proj(1, 0);
+    bad.dist = 3;
+    expect(project(ctx.0, &p.train(), &bad, tm(&mut out), 0, KW), GG_STATUS_INVALID_ARGUMENT, &["dist", "3"]);
+    let mut bad = random_proj(1, 0);
+    bad.k_i = 0;
+    expect(project(ctx.0, &p.train(), &bad, tm(&mut out), 0, KW), GG_STATUS_ZERO_SIZE, &["k_i"]);
+    // The output overlapping an input.
+    let mut train = p.train();
+    let mut aliased = p.b.clone();
+    train.b = t(&aliased, GG_DTYPE_F32);
+    let out_alias = gg_tensor_mut { ptr: aliased.as_mut_ptr() as *mut c_void, len: N * KW };
+    expect(project(ctx.0, &train, &random_proj(1, 0), out_alias, 0, KW), GG_STATUS_INVALID_ARGUMENT, &["`out`", "overlaps", "train.b"]);
+}
+
+#[test]
+fn kron_project_layers_matches_the_rust_api_and_names_the_bad_layer() {
+    let p = Problem::new();
+    let ctx = Ctx::cpu();
+    // Layer 1: the problem without its mask and with a 2×2 Rademacher projection.
+    let mut proj1 = random_proj(5, 1);
+    proj1.k_i = 2;
+    proj1.dist = GG_DISTRIBUTION_RADEMACHER;
+    let mut train1 = p.train();
+    train1.mask = ABSENT;
+    let layers = [
+        gg_project_layer { shape: p.shape(), train: p.train(), proj: random_proj(5, 0) },
+        gg_project_layer { shape: p.shape(), train: train1, proj: proj1 },
+    ];
+    let width = KW + 2 * K_O;
+    let mut out = vec![f32::NAN; (N * width) as usize];
+    // SAFETY: two valid layer descriptors.
+    let st = unsafe { gg_kron_project_layers(ctx.0, layers.as_ptr(), 2, tm(&mut out), 1.0, 0.0) };
+    expect(st, GG_STATUS_OK, &[]);
+    let rust_layers = [
+        ProjectLayer { shape: rust_shape(), train: rust_train(&p), proj: rust_random(5, 0) },
+        ProjectLayer {
+            shape: rust_shape(),
+            train: ghostgrad::TrainFactors { mask: None, ..rust_train(&p) },
+            proj: ProjectionSpec { k_i: 2, k_o: K_O, kind: ProjectionKind::Random { seed: 5, layer: 1, dist: Distribution::Rademacher } },
+        },
+    ];
+    let mut want = vec![0.0f32; (N * width) as usize];
+    ghostgrad::Context::cpu().kron_project_layers(&rust_layers, &mut TensorMut::from(&mut want[..]), Accumulate::overwrite()).unwrap();
+    assert_eq!(out, want);
+    assert!(out.iter().all(|x| x.is_finite()));
+
+    // Errors name the layer.
+    let mut bad = layers;
+    bad[1].train.a.len -= 1;
+    // SAFETY: as above (the short length is detected).
+    let st = unsafe { gg_kron_project_layers(ctx.0, bad.as_ptr(), 2, tm(&mut out), 1.0, 0.0) };
+    expect(st, GG_STATUS_LENGTH_MISMATCH, &["layers[1]", "`a`"]);
+    let mut bad = layers;
+    bad[1].proj.kind = 9;
+    // SAFETY: as above.
+    let st = unsafe { gg_kron_project_layers(ctx.0, bad.as_ptr(), 2, tm(&mut out), 1.0, 0.0) };
+    expect(st, GG_STATUS_INVALID_ARGUMENT, &["layers[1].proj.kind"]);
+    let mut bad = layers;
+    let unaligned = vec![0u32; (N * T * D_IN + 1) as usize];
+    // SAFETY: one byte into a live allocation.
+    bad[0].train.a.ptr = unsafe { (unaligned.as_ptr() as *const u8).add(1) } as *const c_void;
+    // SAFETY: as above.
+    let st = unsafe { gg_kron_project_layers(ctx.0, bad.as_ptr(), 2, tm(&mut out), 1.0, 0.0) };
+    expect(st, GG_STATUS_MISALIGNED, &["layers[0].train.a"]);
+    // SAFETY: null and empty arrays are detected before reading.
+    unsafe {
+        expect(gg_kron_project_layers(ctx.0, ptr::null(), 2, tm(&mut out), 1.0, 0.0), GG_STATUS_NULL_POINTER, &["layers"]);
+        expect(gg_kron_project_layers(ctx.0, layers.as_ptr(), 0, tm(&mut out), 1.0, 0.0), GG_STATUS_ZERO_SIZE, &["n_layers"]);
+        let mut short = vec![0.0f32; (N * width - 2) as usize];
+        let st = gg_kron_project_layers(ctx.0, layers.as_ptr(), 2, tm(&mut short), 1.0, 0.0);
+        expect(st, GG_STATUS_LENGTH_MISMATCH, &["out"]);
+    }
+    // The output overlapping layer 1's activations.
+    let mut aliased = p.a.clone();
+    let mut over = layers;
+    over[1].train.a = t(&aliased, GG_DTYPE_F32);
+    let out_alias = gg_tensor_mut { ptr: aliased.as_mut_ptr() as *mut c_void, len: N * width };
+    // SAFETY: as above (the overlap is detected before anything is written).
+    let st = unsafe { gg_kron_project_layers(ctx.0, over.as_ptr(), 2, out_alias, 1.0, 0.0) };
+    expect(st, GG_STATUS_INVALID_ARGUMENT, &["overlaps", "layers[1].train.a"]);
+}
+
+#[test]
+fn projection_matrix_is_the_generator_and_rejects_bad_arguments() {
+    let ctx = Ctx::cpu();
+    let (k, d) = (5u64, 7u64);
+    let mut out = vec![f32::NAN; (k * d) as usize];
+    // SAFETY: a live output of k·d floats.
+    let st = unsafe { gg_projection_matrix(ctx.0, 42, 3, GG_WHICH_OUT, k, d, GG_DISTRIBUTION_RADEMACHER, tm(&mut out)) };
+    expect(st, GG_STATUS_OK, &[]);
+    assert_eq!(out, materialize_projection(42, 3, Which::Out, k, d, Distribution::Rademacher));
+    let s = 1.0 / (k as f32).sqrt();
+    assert!(out.iter().all(|&x| x == s || x == -s), "Rademacher entries are ±1/√k: {out:?}");
+    // SAFETY: every call below is rejected before anything is written (or writes `out`).
+    unsafe {
+        let st = gg_projection_matrix(ctx.0, 42, 3, 2, k, d, GG_DISTRIBUTION_GAUSSIAN, tm(&mut out));
+        expect(st, GG_STATUS_INVALID_ARGUMENT, &["which", "2"]);
+        let st = gg_projection_matrix(ctx.0, 42, 3, GG_WHICH_IN, k, d, 7, tm(&mut out));
+        expect(st, GG_STATUS_INVALID_ARGUMENT, &["dist", "7"]);
+        let st = gg_projection_matrix(ctx.0, 42, 3, GG_WHICH_IN, k, d + 1, GG_DISTRIBUTION_GAUSSIAN, tm(&mut out));
+        expect(st, GG_STATUS_LENGTH_MISMATCH, &["out", &(k * (d + 1)).to_string()]);
+        let null = gg_tensor_mut { ptr: ptr::null_mut(), len: k * d };
+        expect(gg_projection_matrix(ctx.0, 42, 3, GG_WHICH_IN, k, d, 0, null), GG_STATUS_NULL_POINTER, &["out"]);
+        let mut raw = vec![0.0f32; (k * d + 1) as usize];
+        let odd = gg_tensor_mut { ptr: (raw.as_mut_ptr() as *mut u8).add(2) as *mut c_void, len: k * d };
+        expect(gg_projection_matrix(ctx.0, 42, 3, GG_WHICH_IN, k, d, 0, odd), GG_STATUS_MISALIGNED, &["out"]);
+        expect(gg_projection_matrix(ptr::null(), 42, 3, GG_WHICH_IN, k, d, 0, tm(&mut out)), GG_STATUS_NULL_POINTER, &["ctx"]);
+        expect(gg_projection_matrix(ctx.0, 42, 3, GG_WHICH_IN, 0, d, 0, tm(&mut out)), GG_STATUS_ZERO_SIZE, &["k"]);
+    }
+}
+
+#[test]
+fn influence_scores_match_the_rust_api_and_reject_bad_arguments() {
+    let ctx = Ctx::cpu();
+    let (nt, nb, k) = (3u64, 4u64, 5u64);
+    let test = vals(nt * k, 21);
+    let train = vals(nb * k, 22);
+    let train_self: Vec<f32> = train.chunks(k as usize).map(|r| r.iter().map(|x| x * x).sum()).collect();
+    let call = |test: gg_tensor, train: gg_tensor, ts: gg_tensor, mode, out: gg_tensor_mut| {
+        // SAFETY: descriptors of live memory of the test (or deliberately invalid ones).
+        unsafe { gg_influence_scores(ctx.0, test, train, nt, nb, k, ts, mode, out, 2.0, 0.0) }
+    };
+    for (mode, code) in [(ScoreMode::Dot, GG_SCORE_DOT), (ScoreMode::Cosine, GG_SCORE_COSINE), (ScoreMode::L2, GG_SCORE_L2)] {
+        let ts = if mode == ScoreMode::Dot { ABSENT } else { t(&train_self, GG_DTYPE_F32) };
+        let mut out = vec![f32::NAN; (nt * nb) as usize];
+        expect(call(t(&test, GG_DTYPE_F32), t(&train, GG_DTYPE_F32), ts, code, tm(&mut out)), GG_STATUS_OK, &[]);
+        let mut want = vec![0.0f32; (nt * nb) as usize];
+        let ts_rust = ghostgrad::Tensor::from(&train_self[..]);
+        ghostgrad::Context::cpu()
+            .influence_scores(
+                &test[..].into(),
+                &train[..].into(),
+                ScoreDims { n_test: nt, n_block: nb, k },
+                &mut TensorMut::from(&mut want[..]),
+                mode,
+                if mode == ScoreMode::Dot { None } else { Some(&ts_rust) },
+                Accumulate { scale: 2.0, beta: 0.0 },
+            )
+            .unwrap();
+        assert_eq!(out, want, "{mode:?}");
+        // And against the formula in f64.
+        let exact: Vec<f64> = (0..(nt * nb) as usize)
+            .map(|i| {
+                let (q, j) = (i / nb as usize, i % nb as usize);
+                let s: f64 = (0..k as usize).map(|c| test[q * k as usize + c] as f64 * train[j * k as usize + c] as f64).sum();
+                2.0 * match mode {
+                    ScoreMode::Dot => s,
+                    ScoreMode::Cosine => s / (train_self[j] as f64).sqrt(),
+                    ScoreMode::L2 => s - 0.5 * train_self[j] as f64,
+                }
+            })
+            .collect();
+        assert!(rel_err(&out, &exact) < 1e-5, "{mode:?}: {out:?} vs {exact:?}");
+    }
+    let mut out = vec![0.0f32; (nt * nb) as usize];
+    let (te, tr, ts) = (t(&test, GG_DTYPE_F32), t(&train, GG_DTYPE_F32), t(&train_self, GG_DTYPE_F32));
+    expect(call(te, tr, ts, GG_SCORE_DOT, tm(&mut out)), GG_STATUS_INVALID_ARGUMENT, &["train_self"]);
+    expect(call(te, tr, ABSENT, GG_SCORE_L2, tm(&mut out)), GG_STATUS_INVALID_ARGUMENT, &["train_self"]);
+    expect(call(te, tr, ABSENT, 3, tm(&mut out)), GG_STATUS_INVALID_ARGUMENT, &["mode", "3"]);
+    expect(call(ABSENT, tr, ABSENT, GG_SCORE_DOT, tm(&mut out)), GG_STATUS_NULL_POINTER, &["test"]);
+    let mut short = tr;
+    short.len -= 1;
+    expect(call(te, short, ABSENT, GG_SCORE_DOT, tm(&mut out)), GG_STATUS_LENGTH_MISMATCH, &["train_block"]);
+    let mut wrong = te;
+    wrong.dtype = GG_DTYPE_BF16;
+    wrong.len *= 2;
+    expect(call(wrong, tr, ABSENT, GG_SCORE_DOT, tm(&mut out)), GG_STATUS_DTYPE, &["test"]);
+    let buf = vals(nt * k + 1, 23);
+    // SAFETY: two bytes into a live allocation.
+    let odd = gg_tensor { ptr: unsafe { (buf.as_ptr() as *const u8).add(2) } as *const c_void, len: nt * k, dtype: GG_DTYPE_F32 };
+    expect(call(odd, tr, ABSENT, GG_SCORE_DOT, tm(&mut out)), GG_STATUS_MISALIGNED, &["test"]);
+    let mut aliased = test.clone();
+    let alias_out = gg_tensor_mut { ptr: aliased.as_mut_ptr() as *mut c_void, len: nt * nb };
+    expect(call(t(&aliased, GG_DTYPE_F32), tr, ABSENT, GG_SCORE_DOT, alias_out), GG_STATUS_INVALID_ARGUMENT, &["overlaps", "test"]);
+}
+
+/// Validation-side factors of one In-Run layer for the problem's shapes (T_v = 3, with bias).
+struct Val {
+    a_val: Vec<f32>,
+    b_val: Vec<f32>,
+    a_dot: Vec<f32>,
+    b_dot: Vec<f32>,
+    val_mask: Vec<u8>,
+}
+
+const T_V: u64 = 3;
+
+impl Val {
+    fn new() -> Self {
+        Val {
+            a_val: vals(T_V * D_IN, 31),
+            b_val: vals(T_V * D_OUT, 32),
+            a_dot: vals(T_V * D_IN, 33),
+            b_dot: vals(T_V * D_OUT, 34),
+            val_mask: vec![1, 0, 1],
+        }
+    }
+    fn layer(&self, p: &Problem) -> gg_ghg_layer {
+        gg_ghg_layer {
+            shape: p.shape(),
+            train: p.train(),
+            a_val: t(&self.a_val, GG_DTYPE_F32),
+            b_val: t(&self.b_val, GG_DTYPE_F32),
+            a_dot: t(&self.a_dot, GG_DTYPE_F32),
+            b_dot: t(&self.b_dot, GG_DTYPE_F32),
+            t_v: T_V,
+            val_mask: t(&self.val_mask, GG_DTYPE_U8),
+        }
+    }
+    fn rust<'a>(&'a self, p: &'a Problem) -> GhgLayer<'a> {
+        GhgLayer {
+            shape: rust_shape(),
+            train: rust_train(p),
+            a_val: self.a_val[..].into(),
+            b_val: self.b_val[..].into(),
+            a_dot: self.a_dot[..].into(),
+            b_dot: self.b_dot[..].into(),
+            t_v: T_V,
+            val_mask: Some(self.val_mask[..].into()),
+        }
+    }
+}
+
+#[test]
+fn ghg_matches_the_rust_api_reports_every_pseudo_layer_and_rejects_bad_arguments() {
+    let p = Problem::new();
+    let (v0, v1) = (Val::new(), Val { a_val: vals(T_V * D_IN, 41), ..Val::new() });
+    let ctx = Ctx::cpu();
+    let layers = [v0.layer(&p), v1.layer(&p)];
+    let mut out = vec![f32::NAN; N as usize];
+    let mut choices = [std::mem::MaybeUninit::<gg_form_choice>::uninit(); 6];
+    let eta = 0.3f32;
+    // SAFETY: valid descriptors; six writable choices.
+    let st = unsafe {
+        gg_ghg(ctx.0, layers.as_ptr(), 2, eta, tm(&mut out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, choices.as_mut_ptr() as *mut gg_form_choice)
+    };
+    expect(st, GG_STATUS_OK, &[]);
+    let mut want = vec![0.0f32; N as usize];
+    let rust = ghostgrad::Context::cpu()
+        .ghg(&[v0.rust(&p), v1.rust(&p)], eta, &mut TensorMut::from(&mut want[..]), Accumulate::overwrite(), Default::default())
+        .unwrap();
+    assert_eq!(out, want);
+    assert!(out.iter().all(|x| x.is_finite() && *x != 0.0), "{out:?}");
+    // SAFETY: all six written by the successful call.
+    let choices: Vec<gg_form_choice> = choices.iter().map(|c| unsafe { c.assume_init() }).collect();
+    assert_eq!(rust.len(), 6);
+    for (c, r) in choices.iter().zip(&rust) {
+        assert_eq!(c.form, r.form as u32);
+    }
+    let reason = last_reason();
+    assert_eq!(reason.lines().count(), 6, "{reason}");
+    assert!(reason.lines().next().unwrap().starts_with("layers[0] (a_val, b_val): "), "{reason}");
+    assert!(reason.lines().nth(5).unwrap().starts_with("layers[1] (a_dot, b_val): "), "{reason}");
+    // Independent check: the float64 reference context through the ABI.
+    let reference = Ctx::reference();
+    let mut exact = vec![f32::NAN; N as usize];
+    // SAFETY: as above, no choices requested.
+    let st = unsafe { gg_ghg(reference.0, layers.as_ptr(), 2, eta, tm(&mut exact), 1.0, 0.0, 0, ptr::null_mut()) };
+    expect(st, GG_STATUS_OK, &[]);
+    let exact: Vec<f64> = exact.iter().map(|&x| x as f64).collect();
+    assert!(rel_err(&out, &exact) < 1e-5, "{out:?} vs {exact:?}");
+
+    let run = |ls: &[gg_ghg_layer], out: gg_tensor_mut, eta: f32| {
+        // SAFETY: descriptors of live memory (or deliberately invalid ones, detected first).
+        unsafe { gg_ghg(ctx.0, ls.as_ptr(), ls.len(), eta, out, 1.0, 0.0, GG_FORM_REQUEST_AUTO, ptr::null_mut()) }
+    };
+    let mut bad = layers;
+    bad[1].b_dot.len -= 1;
+    expect(run(&bad, tm(&mut out), eta), GG_STATUS_LENGTH_MISMATCH, &["layers[1]"]);
+    let mut bad = layers;
+    bad[0].a_dot = ABSENT;
+    expect(run(&bad, tm(&mut out), eta), GG_STATUS_NULL_POINTER, &["layers[0].a_dot"]);
+    let buf = vals(T_V * D_IN + 1, 35);
+    let mut bad = layers;
+    // SAFETY: one byte into a live allocation.
+    bad[1].a_val.ptr = unsafe { (buf.as_ptr() as *const u8).add(1) } as *const c_void;
+    expect(run(&bad, tm(&mut out), eta), GG_STATUS_MISALIGNED, &["layers[1].a_val"]);
+    expect(run(&layers, tm(&mut out), f32::INFINITY), GG_STATUS_INVALID_ARGUMENT, &["eta"]);
+    let mut short = vec![0.0f32; N as usize + 1];
+    expect(run(&layers, tm(&mut short), eta), GG_STATUS_LENGTH_MISMATCH, &["out"]);
+    let mut aliased = v0.b_val.clone();
+    let mut over = layers;
+    over[0].b_val = t(&aliased, GG_DTYPE_F32);
+    let alias_out = gg_tensor_mut { ptr: aliased.as_mut_ptr() as *mut c_void, len: N };
+    expect(run(&over, alias_out, eta), GG_STATUS_INVALID_ARGUMENT, &["overlaps", "layers[0].b_val"]);
+    // SAFETY: null and empty arrays are detected before reading.
+    unsafe {
+        expect(gg_ghg(ctx.0, ptr::null(), 1, eta, tm(&mut out), 1.0, 0.0, 0, ptr::null_mut()), GG_STATUS_NULL_POINTER, &["layers"]);
+        expect(gg_ghg(ctx.0, layers.as_ptr(), 0, eta, tm(&mut out), 1.0, 0.0, 0, ptr::null_mut()), GG_STATUS_ZERO_SIZE, &["n_layers"]);
+        expect(gg_ghg(ctx.0, layers.as_ptr(), 2, eta, tm(&mut out), 1.0, 0.0, 8, ptr::null_mut()), GG_STATUS_INVALID_ARGUMENT, &["form"]);
+        // A misaligned choices array is rejected before anything is computed or written.
+        let mut sentinel = vec![7.0f32; N as usize];
+        let mut space = [0u64; 64];
+        let odd = (space.as_mut_ptr() as *mut u8).add(4) as *mut gg_form_choice;
+        let st = gg_ghg(ctx.0, layers.as_ptr(), 2, eta, tm(&mut sentinel), 1.0, 0.0, 0, odd);
+        expect(st, GG_STATUS_MISALIGNED, &["choices_out"]);
+        assert_eq!(sentinel, vec![7.0f32; N as usize]);
+    }
+}
+
+#[test]
+fn accumulate_values_sums_in_float64_and_rejects_bad_arguments() {
+    let ctx = Ctx::cpu();
+    let values: Vec<f32> = vec![1.0e-3, 2.5, -0.75, 1.0e8, 3.0e-5, -2.0];
+    let ids: Vec<i32> = vec![2, 0, 2, 1, 1, 0];
+    let mut phi = vec![0.5f64, -1.0, 0.25];
+    // SAFETY: live buffers of matching lengths.
+    let st = unsafe { gg_accumulate_values(ctx.0, t(&values, GG_DTYPE_F32), t(&ids, GG_DTYPE_I32), tf64(&mut phi)) };
+    expect(st, GG_STATUS_OK, &[]);
+    let mut want = vec![0.5f64, -1.0, 0.25];
+    for (&x, &id) in values.iter().zip(&ids) {
+        want[id as usize] += x as f64;
+    }
+    assert_eq!(phi, want);
+    // 1e8 + 3e-5 is kept in f64 (in f32 the small value would vanish).
+    assert_ne!(phi[1], (-1.0f32 + 1.0e8f32 + 3.0e-5f32) as f64);
+    let mut rust = vec![0.5f64, -1.0, 0.25];
+    ghostgrad::Context::cpu()
+        .accumulate_values(&values[..].into(), &ids[..].into(), &mut TensorMut::from(&mut rust[..]))
+        .unwrap();
+    assert_eq!(phi, rust);
+
+    let call = |v: gg_tensor, i: gg_tensor, phi: gg_tensor_f64_mut| {
+        // SAFETY: descriptors of live memory (or deliberately invalid ones, detected first).
+        unsafe { gg_accumulate_values(ctx.0, v, i, phi) }
+    };
+    let (v, i) = (t(&values, GG_DTYPE_F32), t(&ids, GG_DTYPE_I32));
+    let before = phi.clone();
+    let bad_ids = vec![0i32, 1, 3, 0, 0, 0];
+    expect(call(v, t(&bad_ids, GG_DTYPE_I32), tf64(&mut phi)), GG_STATUS_INVALID_ARGUMENT, &["ids[2] = 3"]);
+    assert_eq!(phi, before, "nothing written on error");
+    expect(call(v, t(&ids[..5], GG_DTYPE_I32), tf64(&mut phi)), GG_STATUS_LENGTH_MISMATCH, &["ids"]);
+    expect(call(v, t(&values, GG_DTYPE_F32), tf64(&mut phi)), GG_STATUS_DTYPE, &["ids"]);
+    expect(call(v, i, gg_tensor_f64_mut { ptr: ptr::null_mut(), len: 3 }), GG_STATUS_NULL_POINTER, &["phi"]);
+    expect(call(v, i, gg_tensor_f64_mut { ptr: phi.as_mut_ptr() as *mut c_void, len: 0 }), GG_STATUS_ZERO_SIZE, &["phi"]);
+    let mut raw = vec![0.0f64; 4];
+    // SAFETY: four bytes into a live allocation: 4-aligned, not 8-aligned.
+    let odd = gg_tensor_f64_mut { ptr: unsafe { (raw.as_mut_ptr() as *mut u8).add(4) } as *mut c_void, len: 3 };
+    expect(call(v, i, odd), GG_STATUS_MISALIGNED, &["phi", "8 bytes"]);
+    let mut aliased = vec![0.0f64; 3];
+    let alias_values = gg_tensor { ptr: aliased.as_ptr() as *const c_void, len: 6, dtype: GG_DTYPE_F32 };
+    expect(call(alias_values, i, tf64(&mut aliased)), GG_STATUS_INVALID_ARGUMENT, &["`phi`", "overlaps", "values"]);
+    // SAFETY: a null context is detected first.
+    expect(unsafe { gg_accumulate_values(ptr::null(), v, i, tf64(&mut phi)) }, GG_STATUS_NULL_POINTER, &["ctx"]);
+}
+
+/// Projected gradients `[n, KW]` of many samples (more rows than columns: a full-rank Fisher).
+fn grads(n: u64, seed: u32) -> Vec<f32> {
+    vals(n * KW, seed)
+}
+
+#[test]
+fn raw_fisher_handle_matches_the_rust_api_and_rejects_bad_arguments() {
+    let n = 9u64;
+    let g = grads(n, 51);
+    let mut h: *mut gg_raw_fisher = ptr::null_mut();
+    // SAFETY: a live buffer and out-pointer.
+    expect(unsafe { gg_raw_fisher_fit(t(&g, GG_DTYPE_F32), n, KW, &mut h) }, GG_STATUS_OK, &[]);
+    assert!(!h.is_null());
+    let test = grads(2, 52);
+    let mut out = vec![f32::NAN; (2 * KW) as usize];
+    // SAFETY: a live handle and buffers.
+    expect(unsafe { gg_raw_fisher_apply(h, t(&test, GG_DTYPE_F32), 2, tm(&mut out)) }, GG_STATUS_OK, &[]);
+    let rust = RawFisher::fit(&g, n as usize, KW as usize).unwrap();
+    assert_eq!(out, rust.apply(&test, 2).unwrap());
+    let mut lambda = f64::NAN;
+    // SAFETY: a live handle and a writable double.
+    expect(unsafe { gg_raw_fisher_damping(h, &mut lambda) }, GG_STATUS_OK, &[]);
+    assert_eq!(lambda, rust.damping());
+    // Independent check: (F + λI)·out = test, F from the definition, in f64.
+    let fisher = |i: usize, j: usize| (0..n as usize).map(|r| g[r * 6 + i] as f64 * g[r * 6 + j] as f64).sum::<f64>() / n as f64;
+    let trace: f64 = (0..6).map(|i| fisher(i, i)).sum();
+    assert!((lambda - 0.1 * trace / 6.0).abs() <= 1e-12 * lambda);
+    for r in 0..2 {
+        for i in 0..6 {
+            let lhs: f64 = (0..6).map(|j| (fisher(i, j) + if i == j { lambda } else { 0.0 }) * out[r * 6 + j] as f64).sum();
+            assert!((lhs - test[r * 6 + i] as f64).abs() < 1e-4, "row {r} col {i}: {lhs} vs {}", test[r * 6 + i]);
+        }
+    }
+
+    // SAFETY: every call below is rejected before memory is touched (or uses live buffers).
+    unsafe {
+        expect(gg_raw_fisher_fit(t(&g, GG_DTYPE_F32), n, KW, ptr::null_mut()), GG_STATUS_NULL_POINTER, &["out"]);
+        let mut h2: *mut gg_raw_fisher = 0x8 as *mut gg_raw_fisher;
+        expect(gg_raw_fisher_fit(t(&g, GG_DTYPE_F32), n + 1, KW, &mut h2), GG_STATUS_LENGTH_MISMATCH, &["grads"]);
+        assert!(h2.is_null(), "a failed fit leaves NULL in *out");
+        expect(gg_raw_fisher_fit(ABSENT, n, KW, &mut h2), GG_STATUS_NULL_POINTER, &["grads"]);
+        expect(gg_raw_fisher_fit(t(&g, GG_DTYPE_F32), n, 0, &mut h2), GG_STATUS_ZERO_SIZE, &["k"]);
+        let odd = gg_tensor { ptr: (g.as_ptr() as *const u8).add(2) as *const c_void, len: n * KW - 1, dtype: GG_DTYPE_F32 };
+        expect(gg_raw_fisher_fit(odd, n, KW, &mut h2), GG_STATUS_MISALIGNED, &["grads"]);
+        let halves: Vec<half::bf16> = g.iter().map(|&x| half::bf16::from_f32(x)).collect();
+        expect(gg_raw_fisher_fit(t(&halves, GG_DTYPE_BF16), n, KW, &mut h2), GG_STATUS_DTYPE, &["grads"]);
+        let zeros = vec![0.0f32; (n * KW) as usize];
+        expect(gg_raw_fisher_fit(t(&zeros, GG_DTYPE_F32), n, KW, &mut h2), GG_STATUS_INVALID_ARGUMENT, &["positive definite"]);
+        assert!(h2.is_null());
+
+        expect(gg_raw_fisher_apply(ptr::null(), t(&test, GG_DTYPE_F32), 2, tm(&mut out)), GG_STATUS_NULL_POINTER, &["fisher"]);
+        expect(gg_raw_fisher_apply(h, t(&test, GG_DTYPE_F32), 1, tm(&mut out)), GG_STATUS_LENGTH_MISMATCH, &["grads"]);
+        let mut short = vec![0.0f32; KW as usize];
+        expect(gg_raw_fisher_apply(h, t(&test, GG_DTYPE_F32), 2, tm(&mut short)), GG_STATUS_LENGTH_MISMATCH, &["out"]);
+        let mut raw = vec![0.0f32; (2 * KW + 1) as usize];
+        let odd_out = gg_tensor_mut { ptr: (raw.as_mut_ptr() as *mut u8).add(1) as *mut c_void, len: 2 * KW };
+        expect(gg_raw_fisher_apply(h, t(&test, GG_DTYPE_F32), 2, odd_out), GG_STATUS_MISALIGNED, &["out"]);
+        let mut inplace = test.clone();
+        let alias = gg_tensor_mut { ptr: inplace.as_mut_ptr() as *mut c_void, len: 2 * KW };
+        expect(gg_raw_fisher_apply(h, t(&inplace, GG_DTYPE_F32), 2, alias), GG_STATUS_INVALID_ARGUMENT, &["overlaps", "grads"]);
+        expect(gg_raw_fisher_damping(h, ptr::null_mut()), GG_STATUS_NULL_POINTER, &["out"]);
+        expect(gg_raw_fisher_damping(ptr::null(), &mut lambda), GG_STATUS_NULL_POINTER, &["fisher"]);
+        gg_raw_fisher_destroy(h);
+        gg_raw_fisher_destroy(ptr::null_mut());
+    }
+}
+
+#[test]
+fn kfac_handle_matches_the_rust_api_including_ekfac_and_rejects_bad_arguments() {
+    let p = Problem::new();
+    let proj = random_proj(13, 0);
+    let mut h: *mut gg_kfac = ptr::null_mut();
+    // SAFETY: live descriptors and out-pointer.
+    expect(unsafe { gg_kfac_fit(p.shape(), &p.train(), &proj, &mut h) }, GG_STATUS_OK, &[]);
+    let (c_a, c_b) = Kfac::covariances(&rust_shape(), &rust_train(&p), &rust_random(13, 0)).unwrap();
+    let mut rust = Kfac::from_covariances(&c_a, K_I as usize, &c_b, K_O as usize).unwrap();
+    let test = grads(3, 61);
+    let mut out = vec![f32::NAN; (3 * KW) as usize];
+    let mut lambda = f64::NAN;
+    // SAFETY: a live handle and buffers.
+    unsafe {
+        expect(gg_kfac_apply(h, t(&test, GG_DTYPE_F32), 3, tm(&mut out)), GG_STATUS_OK, &[]);
+        expect(gg_kfac_damping(h, &mut lambda), GG_STATUS_OK, &[]);
+    }
+    assert_eq!(out, rust.apply(&test, 3).unwrap());
+    assert_eq!(lambda, rust.damping());
+    // K-FAC's damping from the definition: 0.1·mean(Λ_B Λ_Aᵀ) = 0.1·trace(C_B)·trace(C_A)/k.
+    let tr = |c: &[f64], k: usize| (0..k).map(|i| c[i * k + i]).sum::<f64>();
+    let want = 0.1 * tr(&c_a, 3) * tr(&c_b, 2) / 6.0;
+    assert!((lambda - want).abs() <= 1e-9 * want, "{lambda} vs {want}");
+
+    // EK-FAC on projected training gradients of the same layer.
+    let n = 5u64;
+    let g = grads(n, 62);
+    // SAFETY: a live handle and buffers.
+    unsafe {
+        expect(gg_kfac_ekfac_correct(h, t(&g, GG_DTYPE_F32), n), GG_STATUS_OK, &[]);
+        expect(gg_kfac_apply(h, t(&test, GG_DTYPE_F32), 3, tm(&mut out)), GG_STATUS_OK, &[]);
+        expect(gg_kfac_damping(h, &mut lambda), GG_STATUS_OK, &[]);
+    }
+    rust.ekfac_correct(&g, n as usize).unwrap();
+    assert_eq!(out, rust.apply(&test, 3).unwrap());
+    assert_eq!(lambda, rust.damping());
+
+    // SAFETY: every call below is rejected before memory is touched (or uses live buffers).
+    unsafe {
+        let mut h2: *mut gg_kfac = 0x8 as *mut gg_kfac;
+        expect(gg_kfac_fit(p.shape(), ptr::null(), &proj, &mut h2), GG_STATUS_NULL_POINTER, &["train"]);
+        assert!(h2.is_null(), "a failed fit leaves NULL in *out");
+        expect(gg_kfac_fit(p.shape(), &p.train(), ptr::null(), &mut h2), GG_STATUS_NULL_POINTER, &["proj"]);
+        expect(gg_kfac_fit(p.shape(), &p.train(), &proj, ptr::null_mut()), GG_STATUS_NULL_POINTER, &["out"]);
+        let mut bad = proj;
+        bad.dist = 5;
+        expect(gg_kfac_fit(p.shape(), &p.train(), &bad, &mut h2), GG_STATUS_INVALID_ARGUMENT, &["dist"]);
+        let mut bad = proj;
+        bad.k_o = 0;
+        expect(gg_kfac_fit(p.shape(), &p.train(), &bad, &mut h2), GG_STATUS_ZERO_SIZE, &["k_o"]);
+        let mut train = p.train();
+        train.a.len += 1;
+        expect(gg_kfac_fit(p.shape(), &train, &proj, &mut h2), GG_STATUS_LENGTH_MISMATCH, &["`a`"]);
+        let mut train = p.train();
+        let buf = vals(N * T * D_IN + 1, 63);
+        train.a.ptr = (buf.as_ptr() as *const u8).add(2) as *const c_void;
+        expect(gg_kfac_fit(p.shape(), &train, &proj, &mut h2), GG_STATUS_MISALIGNED, &["train.a"]);
+
+        // A failed EK-FAC correction leaves the handle as it was.
+        let before = out.clone();
+        expect(gg_kfac_ekfac_correct(h, t(&g, GG_DTYPE_F32), n + 1), GG_STATUS_LENGTH_MISMATCH, &["grads"]);
+        let zeros = vec![0.0f32; (n * KW) as usize];
+        expect(gg_kfac_ekfac_correct(h, t(&zeros, GG_DTYPE_F32), n), GG_STATUS_INVALID_ARGUMENT, &["not positive"]);
+        expect(gg_kfac_apply(h, t(&test, GG_DTYPE_F32), 3, tm(&mut out)), GG_STATUS_OK, &[]);
+        assert_eq!(out, before);
+        expect(gg_kfac_ekfac_correct(ptr::null_mut(), t(&g, GG_DTYPE_F32), n), GG_STATUS_NULL_POINTER, &["kfac"]);
+        let odd = gg_tensor { ptr: (g.as_ptr() as *const u8).add(1) as *const c_void, len: n * KW - 1, dtype: GG_DTYPE_F32 };
+        expect(gg_kfac_ekfac_correct(h, odd, n), GG_STATUS_MISALIGNED, &["grads"]);
+
+        expect(gg_kfac_apply(ptr::null(), t(&test, GG_DTYPE_F32), 3, tm(&mut out)), GG_STATUS_NULL_POINTER, &["kfac"]);
+        expect(gg_kfac_apply(h, t(&test, GG_DTYPE_F32), 2, tm(&mut out)), GG_STATUS_LENGTH_MISMATCH, &["grads"]);
+        let mut long = vec![0.0f32; (3 * KW + 1) as usize];
+        expect(gg_kfac_apply(h, t(&test, GG_DTYPE_F32), 3, tm(&mut long)), GG_STATUS_LENGTH_MISMATCH, &["out"]);
+        let mut inplace = test.clone();
+        let alias = gg_tensor_mut { ptr: inplace.as_mut_ptr().add(1) as *mut c_void, len: 3 * KW };
+        let src = gg_tensor { ptr: inplace.as_ptr() as *const c_void, len: 3 * KW, dtype: GG_DTYPE_F32 };
+        expect(gg_kfac_apply(h, src, 3, alias), GG_STATUS_INVALID_ARGUMENT, &["overlaps", "grads"]);
+        let mut raw = vec![0.0f32; (3 * KW + 1) as usize];
+        let odd_out = gg_tensor_mut { ptr: (raw.as_mut_ptr() as *mut u8).add(2) as *mut c_void, len: 3 * KW };
+        expect(gg_kfac_apply(h, t(&test, GG_DTYPE_F32), 3, odd_out), GG_STATUS_MISALIGNED, &["out"]);
+        expect(gg_kfac_damping(ptr::null(), &mut lambda), GG_STATUS_NULL_POINTER, &["kfac"]);
+        gg_kfac_destroy(h);
+        gg_kfac_destroy(ptr::null_mut());
+    }
+}
+
+#[test]
+fn c_projection_example_matches_a_naive_double_precision_computation() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lib = static_library();
+    let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("projection_c_example");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let compiled = run(Command::new(&cc)
+        .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1"])
+        .arg("-I")
+        .arg(root.join("include"))
+        .arg(root.join("examples/c/projection.c"))
+        .arg(&lib)
+        .args(["-lpthread", "-ldl", "-lm", "-o"])
+        .arg(&exe));
+    assert!(compiled.status.success(), "compiling examples/c/projection.c against {} failed", lib.display());
+    let ran = run(&mut Command::new(&exe));
+    assert!(ran.status.success(), "the C projection example failed ({})", ran.status);
+    let stdout = String::from_utf8_lossy(&ran.stdout);
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+    assert_eq!(stdout.matches("relative error").count(), 4, "every check ran: {stdout}");
+    assert!(stdout.contains("GG_STATUS_INVALID_ARGUMENT"), "the error path was not shown: {stdout}");
+}

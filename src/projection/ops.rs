@@ -24,7 +24,7 @@ struct Checked {
 }
 
 impl Context {
-    fn check_projection(&self, shape: &LayerShape, train: &TrainFactors<'_>, proj: &ProjectionSpec<'_>) -> Result<TrainDims> {
+    pub(crate) fn check_projection(&self, shape: &LayerShape, train: &TrainFactors<'_>, proj: &ProjectionSpec<'_>) -> Result<TrainDims> {
         let space = self.space();
         let d = vo::train(OP, shape, train, space)?;
         v::nonzero("k_i", proj.k_i)?;

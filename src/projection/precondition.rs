@@ -94,6 +94,7 @@ fn mat_of(x: &[f64], k: usize) -> Mat<f64> {
 
 /// K-FAC (and, after [`ekfac_correct`](Self::ekfac_correct), EK-FAC) preconditioner of one
 /// layer's projected gradients `Ĝ ∈ R^{k_o×k_i}` (flattened row-major, `ĝ[o·k_i + i]`).
+#[derive(Clone)]
 pub struct Kfac {
     k_i: usize,
     k_o: usize,
