@@ -267,3 +267,251 @@ fn embedding_form_follows_the_cost_model() {
     let m = method(512, 512, Segments::Single);
     assert!(m.contains("ScatterGather"), "{m}");
 }
+
+/// The same properties on the CUDA kernels, executed by the PTX interpreter through the
+/// production launch plans (memcheck, initcheck, shared and global racecheck on; several
+/// schedule seeds; outputs poisoned with NaN when `beta = 0`).
+#[cfg(feature = "interp")]
+mod gpu {
+    use super::*;
+    use ghostgrad::runtime::interp::{InterpBuffer, InterpRuntime};
+    use ptx_interp::Options;
+    use std::sync::Arc;
+
+    fn runtime(seed: u64) -> Arc<InterpRuntime> {
+        let rt = InterpRuntime::new().expect("interpreter runtime (kernels must be built)");
+        rt.set_options(Options { schedule_seed: seed, ..Options::default() }).unwrap();
+        Arc::new(rt)
+    }
+
+    fn up_buf(rt: &InterpRuntime, b: &Buf) -> InterpBuffer {
+        match b {
+            Buf::F32(v) => rt.upload(v, DType::F32),
+            Buf::BF16(v) => rt.upload(v, DType::BF16),
+            Buf::F16(v) => rt.upload(v, DType::F16),
+        }
+        .unwrap()
+    }
+
+    fn up_x(rt: &InterpRuntime, x: &XBuf) -> InterpBuffer {
+        match x {
+            XBuf::Ids(v) => rt.upload(v, DType::I32).unwrap(),
+            XBuf::Float(b) => up_buf(rt, b),
+        }
+    }
+
+    struct DevSide {
+        x: InterpBuffer,
+        b: InterpBuffer,
+        mask: Option<InterpBuffer>,
+    }
+
+    struct DevUse {
+        train: DevSide,
+        query: DevSide,
+        offsets: InterpBuffer,
+    }
+
+    fn up_side(rt: &InterpRuntime, s: &SideData) -> DevSide {
+        DevSide { x: up_x(rt, &s.x), b: up_buf(rt, &s.b), mask: s.mask.as_ref().map(|m| rt.upload(m, DType::U8).unwrap()) }
+    }
+
+    fn upload_model(rt: &InterpRuntime, m: &ModelData) -> Vec<DevUse> {
+        m.uses
+            .iter()
+            .map(|u| DevUse { train: up_side(rt, &u.train), query: up_side(rt, &u.query), offsets: rt.upload(&u.offsets, DType::I32).unwrap() })
+            .collect()
+    }
+
+    fn dev_uses<'a>(m: &ModelData, d: &'a [DevUse]) -> Vec<LayerUse<'a>> {
+        m.uses
+            .iter()
+            .zip(d)
+            .map(|(u, du)| LayerUse {
+                param: u.param,
+                kind: u.kind,
+                train: UseTrain {
+                    x: du.train.x.view().into(),
+                    b: du.train.b.view().into(),
+                    t: u.t as u64,
+                    mask: du.train.mask.as_ref().map(|m| m.view().into()),
+                },
+                query: Some(UseQuery {
+                    x: du.query.x.view().into(),
+                    b: du.query.b.view().into(),
+                    q: u.query.rows as u64,
+                    segments: Segments::Offsets(du.offsets.view().into()),
+                    mask: du.query.mask.as_ref().map(|m| m.view().into()),
+                }),
+            })
+            .collect()
+    }
+
+    fn check_gpu(m: &ModelData, forms: ModelForms, seed: u64, sched: u64) {
+        let rt = runtime(sched);
+        let ctx = Context::with_runtime(rt.clone());
+        let dev = upload_model(&rt, m);
+        let uses = dev_uses(m, &dev);
+        let mut r = rng(seed ^ 0x9a9);
+        let e = expected(m);
+        let tol = Tol::for_depth(m.depth());
+        let n = m.n as u64;
+        type Call = fn(&Context, u64, &[LayerUse<'_>], &mut ghostgrad::TensorMut<'_>, Accumulate, ModelForms) -> ghostgrad::Result<Vec<ghostgrad::TermChoice>>;
+        let calls: [(&str, Call, &(Vec<f64>, Vec<f64>)); 3] = [
+            ("model_dot", Context::model_dot, &e.dot),
+            ("model_gram", Context::model_gram, &e.gram),
+            ("model_sqnorm", Context::model_sqnorm, &e.sqnorm),
+        ];
+        for (what, call, (want, mag)) in calls {
+            let nonzero_beta = rng_bool(&mut r);
+            let acc = random_acc(&mut r, nonzero_beta);
+            let old = initial_out(&mut r, want.len(), acc);
+            let mut out = rt.upload(&old, DType::F32).unwrap();
+            call(&ctx, n, &uses, &mut out.view_mut().into(), acc, forms).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let got = rt.read_f32(&out).unwrap();
+            let want32: Vec<f32> = want
+                .iter()
+                .zip(&old)
+                .map(|(&w, &o)| ((if acc.beta == 0.0 { 0.0 } else { acc.beta as f64 * o as f64 }) + acc.scale as f64 * w) as f32)
+                .collect();
+            assert_close(&format!("interp {what} {forms:?}"), &got, &want32, mag, &old, acc, tol);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(12))]
+
+        #[test]
+        fn kernels_match_explicit_gradients(mix in mix_strategy(), dt in 0usize..3, masked in any::<bool>(), seed in any::<u64>(), sched in 0u64..4) {
+            let mut r = rng(seed);
+            let m = ModelData::random(&mut r, mix, FLOAT_DTYPES[dt], masked);
+            for forms in embedding_forms() {
+                check_gpu(&m, forms, seed, sched);
+            }
+        }
+    }
+
+    #[test]
+    fn every_kind_alone_and_the_tied_groups_on_the_interpreter() {
+        let mixes = [
+            Mix { linear: true, embedding: false, norm: false, tied: false },
+            Mix { linear: false, embedding: true, norm: false, tied: false },
+            Mix { linear: false, embedding: false, norm: true, tied: false },
+            Mix { linear: false, embedding: false, norm: false, tied: true },
+        ];
+        for (i, mix) in mixes.into_iter().enumerate() {
+            for seed in 0..2u64 {
+                let mut r = rng(seed * 17 + i as u64);
+                let m = ModelData::random(&mut r, mix, FLOAT_DTYPES[(seed as usize + i) % 3], seed == 0);
+                for forms in embedding_forms() {
+                    check_gpu(&m, forms, seed, seed + i as u64);
+                }
+            }
+        }
+    }
+
+    /// Long sequences: token splits across CTAs and more than one 64-row tile in both directions.
+    #[test]
+    fn long_sequences_split_across_ctas() {
+        let mut r = rng(5);
+        let mut m = ModelData::random(&mut r, Mix { linear: false, embedding: true, norm: true, tied: false }, DType::F32, true);
+        let pool: Vec<i32> = (0..5).collect();
+        let v = m.v;
+        m.n = 2;
+        m.uses = m
+            .uses
+            .iter()
+            .map(|u| {
+                let mut u2 = UseData::random(&mut r, u.param, u.kind, 2, v, DType::F32, true, &pool);
+                // Rebuild with T = 150 and Q = 140.
+                let kind = u.kind;
+                u2.t = 150;
+                u2.train = UseData::random(&mut r, u.param, kind, 2 * 150, v, DType::F32, true, &pool).train;
+                let big = UseData::random(&mut r, u.param, kind, 140, v, DType::F32, true, &pool);
+                u2.query = SideData { rows: 140, ..big.train.clone() };
+                u2.query.x = match &big.train.x {
+                    XBuf::Ids(ids) => XBuf::Ids(ids[..140].to_vec()),
+                    other => other.clone(),
+                };
+                u2
+            })
+            .collect();
+        // Fix the buffers to the intended shapes (train: 2·150 rows, query: 140 rows).
+        for u in &mut m.uses {
+            let (xw, bw) = match u.kind {
+                LayerKind::Embedding { d, .. } => (1, d as usize),
+                LayerKind::Norm { d, .. } => (d as usize, d as usize),
+                LayerKind::Linear { d_in, d_out, .. } => (d_in as usize, d_out as usize),
+            };
+            truncate(&mut u.train, 300, xw, bw);
+            truncate(&mut u.query, 140, xw, bw);
+            u.offsets = vec![0; v + 1];
+            for k in 1..=v {
+                u.offsets[k] = (140 * k / v) as i32;
+            }
+        }
+        for forms in embedding_forms() {
+            check_gpu(&m, forms, 5, 1);
+        }
+    }
+
+    fn truncate(s: &mut SideData, rows: usize, xw: usize, bw: usize) {
+        let cut = |b: &Buf, len: usize| match b {
+            Buf::F32(v) => Buf::F32(v[..len].to_vec()),
+            Buf::BF16(v) => Buf::BF16(v[..len].to_vec()),
+            Buf::F16(v) => Buf::F16(v[..len].to_vec()),
+        };
+        s.rows = rows;
+        s.b = cut(&s.b, rows * bw);
+        s.x = match &s.x {
+            XBuf::Ids(v) => XBuf::Ids(v[..rows].to_vec()),
+            XBuf::Float(b) => XBuf::Float(cut(b, rows * xw)),
+        };
+        s.mask = s.mask.as_ref().map(|m| m[..rows].to_vec());
+    }
+
+    #[test]
+    fn results_are_bitwise_identical_across_schedule_seeds() {
+        let mut r = rng(21);
+        let m = ModelData::random(&mut r, Mix { linear: true, embedding: true, norm: true, tied: true }, DType::F32, true);
+        let run = |sched: u64, forms: ModelForms| {
+            let rt = runtime(sched);
+            let ctx = Context::with_runtime(rt.clone());
+            let dev = upload_model(&rt, &m);
+            let uses = dev_uses(&m, &dev);
+            let mut out = rt.alloc_f32((m.n * m.n) as u64, f32::NAN).unwrap();
+            ctx.model_gram(m.n as u64, &uses, &mut out.view_mut().into(), Accumulate::overwrite(), forms).unwrap();
+            rt.read_f32(&out).unwrap()
+        };
+        for forms in embedding_forms() {
+            assert_bitwise_eq("model_gram seeds 0 vs 3", &run(0, forms), &run(3, forms));
+        }
+    }
+
+    /// Device ids cannot be checked without a synchronization: an id outside [0, vocab) must
+    /// turn the results it touches into NaN, in both embedding forms, and never read out of
+    /// bounds (memcheck is on).
+    #[test]
+    fn out_of_range_device_ids_give_nan_not_garbage() {
+        let rt = runtime(0);
+        let ctx = Context::with_runtime(rt.clone());
+        let (vocab, d, t) = (5u64, 3usize, 2usize);
+        let ids = rt.upload(&[1i32, 7, 2, 2], DType::I32).unwrap(); // sample 0 holds id 7
+        let b = rt.upload(&[0.5f32; 12], DType::F32).unwrap();
+        let u = LayerUse {
+            param: 0,
+            kind: LayerKind::Embedding { vocab, d: d as u64 },
+            train: UseTrain { x: ids.view().into(), b: b.view().into(), t: t as u64, mask: None },
+            query: None,
+        };
+        for form in [EmbeddingForm::MaskedGram, EmbeddingForm::ScatterGather] {
+            let mut out = rt.alloc_f32(2, 0.0).unwrap();
+            let forms = ModelForms { embedding: Some(form), ..Default::default() };
+            ctx.model_sqnorm(2, &[u], &mut out.view_mut().into(), Accumulate::overwrite(), forms).unwrap();
+            let got = rt.read_f32(&out).unwrap();
+            assert!(got[0].is_nan(), "{form:?}: {got:?}");
+            // Sample 1: ids [2, 2], b rows of 0.5: ‖2·(0.5,0.5,0.5)‖² = 3.
+            assert_eq!(got[1], 3.0, "{form:?}: {got:?}");
+        }
+    }
+}
