@@ -515,3 +515,117 @@ mod gpu {
         }
     }
 }
+
+/// The documented Conv1D recipe for the dense-matrix operations: with the roles of `A` and `B`
+/// swapped, `ghost_dot_dense` takes the `[d_in, d_out]` matrix as stored and `factored_grad`
+/// produces it, equal to the `[d_out, d_in]` results transposed.
+#[test]
+fn conv1d_layout_by_swapping_roles_in_the_dense_operations() {
+    use ghostgrad::{LayerShape, QueryFactors, TrainFactors};
+    let mut r = rng(77);
+    let (n, t, q, d_in, d_out) = (2usize, 5usize, 4usize, 7usize, 3usize);
+    let g = |r: &mut TestRng, len: usize| -> Vec<f32> { (0..len).map(|_| nonzero_gaussian(r)).collect() };
+    let (a, b, aq, bq) = (g(&mut r, n * t * d_in), g(&mut r, n * t * d_out), g(&mut r, q * d_in), g(&mut r, q * d_out));
+    let m_in_out = g(&mut r, d_in * d_out); // as a Conv1D stores it: [d_in, d_out]
+    let m_out_in: Vec<f32> = (0..d_out * d_in).map(|k| m_in_out[(k % d_in) * d_out + k / d_in]).collect();
+    for ctx in [Context::cpu(), Context::cpu_reference()] {
+        let shape = LayerShape::new(d_in as u64, d_out as u64);
+        let train = TrainFactors { a: a[..].into(), b: b[..].into(), n: n as u64, t: t as u64, mask: None };
+        let mut want = vec![0f32; n];
+        ctx.ghost_dot_dense(&shape, &train, &m_out_in[..].into(), None, &mut (&mut want[..]).into(), Accumulate::overwrite()).unwrap();
+        let swapped = LayerShape::new(d_out as u64, d_in as u64);
+        let train_sw = TrainFactors { a: b[..].into(), b: a[..].into(), n: n as u64, t: t as u64, mask: None };
+        let mut got = vec![0f32; n];
+        ctx.ghost_dot_dense(&swapped, &train_sw, &m_in_out[..].into(), None, &mut (&mut got[..]).into(), Accumulate::overwrite()).unwrap();
+        for (x, y) in got.iter().zip(&want) {
+            assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{}: dense {got:?} vs {want:?}", ctx.describe());
+        }
+        let query = QueryFactors { aq: aq[..].into(), bq: bq[..].into(), q: q as u64, segments: Segments::Single, mask: None };
+        let mut m1 = vec![0f32; d_out * d_in];
+        ctx.factored_grad(&shape, &query, None, &mut (&mut m1[..]).into(), None, Accumulate::overwrite()).unwrap();
+        let query_sw = QueryFactors { aq: bq[..].into(), bq: aq[..].into(), ..query };
+        let mut m2 = vec![0f32; d_in * d_out];
+        ctx.factored_grad(&swapped, &query_sw, None, &mut (&mut m2[..]).into(), None, Accumulate::overwrite()).unwrap();
+        for i in 0..d_in {
+            for o in 0..d_out {
+                let (x, y) = (m2[i * d_out + o], m1[o * d_in + i]);
+                assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{}: factored_grad [{i},{o}] {x} vs {y}", ctx.describe());
+            }
+        }
+    }
+}
+
+/// A 2-D convolution fed as the documented Linear: `x` = unfolded patches
+/// `[N·H_out·W_out, C_in·k_h·k_w]` (column `(c·k_h + i)·k_w + j`, as `F.unfold`), `b` =
+/// output gradients `[N·H_out·W_out, C_out]`, weight `W.view(C_out, -1)`. The results equal dot
+/// products of per-sample gradients computed by the convolution formula directly.
+#[test]
+fn convolution_through_unfolded_patches() {
+    let (n, cin, cout, h, w, kh, kw) = (3usize, 2usize, 3usize, 5usize, 4usize, 2usize, 3usize);
+    let (ho, wo) = (h - kh + 1, w - kw + 1);
+    let mut r = rng(8);
+    let x: Vec<f32> = (0..n * cin * h * w).map(|_| nonzero_gaussian(&mut r)).collect(); // [N, C_in, H, W]
+    let gout: Vec<f32> = (0..n * cout * ho * wo).map(|_| nonzero_gaussian(&mut r)).collect(); // [N, C_out, H_out, W_out]
+    // Per-sample dW [C_out, C_in, k_h, k_w] and db [C_out] by the convolution formula.
+    let grads: Vec<Vec<f64>> = (0..n)
+        .map(|s| {
+            let mut g = vec![0.0f64; cout * cin * kh * kw + cout];
+            for co in 0..cout {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let go = gout[((s * cout + co) * ho + oy) * wo + ox] as f64;
+                        g[cout * cin * kh * kw + co] += go;
+                        for c in 0..cin {
+                            for i in 0..kh {
+                                for j in 0..kw {
+                                    g[((co * cin + c) * kh + i) * kw + j] += go * x[((s * cin + c) * h + oy + i) * w + ox + j] as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            g
+        })
+        .collect();
+    // Unfold.
+    let t = ho * wo;
+    let k = cin * kh * kw;
+    let mut patches = vec![0f32; n * t * k];
+    let mut b = vec![0f32; n * t * cout];
+    for s in 0..n {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let row = s * t + oy * wo + ox;
+                for c in 0..cin {
+                    for i in 0..kh {
+                        for j in 0..kw {
+                            patches[row * k + (c * kh + i) * kw + j] = x[((s * cin + c) * h + oy + i) * w + ox + j];
+                        }
+                    }
+                }
+                for co in 0..cout {
+                    b[row * cout + co] = gout[((s * cout + co) * ho + oy) * wo + ox];
+                }
+            }
+        }
+    }
+    let u = LayerUse {
+        param: 0,
+        kind: LayerKind::linear(k as u64, cout as u64, true),
+        train: UseTrain { x: patches[..].into(), b: b[..].into(), t: t as u64, mask: None },
+        query: None,
+    };
+    for ctx in [Context::cpu(), Context::cpu_reference()] {
+        let mut gram = vec![0f32; n * n];
+        ctx.model_gram(n as u64, &[u], &mut (&mut gram[..]).into(), Accumulate::overwrite(), ModelForms::default()).unwrap();
+        for a in 0..n {
+            for c in 0..n {
+                let want: f64 = grads[a].iter().zip(&grads[c]).map(|(p, q)| p * q).sum();
+                let mag: f64 = grads[a].iter().zip(&grads[c]).map(|(p, q)| (p * q).abs()).sum();
+                let got = gram[a * n + c] as f64;
+                assert!((got - want).abs() <= 1e-5 * mag.max(want.abs()) * 10.0, "{}: K[{a},{c}] {got} vs {want}", ctx.describe());
+            }
+        }
+    }
+}

@@ -16,10 +16,18 @@
 //! | `Embedding { vocab, d }` (`y = E[id]`) | `E [vocab, d]` | ids, i32 `[rows]` in `[0, vocab)` | `[rows, d]` | `G = Σ_t e_{id_t} b_tᵀ` |
 //! | `Norm { d, has_bias }` (LayerNorm / RMSNorm, `y = γ ⊙ x̂ + β`) | `γ [d]`, `β [d]` | `x̂ [rows, d]` (the normalized input before the affine map) | `[rows, d]` | `g = Σ_t b_t ⊙ x̂_t`, `Σ_t b_t` |
 //!
-//! `WeightLayout` changes no result of a parameter used once (`<G, G'>` does not depend on how
-//! `W` is stored). It matters only when a parameter is used in *both* orientations in one tied
-//! group: the per-sample gradient of the parameter is then `Σ_t b_t a_tᵀ` for the `OutIn` use
-//! and `Σ_t a_t b_tᵀ` for the `InOut` one, laid out on the same `[rows, cols]` storage.
+//! What `WeightLayout` changes, exactly:
+//! * in these model-level calls, nothing for a parameter used once (`<G, G'>` does not depend on
+//!   how `W` is stored); for a parameter used in *both* orientations in one tied group, the
+//!   cross terms: the `OutIn` use contributes `Σ_t b_t a_tᵀ` and the `InOut` use `Σ_t a_t b_tᵀ`
+//!   to the same `[rows, cols]` storage (checked: the two uses must agree on it);
+//! * where a dense matrix is exchanged with the caller — `M` of
+//!   [`ghost_dot_dense`](crate::Context::ghost_dot_dense), the output of
+//!   [`factored_grad`](crate::Context::factored_grad) — ghostgrad always uses `[d_out, d_in]`.
+//!   For a `Conv1D` weight (stored `[d_in, d_out]`) either transpose (`M.T.contiguous()`), or,
+//!   without a copy and for a layer without bias, swap the roles: `LayerShape::new(d_out, d_in)`
+//!   with `A := B`, `B := A` (train and query) takes/produces the `[d_in, d_out]` matrix as
+//!   stored, since `Σ_t b_tᵀ M a_t = Σ_t a_tᵀ Mᵀ b_t` (tested in tests/layers.rs).
 //!
 //! # Tied parameters
 //!
