@@ -13,6 +13,9 @@ use ghostgrad::{
 };
 use proptest::prelude::*;
 
+/// A result and its magnitude.
+type Pair = (Vec<f64>, Vec<f64>);
+
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig { cases, failure_persistence: None, max_shrink_iters: 16, ..ProptestConfig::default() }
 }
@@ -25,7 +28,7 @@ fn check_all(ctx: &Context, m: &ModelData, forms: ModelForms, seed: u64) {
     let tol = Tol::for_depth(m.depth());
     let n = m.n as u64;
     type Call = fn(&Context, u64, &[LayerUse<'_>], &mut ghostgrad::TensorMut<'_>, Accumulate, ModelForms) -> ghostgrad::Result<Vec<ghostgrad::TermChoice>>;
-    let calls: [(&str, Call, &(Vec<f64>, Vec<f64>)); 3] = [
+    let calls: [(&str, Call, &Pair); 3] = [
         ("model_dot", Context::model_dot, &e.dot),
         ("model_gram", Context::model_gram, &e.gram),
         ("model_sqnorm", Context::model_sqnorm, &e.sqnorm),
@@ -357,7 +360,7 @@ mod gpu {
         let tol = Tol::for_depth(m.depth());
         let n = m.n as u64;
         type Call = fn(&Context, u64, &[LayerUse<'_>], &mut ghostgrad::TensorMut<'_>, Accumulate, ModelForms) -> ghostgrad::Result<Vec<ghostgrad::TermChoice>>;
-        let calls: [(&str, Call, &(Vec<f64>, Vec<f64>)); 3] = [
+        let calls: [(&str, Call, &Pair); 3] = [
             ("model_dot", Context::model_dot, &e.dot),
             ("model_gram", Context::model_gram, &e.gram),
             ("model_sqnorm", Context::model_sqnorm, &e.sqnorm),

@@ -195,7 +195,10 @@ fn gather_sum(ids: &[i32], b: HostSlice<'_>, mask: Option<&[u8]>, rows: Range<us
 
 /// The (x, b, mask, ranges) of the "query" operand of a term: use `j`'s query in `Dot` mode, its
 /// training rows otherwise.
-fn query_operand<'a>(u: &LayerUse<'a>, d: &UseDims, n: usize, mode: Mode) -> Result<(Tensor<'a>, Tensor<'a>, Option<&'a [u8]>, Vec<(usize, usize)>)> {
+/// `(x, b, mask, row ranges)` of a term's query operand.
+type Operand<'a> = (Tensor<'a>, Tensor<'a>, Option<&'a [u8]>, Vec<(usize, usize)>);
+
+fn query_operand<'a>(u: &LayerUse<'a>, d: &UseDims, n: usize, mode: Mode) -> Result<Operand<'a>> {
     Ok(match mode {
         Mode::Dot => {
             let q = u.query.as_ref().expect("validated");

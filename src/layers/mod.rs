@@ -290,6 +290,7 @@ fn check_host_ids(what: &'static str, x: &Tensor<'_>, vocab: u64) -> Result<()> 
 }
 
 /// Validates one side's `x`, `b`, `mask` for `rows` rows; returns the float dtype.
+#[allow(clippy::too_many_arguments)]
 fn check_side(
     kind: &LayerKind,
     x: &Tensor<'_>,
@@ -508,6 +509,7 @@ impl Context {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn model_call(
         &self,
         op: &'static str,

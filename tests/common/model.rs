@@ -1,8 +1,8 @@
 //! Random models of mixed layer kinds for the model-level calls (tests/layers.rs): Linear in
-//! both weight layouts, embeddings with repeated ids, LayerNorm/RMSNorm, tied groups (embedding
-//! + LM head, a Linear used twice, a weight used in both orientations, shared norms, two
-//! embeddings of one table), ragged token counts per use, masks whose masked rows hold NaN,
-//! and the explicit per-sample gradients every result is checked against.
+//! both weight layouts, embeddings with repeated ids, LayerNorm/RMSNorm, tied groups (an
+//! embedding with its LM head, a Linear used twice, a weight used in both orientations, shared
+//! norms, two embeddings of one table), ragged token counts per use, masks whose masked rows
+//! hold NaN, and the explicit per-sample gradients every result is checked against.
 #![allow(dead_code)]
 
 use super::{nonzero_gaussian, random_mask, Buf, TestRng};
@@ -103,6 +103,7 @@ fn offsets(rng: &mut TestRng, q: usize, v: usize) -> Vec<i32> {
 }
 
 impl UseData {
+    #[allow(clippy::too_many_arguments)]
     pub fn random(rng: &mut TestRng, param: u32, kind: LayerKind, n: usize, v: usize, dtype: DType, masked: bool, pool: &[i32]) -> Self {
         let t = rng.random_range(1..9);
         let q = rng.random_range(1..13);
