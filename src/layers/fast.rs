@@ -2,7 +2,7 @@
 //! and terms; a fixed partition of the work, so results are bitwise identical run to run
 //! whatever the number of threads).
 //!
-//! * single Linear uses: [`crate::cpu::fast`] in the chosen form;
+//! * a Linear use's own term: [`crate::cpu::fast`] in the chosen form;
 //! * cross terms (and the masked-Gram embedding form): per training sample, tiles of 64 training
 //!   rows × 256 query rows; `c·c'` by GEMM, `r·r'` by GEMM, id equality or gather;
 //! * scatter/gather: per query segment, the kept rows sorted by (id, row), equal ids summed in

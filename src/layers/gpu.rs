@@ -1,10 +1,10 @@
 //! Launch plans of the model-level calls (kernels/embedding.cu, norm.cu, and the ghost
-//! dot-product kernels for single Linear uses). Every term writes partial slots; single Linear
-//! uses go through [`crate::ghost_dot::gpu::partial_plans`] (their own partial region and
+//! dot-product kernels for a Linear use's own term). Every term writes partial slots; those
+//! Linear terms go through [`crate::ghost_dot::gpu::partial_plans`] (their own partial region and
 //! finalize), every other term into a second region finalized after it with `beta = 1`. The
 //! split counts depend only on the shapes, so every GPU returns the same bits.
 //!
-//! Launches per term: single Linear as in `ghost_dot_layers`; cross Gram 1; scatter/gather 3
+//! Launches per term: Linear as in `ghost_dot_layers`; cross Gram 1; scatter/gather 3
 //! (sort, table, gather); norm `uses × (1 + [query])` gradient launches + 1 dot. Plus one or two
 //! finalizes for the whole call.
 

@@ -49,7 +49,8 @@
 //!
 //! # Algorithms
 //!
-//! * single Linear use: the ghost dot-product family (Gram, dense-query or materialize by cost);
+//! * a Linear use's own term (the whole parameter when used once; the diagonal term of a tied
+//!   group): the ghost dot-product family (Gram, dense-query or materialize by cost);
 //! * embedding: masked Gram `Σ_t Σ_u [x_t = xq_u](b_t·bq_u)`, or scatter/gather: the query rows
 //!   of each segment are sorted by id (ties by row), rows with equal ids are summed into a
 //!   compact table (one row per distinct id, at most `Q` rows — never `[vocab, d]`), and every
@@ -214,7 +215,7 @@ pub(crate) enum Mode {
 /// One term of the computation.
 #[derive(Debug, Clone)]
 pub(crate) enum Term {
-    /// A parameter with a single Linear use: the ghost dot-product family, in `form`.
+    /// A Linear use's own term `<G^u_n, Gq^u_v>`: the ghost dot-product family, in `form`.
     Linear { u: usize, form: Form },
     /// `Σ_t Σ_u (r_t·r'_u)(c_t·c'_u [+1])` between use `i` (train) and `j` (query / train).
     Cross { i: usize, j: usize, bias: bool },
@@ -414,24 +415,10 @@ impl Context {
                     terms.push(Term::Norm { uses: group.clone(), d, bias: has_bias });
                     report.push(TermChoice { param: u.param, uses: (i, i), method: format!("norm: materialize {} use(s), dot", group.len()) });
                 }
-                LayerKind::Linear { d_in, d_out, has_bias, .. } if group.len() == 1 => {
-                    let (q, nv, t) = (self.term_query_rows(n, dims, i, mode), self.term_segments(n, dims, i, mode), dims[i].t);
-                    let size = GhostDotSize { n, t, q, v: nv, d_in, d_out, has_bias, elem_bytes: dims[i].dtype.size() };
-                    let mut choice = size.choose(forms.linear, &self.rates);
-                    if mode != Mode::Dot && choice.form == Form::DenseQuery {
-                        // The dense-query form needs a separate query; train×train uses the others.
-                        let best = choice
-                            .costs
-                            .iter()
-                            .filter(|c| c.form != Form::DenseQuery && (c.fits || c.form == Form::Gram))
-                            .min_by(|a, b| a.est_seconds.total_cmp(&b.est_seconds))
-                            .copied()
-                            .expect("gram always fits");
-                        choice.form = best.form;
-                        choice.reason = format!("{} (dense-query does not apply train×train)", best.form);
-                    }
-                    terms.push(Term::Linear { u: i, form: choice.form });
-                    report.push(TermChoice { param: u.param, uses: (i, i), method: format!("linear {}: {}", choice.form, choice.reason) });
+                LayerKind::Linear { .. } if group.len() == 1 => {
+                    let (form, why) = self.linear_choice(n, dims, i, mode, forms.linear);
+                    terms.push(Term::Linear { u: i, form });
+                    report.push(TermChoice { param: u.param, uses: (i, i), method: format!("linear {form}: {why}") });
                 }
                 _ => {
                     let bias = u.kind.has_bias();
@@ -439,7 +426,12 @@ impl Context {
                         for &b in &group {
                             let both_ids = matches!(uses[a].kind, LayerKind::Embedding { .. })
                                 && matches!(uses[b].kind, LayerKind::Embedding { .. });
-                            if both_ids {
+                            if a == b && matches!(uses[a].kind, LayerKind::Linear { .. }) {
+                                // A use's own term is a plain ghost dot-product: all its forms apply.
+                                let (form, why) = self.linear_choice(n, dims, a, mode, forms.linear);
+                                terms.push(Term::Linear { u: a, form });
+                                report.push(TermChoice { param: u.param, uses: (a, a), method: format!("linear {form}: {why}") });
+                            } else if both_ids {
                                 let (form, why) = self.embedding_form(n, dims, a, b, mode, forms.embedding);
                                 terms.push(match form {
                                     EmbeddingForm::MaskedGram => Term::Cross { i: a, j: b, bias: false },
@@ -460,6 +452,27 @@ impl Context {
             }
         }
         Ok((terms, report))
+    }
+
+    /// The ghost dot-product form of a Linear use's own term, by the cost model.
+    fn linear_choice(&self, n: u64, dims: &[UseDims], i: usize, mode: Mode, req: FormRequest) -> (Form, String) {
+        let LayerKind::Linear { d_in, d_out, has_bias, .. } = dims[i].kind else { unreachable!("a linear use") };
+        let (q, nv, t) = (self.term_query_rows(n, dims, i, mode), self.term_segments(n, dims, i, mode), dims[i].t);
+        let size = GhostDotSize { n, t, q, v: nv, d_in, d_out, has_bias, elem_bytes: dims[i].dtype.size() };
+        let mut choice = size.choose(req, &self.rates);
+        if mode != Mode::Dot && choice.form == Form::DenseQuery {
+            // The dense-query form needs a separate query; train×train uses the others.
+            let best = choice
+                .costs
+                .iter()
+                .filter(|c| c.form != Form::DenseQuery && (c.fits || c.form == Form::Gram))
+                .min_by(|a, b| a.est_seconds.total_cmp(&b.est_seconds))
+                .copied()
+                .expect("gram always fits");
+            choice.form = best.form;
+            choice.reason = format!("{} (dense-query does not apply train×train)", best.form);
+        }
+        (choice.form, choice.reason)
     }
 
     /// Query rows a term of use `i` sees (`Q`, or the training rows in the train×train modes).
