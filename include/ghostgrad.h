@@ -231,6 +231,51 @@ typedef struct gg_tensor_f64_mut {
     uint64_t len;
 } gg_tensor_f64_mut;
 
+// Kind of a [`gg_layer_use`] (see `ghostgrad::layers` for the factors of each kind).
+typedef uint32_t gg_layer_kind;
+
+// Storage of a Linear weight: `[d_out, d_in]` (`nn.Linear`) or `[d_in, d_out]` (HF `Conv1D`).
+// Changes results only for a weight used in both orientations within one tied group.
+typedef uint32_t gg_weight_layout;
+
+// Training factors of one use: `x`, `b` with `n·t` rows (the `n` of the call), optional u8
+// `mask [n, t]`.
+typedef struct gg_use_train {
+    struct gg_tensor x;
+    struct gg_tensor b;
+    uint64_t t;
+    struct gg_tensor mask;
+} gg_use_train;
+
+// Query factors of one use: `x`, `b` with `q` rows in segments, optional u8 `mask [q]`.
+// Absent (for the train × train calls) when `x` and `b` are both absent.
+typedef struct gg_use_query {
+    struct gg_tensor x;
+    struct gg_tensor b;
+    uint64_t q;
+    struct gg_segments segments;
+    struct gg_tensor mask;
+} gg_use_query;
+
+// One use of a parameter; uses with equal `param` are tied (one shared parameter, cross terms
+// included). Dimensions by kind: LINEAR reads `d_in`, `d_out`, `has_bias`, `layout`;
+// EMBEDDING reads `vocab`, `d`; NORM reads `d`, `has_bias`. Other fields are ignored.
+typedef struct gg_layer_use {
+    uint32_t param;
+    gg_layer_kind kind;
+    uint64_t d_in;
+    uint64_t d_out;
+    uint64_t vocab;
+    uint64_t d;
+    uint32_t has_bias;
+    gg_weight_layout layout;
+    struct gg_use_train train;
+    struct gg_use_query query;
+} gg_layer_use;
+
+// Embedding × embedding algorithm: by cost (0), masked Gram (1) or scatter/gather (2).
+typedef uint32_t gg_embedding_form_request;
+
 #define GG_DTYPE_F32 0
 
 #define GG_DTYPE_BF16 1
@@ -293,6 +338,26 @@ typedef struct gg_tensor_f64_mut {
 
 // `S − ½·train_self[j]`.
 #define GG_SCORE_L2 2
+
+// `nn.Linear` / convolution (unfolded patches) / HF `Conv1D`: `x = a [rows, d_in]`,
+// `b [rows, d_out]`.
+#define GG_LAYER_LINEAR 0
+
+// Embedding lookup in a `[vocab, d]` table: `x` = i32 ids `[rows]`, `b [rows, d]`.
+#define GG_LAYER_EMBEDDING 1
+
+// LayerNorm / RMSNorm affine map: `x = x̂ [rows, d]` (normalized input), `b [rows, d]`.
+#define GG_LAYER_NORM 2
+
+#define GG_WEIGHT_OUT_IN 0
+
+#define GG_WEIGHT_IN_OUT 1
+
+#define GG_EMBEDDING_FORM_AUTO 0
+
+#define GG_EMBEDDING_FORM_MASKED_GRAM 1
+
+#define GG_EMBEDDING_FORM_SCATTER_GATHER 2
 
 #ifdef __cplusplus
 extern "C" {
@@ -670,6 +735,54 @@ gg_status gg_kfac_damping(const struct gg_kfac *f, double *out);
 // # Safety
 // `f` is NULL or a live handle from [`gg_kfac_fit`]; it is not used again.
 void gg_kfac_destroy(struct gg_kfac *f);
+
+// Train × query inner products of whole-model per-sample gradients (every parameter of
+// `uses`, tied ones with their cross terms): `out[n, v] = beta·out + scale·Σ_params <G_n,
+// Gq_v>`, `out` f32 `[n, V]`. Every use needs a query side (same `V` for all). How each term
+// was computed: the lines of [`gg_last_form_reason`]. Errors name the use (`uses[i]`).
+//
+// # Safety
+// `ctx` is NULL or a live context; `uses` is NULL (an error) or points at `n_uses` readable
+// `gg_layer_use` whose buffers follow the [`gg_tensor`] / [`gg_tensor_mut`] contract for the
+// duration of the call.
+gg_status gg_model_dot(const struct gg_context *ctx,
+                       uint64_t n,
+                       const struct gg_layer_use *uses,
+                       size_t n_uses,
+                       struct gg_tensor_mut out,
+                       float scale,
+                       float beta,
+                       gg_form_request linear_form,
+                       gg_embedding_form_request embedding_form);
+
+// Train × train Gram matrix of whole-model per-sample gradients, `out` f32 `[n, n]`
+// (query sides are ignored). `linear_form`: AUTO, GRAM or MATERIALIZE.
+//
+// # Safety
+// As [`gg_model_dot`].
+gg_status gg_model_gram(const struct gg_context *ctx,
+                        uint64_t n,
+                        const struct gg_layer_use *uses,
+                        size_t n_uses,
+                        struct gg_tensor_mut out,
+                        float scale,
+                        float beta,
+                        gg_form_request linear_form,
+                        gg_embedding_form_request embedding_form);
+
+// Per-sample squared norms of whole-model gradients, `out` f32 `[n]` (query sides ignored).
+//
+// # Safety
+// As [`gg_model_dot`].
+gg_status gg_model_sqnorm(const struct gg_context *ctx,
+                          uint64_t n,
+                          const struct gg_layer_use *uses,
+                          size_t n_uses,
+                          struct gg_tensor_mut out,
+                          float scale,
+                          float beta,
+                          gg_form_request linear_form,
+                          gg_embedding_form_request embedding_form);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -21,6 +21,7 @@ pub mod ghost_dot;
 pub mod inrun;
 pub mod projection;
 pub mod kernels;
+pub mod layers;
 pub mod runtime;
 pub mod validate;
 
@@ -33,6 +34,7 @@ pub use ghost_dot::{
     Accumulate, Form, FormChoice, FormCost, FormRequest, GhostDotLayer, LayerShape, QueryFactors, Segments,
     TrainFactors,
 };
+pub use layers::{EmbeddingForm, LayerKind, LayerUse, ModelForms, TermChoice, UseQuery, UseTrain, WeightLayout};
 pub use projection::{
     Distribution, OutColumns, ProjectLayer, ProjectionKind, ProjectionSpec, ScoreDims, ScoreMode, Which,
 };

@@ -1239,3 +1239,166 @@ fn c_projection_example_matches_a_naive_double_precision_computation() {
     assert_eq!(stdout.matches("relative error").count(), 4, "every check ran: {stdout}");
     assert!(stdout.contains("GG_STATUS_INVALID_ARGUMENT"), "the error path was not shown: {stdout}");
 }
+
+
+// ---------------------------------------------------------------------------------------------
+// Model-level calls (gg_model_dot / gg_model_gram / gg_model_sqnorm)
+// ---------------------------------------------------------------------------------------------
+
+/// A tiny model: an embedding [vocab = 6, d = 4] tied to an LM head (Linear 4 -> 6), a
+/// LayerNorm (d = 4, bias), and a Conv1D-layout Linear 4 -> 3 with bias. N = 2, T = 3, Q = 4 in
+/// two uniform segments; masks on the training side.
+struct ModelProblem {
+    ids: Vec<i32>,
+    qids: Vec<i32>,
+    emb_b: Vec<f32>,
+    qemb_b: Vec<f32>,
+    h: Vec<f32>,
+    qh: Vec<f32>,
+    logit_b: Vec<f32>,
+    qlogit_b: Vec<f32>,
+    lin_b: Vec<f32>,
+    qlin_b: Vec<f32>,
+    mask: Vec<u8>,
+}
+
+impl ModelProblem {
+    fn new() -> Self {
+        let vals = |len: u64, seed: u32| -> Vec<f32> {
+            (0..len as u32).map(|i| ((i.wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32 / 500.0 - 1.0).collect()
+        };
+        ModelProblem {
+            ids: vec![1, 3, 1, 0, 5, 5],
+            qids: vec![3, 1, 2, 5],
+            emb_b: vals(6 * 4, 10),
+            qemb_b: vals(4 * 4, 11),
+            h: vals(6 * 4, 12),
+            qh: vals(4 * 4, 13),
+            logit_b: vals(6 * 6, 14),
+            qlogit_b: vals(4 * 6, 15),
+            lin_b: vals(6 * 3, 16),
+            qlin_b: vals(4 * 3, 17),
+            mask: vec![1, 1, 1, 1, 0, 1],
+        }
+    }
+
+    fn uses(&self) -> Vec<gg_layer_use> {
+        let seg = gg_segments { kind: GG_SEGMENTS_UNIFORM, uniform_len: 2, offsets: ABSENT };
+        let f = |v: &Vec<f32>| t(v, GG_DTYPE_F32);
+        let mk = |param, kind, d_in, d_out, vocab, d, has_bias, layout, x: gg_tensor, b: gg_tensor, qx: gg_tensor, qb: gg_tensor| gg_layer_use {
+            param,
+            kind,
+            d_in,
+            d_out,
+            vocab,
+            d,
+            has_bias,
+            layout,
+            train: gg_use_train { x, b, t: 3, mask: t(&self.mask, GG_DTYPE_U8) },
+            query: gg_use_query { x: qx, b: qb, q: 4, segments: seg, mask: ABSENT },
+        };
+        vec![
+            mk(0, GG_LAYER_EMBEDDING, 0, 0, 6, 4, 0, 0, t(&self.ids, GG_DTYPE_I32), f(&self.emb_b), t(&self.qids, GG_DTYPE_I32), f(&self.qemb_b)),
+            mk(1, GG_LAYER_NORM, 0, 0, 0, 4, 1, 0, f(&self.h), f(&self.emb_b), f(&self.qh), f(&self.qemb_b)),
+            mk(2, GG_LAYER_LINEAR, 4, 3, 0, 0, 1, GG_WEIGHT_IN_OUT, f(&self.h), f(&self.lin_b), f(&self.qh), f(&self.qlin_b)),
+            mk(0, GG_LAYER_LINEAR, 4, 6, 0, 0, 0, GG_WEIGHT_OUT_IN, f(&self.h), f(&self.logit_b), f(&self.qh), f(&self.qlogit_b)),
+        ]
+    }
+
+    fn safe_uses(&self) -> Vec<ghostgrad::LayerUse<'_>> {
+        use ghostgrad::{LayerKind, LayerUse, Segments, UseQuery, UseTrain, WeightLayout};
+        fn mk<'a>(param: u32, kind: LayerKind, mask: &'a [u8], x: ghostgrad::Tensor<'a>, b: &'a [f32], qx: ghostgrad::Tensor<'a>, qb: &'a [f32]) -> LayerUse<'a> {
+            LayerUse {
+                param,
+                kind,
+                train: UseTrain { x, b: b.into(), t: 3, mask: Some(mask.into()) },
+                query: Some(UseQuery { x: qx, b: qb.into(), q: 4, segments: Segments::Uniform(2), mask: None }),
+            }
+        }
+        let m = &self.mask[..];
+        vec![
+            mk(0, LayerKind::Embedding { vocab: 6, d: 4 }, m, self.ids[..].into(), &self.emb_b, self.qids[..].into(), &self.qemb_b),
+            mk(1, LayerKind::Norm { d: 4, has_bias: true }, m, self.h[..].into(), &self.emb_b, self.qh[..].into(), &self.qemb_b),
+            mk(2, LayerKind::Linear { d_in: 4, d_out: 3, has_bias: true, layout: WeightLayout::InOut }, m, self.h[..].into(), &self.lin_b, self.qh[..].into(), &self.qlin_b),
+            mk(0, LayerKind::linear(4, 6, false), m, self.h[..].into(), &self.logit_b, self.qh[..].into(), &self.qlogit_b),
+        ]
+    }
+}
+
+#[test]
+fn model_level_calls_match_the_safe_api() {
+    let p = ModelProblem::new();
+    let uses = p.uses();
+    let safe = p.safe_uses();
+    let forms = ghostgrad::ModelForms::default();
+    for (ctx, safe_ctx) in [(Ctx::cpu(), ghostgrad::Context::cpu()), (Ctx::reference(), ghostgrad::Context::cpu_reference())] {
+        for (len, which) in [(4usize, 0), (4, 1), (2, 2)] {
+            let mut out = vec![f32::NAN; len];
+            // SAFETY: descriptors point at live memory of this test.
+            let st = unsafe {
+                match which {
+                    0 => gg_model_dot(ctx.0, 2, uses.as_ptr(), uses.len(), tm(&mut out), 1.5, 0.0, GG_FORM_REQUEST_AUTO, GG_EMBEDDING_FORM_AUTO),
+                    1 => gg_model_gram(ctx.0, 2, uses.as_ptr(), uses.len(), tm(&mut out), 1.5, 0.0, GG_FORM_REQUEST_AUTO, GG_EMBEDDING_FORM_SCATTER_GATHER),
+                    _ => gg_model_sqnorm(ctx.0, 2, uses.as_ptr(), uses.len(), tm(&mut out), 1.5, 0.0, GG_FORM_REQUEST_AUTO, GG_EMBEDDING_FORM_MASKED_GRAM),
+                }
+            };
+            expect(st, GG_STATUS_OK, &[]);
+            assert!(last_reason().contains("uses[0]×uses[3]"), "{}", last_reason());
+            let mut want = vec![f32::NAN; len];
+            let acc = ghostgrad::Accumulate { scale: 1.5, beta: 0.0 };
+            let forms = match which {
+                1 => ghostgrad::ModelForms { embedding: Some(ghostgrad::EmbeddingForm::ScatterGather), ..forms },
+                2 => ghostgrad::ModelForms { embedding: Some(ghostgrad::EmbeddingForm::MaskedGram), ..forms },
+                _ => forms,
+            };
+            match which {
+                0 => safe_ctx.model_dot(2, &safe, &mut (&mut want[..]).into(), acc, forms),
+                1 => safe_ctx.model_gram(2, &safe, &mut (&mut want[..]).into(), acc, forms),
+                _ => safe_ctx.model_sqnorm(2, &safe, &mut (&mut want[..]).into(), acc, forms),
+            }
+            .unwrap();
+            assert!(want.iter().all(|x| x.is_finite() && *x != 0.0), "{want:?}");
+            assert_eq!(out, want, "call {which}");
+        }
+    }
+}
+
+#[test]
+fn model_level_errors_name_the_use() {
+    let p = ModelProblem::new();
+    let ctx = Ctx::cpu();
+    let mut out = vec![0f32; 4];
+    let call = |uses: &[gg_layer_use], out: &mut [f32], emb: u32| {
+        // SAFETY: descriptors point at live memory of this test (or are invalid on purpose).
+        unsafe { gg_model_dot(ctx.0, 2, uses.as_ptr(), uses.len(), tm(out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, emb) }
+    };
+    let mut uses = p.uses();
+    uses[1].kind = 7;
+    expect(call(&uses, &mut out, 0), GG_STATUS_INVALID_ARGUMENT, &["uses[1]", "gg_layer_kind"]);
+    let mut uses = p.uses();
+    uses[2].layout = 9;
+    expect(call(&uses, &mut out, 0), GG_STATUS_INVALID_ARGUMENT, &["uses[2]", "gg_weight_layout"]);
+    let uses = p.uses();
+    expect(call(&uses, &mut out, 5), GG_STATUS_INVALID_ARGUMENT, &["embedding_form"]);
+    let bad_ids = vec![1i32, 3, 1, 0, 6, 5];
+    let mut uses = p.uses();
+    uses[0].train.x = t(&bad_ids, GG_DTYPE_I32);
+    expect(call(&uses, &mut out, 0), GG_STATUS_INVALID_ARGUMENT, &["id 6", "vocab = 6"]);
+    let mut uses = p.uses();
+    uses[0].train.x = t(&p.emb_b[..6], GG_DTYPE_F32);
+    expect(call(&uses, &mut out, 0), GG_STATUS_DTYPE, &["x"]);
+    let mut uses = p.uses();
+    uses[0].train.x = gg_tensor { ptr: ptr::null(), len: 6, dtype: GG_DTYPE_I32 };
+    expect(call(&uses, &mut out, 0), GG_STATUS_NULL_POINTER, &["uses[0].train.x"]);
+    let mut uses = p.uses();
+    uses[3].param = 0;
+    uses[3].d_out = 3; // LM head of another shape than the tied embedding
+    uses[3].train.b = t(&p.lin_b, GG_DTYPE_F32);
+    uses[3].query.b = t(&p.qlin_b, GG_DTYPE_F32);
+    expect(call(&uses, &mut out, 0), GG_STATUS_INVALID_ARGUMENT, &["param 0"]);
+    let uses = p.uses();
+    expect(call(&uses, &mut out[..3], 0), GG_STATUS_LENGTH_MISMATCH, &["out"]);
+    // SAFETY: a null descriptor array must be detected.
+    let st = unsafe { gg_model_sqnorm(ctx.0, 2, ptr::null(), 1, tm(&mut out), 1.0, 0.0, 0, 0) };
+    expect(st, GG_STATUS_NULL_POINTER, &["uses"]);
+}

@@ -157,6 +157,11 @@ impl InterpRuntime {
         st.device.free(buf.ptr).map_err(interp_err)
     }
 
+    /// Size of the scratch workspace allocated so far (0 before any operation needed one).
+    pub fn workspace_bytes(&self) -> Result<u64> {
+        Ok(self.lock()?.workspace.map_or(0, |(_, b)| b))
+    }
+
     /// Every launch executed so far, with its report; clears the list.
     pub fn take_records(&self) -> Result<Vec<LaunchRecord>> {
         Ok(std::mem::take(&mut self.lock()?.records))

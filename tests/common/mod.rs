@@ -21,6 +21,8 @@
 
 #![allow(dead_code)]
 
+pub mod model;
+
 use ghostgrad::buffer::HostSlice;
 use ghostgrad::cpu::reference;
 use ghostgrad::{Accumulate, DType, LayerShape, QueryFactors, Segments, Tensor, TrainFactors};

@@ -1,0 +1,671 @@
+//! Model-level calls (`model_dot`, `model_gram`, `model_sqnorm`) on the CPU backends against
+//! explicit per-sample gradients materialized by the test itself (tests/common/model.rs):
+//! every layer kind alone and mixed, tied groups, ragged shapes, repeated ids, masks with NaN in
+//! the masked rows, every input dtype, both embedding forms, NaN propagation, validation errors.
+
+mod common;
+
+use common::model::*;
+use common::*;
+use ghostgrad::{
+    Accumulate, Context, DType, EmbeddingForm, GhostError, LayerKind, LayerUse, ModelForms, Segments, Tensor, UseQuery,
+    UseTrain,
+};
+use proptest::prelude::*;
+
+/// A result and its magnitude.
+type Pair = (Vec<f64>, Vec<f64>);
+
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig { cases, failure_persistence: None, max_shrink_iters: 16, ..ProptestConfig::default() }
+}
+
+/// Runs the three calls on `ctx` and compares with the explicit gradients.
+fn check_all(ctx: &Context, m: &ModelData, forms: ModelForms, seed: u64) {
+    let mut rng = rng(seed ^ 0x5eed);
+    let e = expected(m);
+    let uses = m.layer_uses();
+    let tol = Tol::for_depth(m.depth());
+    let n = m.n as u64;
+    type Call = fn(&Context, u64, &[LayerUse<'_>], &mut ghostgrad::TensorMut<'_>, Accumulate, ModelForms) -> ghostgrad::Result<Vec<ghostgrad::TermChoice>>;
+    let calls: [(&str, Call, &Pair); 3] = [
+        ("model_dot", Context::model_dot, &e.dot),
+        ("model_gram", Context::model_gram, &e.gram),
+        ("model_sqnorm", Context::model_sqnorm, &e.sqnorm),
+    ];
+    for (what, call, (want, mag)) in calls {
+        let nonzero_beta = rng_bool(&mut rng);
+        let acc = random_acc(&mut rng, nonzero_beta);
+        let old = initial_out(&mut rng, want.len(), acc);
+        let mut out = old.clone();
+        call(ctx, n, &uses, &mut (&mut out[..]).into(), acc, forms).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let want32: Vec<f32> = want
+            .iter()
+            .zip(&old)
+            .map(|(&w, &o)| ((if acc.beta == 0.0 { 0.0 } else { acc.beta as f64 * o as f64 }) + acc.scale as f64 * w) as f32)
+            .collect();
+        assert_close(&format!("{} {what}", ctx.describe()), &out, &want32, mag, &old, acc, tol);
+    }
+}
+
+fn rng_bool(r: &mut TestRng) -> bool {
+    use rand::Rng;
+    r.random_bool(0.5)
+}
+
+fn embedding_forms() -> [ModelForms; 3] {
+    [
+        ModelForms::default(),
+        ModelForms { embedding: Some(EmbeddingForm::MaskedGram), ..Default::default() },
+        ModelForms { embedding: Some(EmbeddingForm::ScatterGather), ..Default::default() },
+    ]
+}
+
+fn mix_strategy() -> impl Strategy<Value = Mix> {
+    any::<[bool; 4]>().prop_map(|[linear, embedding, norm, tied]| Mix { linear, embedding, norm: norm || !(linear || embedding || tied), tied })
+}
+
+proptest! {
+    #![proptest_config(config(48))]
+
+    #[test]
+    fn cpu_backends_match_explicit_gradients(mix in mix_strategy(), dt in 0usize..3, masked in any::<bool>(), seed in any::<u64>()) {
+        let mut r = rng(seed);
+        let m = ModelData::random(&mut r, mix, FLOAT_DTYPES[dt], masked);
+        for forms in embedding_forms() {
+            check_all(&Context::cpu(), &m, forms, seed);
+        }
+        check_all(&Context::cpu_reference(), &m, ModelForms::default(), seed);
+    }
+}
+
+#[test]
+fn every_kind_alone_and_the_tied_groups_on_fixed_seeds() {
+    let mixes = [
+        Mix { linear: true, embedding: false, norm: false, tied: false },
+        Mix { linear: false, embedding: true, norm: false, tied: false },
+        Mix { linear: false, embedding: false, norm: true, tied: false },
+        Mix { linear: false, embedding: false, norm: false, tied: true },
+        Mix { linear: true, embedding: true, norm: true, tied: true },
+    ];
+    for (i, mix) in mixes.into_iter().enumerate() {
+        for seed in 0..6u64 {
+            let mut r = rng(seed * 31 + i as u64);
+            let m = ModelData::random(&mut r, mix, DType::F32, seed % 2 == 0);
+            for forms in embedding_forms() {
+                check_all(&Context::cpu(), &m, forms, seed);
+            }
+            check_all(&Context::cpu_reference(), &m, ModelForms::default(), seed);
+        }
+    }
+}
+
+#[test]
+fn fast_path_is_bitwise_deterministic_across_thread_counts() {
+    let mut r = rng(7);
+    let m = ModelData::random(&mut r, Mix { linear: true, embedding: true, norm: true, tied: true }, DType::F32, true);
+    let uses = m.layer_uses();
+    let run = |threads: usize, forms: ModelForms| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut out = vec![0f32; m.n * m.v];
+            Context::cpu().model_dot(m.n as u64, &uses, &mut (&mut out[..]).into(), Accumulate::overwrite(), forms).unwrap();
+            out
+        })
+    };
+    for forms in embedding_forms() {
+        assert_bitwise_eq("model_dot 1 vs 3 threads", &run(1, forms), &run(3, forms));
+    }
+}
+
+/// A NaN in a kept row reaches exactly the results that row's sample contributes to.
+#[test]
+fn nan_in_a_kept_row_propagates_to_its_sample_only() {
+    for kind in 0..3 {
+        let mut r = rng(11 + kind);
+        let mix = Mix { linear: kind == 0, embedding: kind == 1, norm: kind == 2, tied: false };
+        let mut m = ModelData::random(&mut r, mix, DType::F32, false);
+        m.n = m.n.max(2);
+        let mut r2 = rng(99 + kind);
+        let pool = [0i32, 1, 2];
+        m.uses = m
+            .uses
+            .iter()
+            .map(|u| {
+                let mut u2 = UseData::random(&mut r2, u.param, u.kind, m.n, m.v, DType::F32, false, &pool);
+                u2.offsets = vec![0; m.v + 1];
+                let q = u2.query.rows as i32;
+                u2.offsets[m.v] = q;
+                for k in 1..m.v {
+                    u2.offsets[k] = q * k as i32 / m.v as i32;
+                }
+                u2
+            })
+            .collect();
+        if let LayerKind::Embedding { vocab, .. } = m.uses[0].kind {
+            assert!(vocab >= 3);
+        }
+        // Poison the first b element of sample 1's first token.
+        let bw = m.uses[0].train.b.len() / (m.n * m.uses[0].t);
+        let t0 = m.uses[0].t;
+        m.uses[0].train.b.set(t0 * bw, f32::NAN);
+        for ctx in [Context::cpu(), Context::cpu_reference()] {
+            for forms in embedding_forms() {
+                let uses = m.layer_uses();
+                let mut out = vec![0f32; m.n];
+                ctx.model_sqnorm(m.n as u64, &uses, &mut (&mut out[..]).into(), Accumulate::overwrite(), forms).unwrap();
+                assert!(out[1].is_nan(), "{}: sample 1 must be NaN: {out:?}", ctx.describe());
+                for (s, o) in out.iter().enumerate() {
+                    if s != 1 {
+                        assert!(o.is_finite(), "{}: sample {s} must stay finite: {out:?}", ctx.describe());
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn emb_use<'a>(param: u32, vocab: u64, d: u64, ids: &'a [i32], b: &'a [f32], q: Option<UseQuery<'a>>) -> LayerUse<'a> {
+    LayerUse {
+        param,
+        kind: LayerKind::Embedding { vocab, d },
+        train: UseTrain { x: ids.into(), b: b.into(), t: ids.len() as u64, mask: None },
+        query: q,
+    }
+}
+
+#[test]
+fn validation_errors_are_typed() {
+    let ctx = Context::cpu();
+    let ids = [0i32, 3];
+    let b = [1.0f32; 4];
+    let mut out = [0f32; 1];
+    let forms = ModelForms::default();
+    // Id outside [0, vocab).
+    let u = emb_use(0, 3, 2, &ids, &b, None);
+    let err = ctx.model_sqnorm(1, &[u], &mut (&mut out[..]).into(), Accumulate::overwrite(), forms).unwrap_err();
+    assert!(matches!(err, GhostError::InvalidArgument { what: "x", .. }), "{err:?}");
+    // Float ids.
+    let fids = [0f32, 1.0];
+    let mut u = emb_use(0, 3, 2, &ids, &b, None);
+    u.train.x = Tensor::from(&fids[..]);
+    let err = ctx.model_sqnorm(1, &[u], &mut (&mut out[..]).into(), Accumulate::overwrite(), forms).unwrap_err();
+    assert!(matches!(err, GhostError::UnsupportedDtype { what: "x", .. }), "{err:?}");
+    // Tied embedding and a Linear of another storage shape.
+    let ids = [0i32, 1];
+    let a = [1.0f32; 4];
+    let lin = LayerUse {
+        param: 0,
+        kind: LayerKind::linear(2, 4, false),
+        train: UseTrain { x: a[..].into(), b: [1.0f32; 8][..].into(), t: 2, mask: None },
+        query: None,
+    };
+    let bb = [1.0f32; 8];
+    let lin = LayerUse { train: UseTrain { b: bb[..].into(), ..lin.train }, ..lin };
+    let err = ctx
+        .model_sqnorm(1, &[emb_use(0, 3, 2, &ids, &b, None), lin], &mut (&mut out[..]).into(), Accumulate::overwrite(), forms)
+        .unwrap_err();
+    assert!(matches!(err, GhostError::InvalidArgument { what: "uses", .. }), "{err:?}");
+    // Norm tied with an embedding.
+    let xh = [1.0f32; 4];
+    let norm = LayerUse {
+        param: 0,
+        kind: LayerKind::Norm { d: 2, has_bias: false },
+        train: UseTrain { x: xh[..].into(), b: b[..].into(), t: 2, mask: None },
+        query: None,
+    };
+    let err = ctx
+        .model_sqnorm(1, &[emb_use(0, 3, 2, &ids, &b, None), norm], &mut (&mut out[..]).into(), Accumulate::overwrite(), forms)
+        .unwrap_err();
+    assert!(matches!(err, GhostError::InvalidArgument { what: "uses", .. }), "{err:?}");
+    // model_dot without a query side.
+    let err = ctx
+        .model_dot(1, &[emb_use(0, 3, 2, &ids, &b, None)], &mut (&mut out[..]).into(), Accumulate::overwrite(), forms)
+        .unwrap_err();
+    assert!(matches!(err, GhostError::InvalidArgument { what: "query", .. }), "{err:?}");
+    // Different V across uses.
+    let q1 = UseQuery { x: ids[..].into(), b: b[..].into(), q: 2, segments: Segments::Single, mask: None };
+    let q2 = UseQuery { segments: Segments::Uniform(1), ..q1 };
+    let mut out2 = [0f32; 2];
+    let err = ctx
+        .model_dot(
+            1,
+            &[emb_use(0, 3, 2, &ids, &b, Some(q1)), emb_use(1, 3, 2, &ids, &b, Some(q2))],
+            &mut (&mut out2[..]).into(),
+            Accumulate::overwrite(),
+            forms,
+        )
+        .unwrap_err();
+    assert!(matches!(err, GhostError::InvalidArgument { what: "segments", .. }), "{err:?}");
+    // Wrong output length, zero N.
+    let err = ctx.model_sqnorm(2, &[emb_use(0, 3, 2, &ids, &b, None)], &mut (&mut out[..]).into(), Accumulate::overwrite(), forms).unwrap_err();
+    assert!(matches!(err, GhostError::LengthMismatch { .. }), "{err:?}");
+    let err = ctx.model_sqnorm(0, &[emb_use(0, 3, 2, &ids, &b, None)], &mut (&mut out[..]).into(), Accumulate::overwrite(), forms).unwrap_err();
+    assert!(matches!(err, GhostError::ZeroSize { what: "n" }), "{err:?}");
+}
+
+/// The cost model: one query row per segment makes the masked Gram cheaper; long segments
+/// against many training tokens favour scatter/gather.
+#[test]
+fn embedding_form_follows_the_cost_model() {
+    let ctx = Context::cpu();
+    let d = 16u64;
+    let forms = ModelForms::default();
+    let method = |t: usize, q: usize, seg: Segments<'_>| {
+        let ids: Vec<i32> = (0..t).map(|i| (i % 7) as i32).collect();
+        let b = vec![0.5f32; t * d as usize];
+        let qids: Vec<i32> = (0..q).map(|i| (i % 5) as i32).collect();
+        let qb = vec![0.25f32; q * d as usize];
+        let query = UseQuery { x: qids[..].into(), b: qb[..].into(), q: q as u64, segments: seg, mask: None };
+        let u = emb_use(0, 10, d, &ids, &b, Some(query));
+        let nv = match seg {
+            Segments::Uniform(l) => (q as u64).div_ceil(l) as usize,
+            _ => 1,
+        };
+        let mut out = vec![0f32; nv];
+        ctx.model_dot(1, &[u], &mut (&mut out[..]).into(), Accumulate::overwrite(), forms).unwrap()[0].method.clone()
+    };
+    let m = method(64, 64, Segments::Uniform(1));
+    assert!(m.contains("MaskedGram"), "{m}");
+    let m = method(512, 512, Segments::Single);
+    assert!(m.contains("ScatterGather"), "{m}");
+}
+
+/// The same properties on the CUDA kernels, executed by the PTX interpreter through the
+/// production launch plans (memcheck, initcheck, shared and global racecheck on; several
+/// schedule seeds; outputs poisoned with NaN when `beta = 0`).
+#[cfg(feature = "interp")]
+mod gpu {
+    use super::*;
+    use ghostgrad::runtime::interp::{InterpBuffer, InterpRuntime};
+    use ptx_interp::Options;
+    use std::sync::Arc;
+
+    fn runtime(seed: u64) -> Arc<InterpRuntime> {
+        let rt = InterpRuntime::new().expect("interpreter runtime (kernels must be built)");
+        rt.set_options(Options { schedule_seed: seed, ..Options::default() }).unwrap();
+        Arc::new(rt)
+    }
+
+    fn up_buf(rt: &InterpRuntime, b: &Buf) -> InterpBuffer {
+        match b {
+            Buf::F32(v) => rt.upload(v, DType::F32),
+            Buf::BF16(v) => rt.upload(v, DType::BF16),
+            Buf::F16(v) => rt.upload(v, DType::F16),
+        }
+        .unwrap()
+    }
+
+    fn up_x(rt: &InterpRuntime, x: &XBuf) -> InterpBuffer {
+        match x {
+            XBuf::Ids(v) => rt.upload(v, DType::I32).unwrap(),
+            XBuf::Float(b) => up_buf(rt, b),
+        }
+    }
+
+    struct DevSide {
+        x: InterpBuffer,
+        b: InterpBuffer,
+        mask: Option<InterpBuffer>,
+    }
+
+    struct DevUse {
+        train: DevSide,
+        query: DevSide,
+        offsets: InterpBuffer,
+    }
+
+    fn up_side(rt: &InterpRuntime, s: &SideData) -> DevSide {
+        DevSide { x: up_x(rt, &s.x), b: up_buf(rt, &s.b), mask: s.mask.as_ref().map(|m| rt.upload(m, DType::U8).unwrap()) }
+    }
+
+    fn upload_model(rt: &InterpRuntime, m: &ModelData) -> Vec<DevUse> {
+        m.uses
+            .iter()
+            .map(|u| DevUse { train: up_side(rt, &u.train), query: up_side(rt, &u.query), offsets: rt.upload(&u.offsets, DType::I32).unwrap() })
+            .collect()
+    }
+
+    fn dev_uses<'a>(m: &ModelData, d: &'a [DevUse]) -> Vec<LayerUse<'a>> {
+        m.uses
+            .iter()
+            .zip(d)
+            .map(|(u, du)| LayerUse {
+                param: u.param,
+                kind: u.kind,
+                train: UseTrain {
+                    x: du.train.x.view().into(),
+                    b: du.train.b.view().into(),
+                    t: u.t as u64,
+                    mask: du.train.mask.as_ref().map(|m| m.view().into()),
+                },
+                query: Some(UseQuery {
+                    x: du.query.x.view().into(),
+                    b: du.query.b.view().into(),
+                    q: u.query.rows as u64,
+                    segments: Segments::Offsets(du.offsets.view().into()),
+                    mask: du.query.mask.as_ref().map(|m| m.view().into()),
+                }),
+            })
+            .collect()
+    }
+
+    fn check_gpu(m: &ModelData, forms: ModelForms, seed: u64, sched: u64) {
+        let rt = runtime(sched);
+        let ctx = Context::with_runtime(rt.clone());
+        let dev = upload_model(&rt, m);
+        let uses = dev_uses(m, &dev);
+        let mut r = rng(seed ^ 0x9a9);
+        let e = expected(m);
+        let tol = Tol::for_depth(m.depth());
+        let n = m.n as u64;
+        type Call = fn(&Context, u64, &[LayerUse<'_>], &mut ghostgrad::TensorMut<'_>, Accumulate, ModelForms) -> ghostgrad::Result<Vec<ghostgrad::TermChoice>>;
+        let calls: [(&str, Call, &Pair); 3] = [
+            ("model_dot", Context::model_dot, &e.dot),
+            ("model_gram", Context::model_gram, &e.gram),
+            ("model_sqnorm", Context::model_sqnorm, &e.sqnorm),
+        ];
+        for (what, call, (want, mag)) in calls {
+            let nonzero_beta = rng_bool(&mut r);
+            let acc = random_acc(&mut r, nonzero_beta);
+            let old = initial_out(&mut r, want.len(), acc);
+            let mut out = rt.upload(&old, DType::F32).unwrap();
+            call(&ctx, n, &uses, &mut out.view_mut().into(), acc, forms).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let got = rt.read_f32(&out).unwrap();
+            let want32: Vec<f32> = want
+                .iter()
+                .zip(&old)
+                .map(|(&w, &o)| ((if acc.beta == 0.0 { 0.0 } else { acc.beta as f64 * o as f64 }) + acc.scale as f64 * w) as f32)
+                .collect();
+            assert_close(&format!("interp {what} {forms:?}"), &got, &want32, mag, &old, acc, tol);
+        }
+    }
+
+    pub(super) fn check_gpu_pub(m: &ModelData, forms: ModelForms, seed: u64, sched: u64) {
+        check_gpu(m, forms, seed, sched);
+        let rt = runtime(sched);
+        let ctx = Context::with_runtime(rt.clone());
+        let dev = upload_model(&rt, m);
+        let uses = dev_uses(m, &dev);
+        let mut out = rt.alloc_f32((m.n * m.v) as u64, f32::NAN).unwrap();
+        ctx.model_dot(m.n as u64, &uses, &mut out.view_mut().into(), Accumulate::overwrite(), forms).unwrap();
+        // The workspace holds partial sums, the sort and the compact table: O(Q·d), not O(vocab·d).
+        let vocab_d: u64 = m.uses.iter().map(|u| match u.kind {
+            LayerKind::Embedding { vocab, d } => vocab * d * 4,
+            _ => 0,
+        }).max().unwrap_or(0);
+        assert!(rt.workspace_bytes().unwrap() < vocab_d / 16, "workspace {} vs vocab·d·4 = {vocab_d}", rt.workspace_bytes().unwrap());
+    }
+
+    proptest! {
+        #![proptest_config(config(12))]
+
+        #[test]
+        fn kernels_match_explicit_gradients(mix in mix_strategy(), dt in 0usize..3, masked in any::<bool>(), seed in any::<u64>(), sched in 0u64..4) {
+            let mut r = rng(seed);
+            let m = ModelData::random(&mut r, mix, FLOAT_DTYPES[dt], masked);
+            for forms in embedding_forms() {
+                check_gpu(&m, forms, seed, sched);
+            }
+        }
+    }
+
+    #[test]
+    fn every_kind_alone_and_the_tied_groups_on_the_interpreter() {
+        let mixes = [
+            Mix { linear: true, embedding: false, norm: false, tied: false },
+            Mix { linear: false, embedding: true, norm: false, tied: false },
+            Mix { linear: false, embedding: false, norm: true, tied: false },
+            Mix { linear: false, embedding: false, norm: false, tied: true },
+        ];
+        for (i, mix) in mixes.into_iter().enumerate() {
+            for seed in 0..2u64 {
+                let mut r = rng(seed * 17 + i as u64);
+                let m = ModelData::random(&mut r, mix, FLOAT_DTYPES[(seed as usize + i) % 3], seed == 0);
+                for forms in embedding_forms() {
+                    check_gpu(&m, forms, seed, seed + i as u64);
+                }
+            }
+        }
+    }
+
+    /// Long sequences: token splits across CTAs and more than one 64-row tile in both directions.
+    #[test]
+    fn long_sequences_split_across_ctas() {
+        let mut r = rng(5);
+        let mut m = ModelData::random(&mut r, Mix { linear: false, embedding: true, norm: true, tied: false }, DType::F32, true);
+        let pool: Vec<i32> = (0..5).collect();
+        let v = m.v;
+        m.n = 2;
+        m.uses = m
+            .uses
+            .iter()
+            .map(|u| {
+                let mut u2 = UseData::random(&mut r, u.param, u.kind, 2, v, DType::F32, true, &pool);
+                // Rebuild with T = 150 and Q = 140.
+                let kind = u.kind;
+                u2.t = 150;
+                u2.train = UseData::random(&mut r, u.param, kind, 2 * 150, v, DType::F32, true, &pool).train;
+                let big = UseData::random(&mut r, u.param, kind, 140, v, DType::F32, true, &pool);
+                u2.query = SideData { rows: 140, ..big.train.clone() };
+                u2.query.x = match &big.train.x {
+                    XBuf::Ids(ids) => XBuf::Ids(ids[..140].to_vec()),
+                    other => other.clone(),
+                };
+                u2
+            })
+            .collect();
+        // Fix the buffers to the intended shapes (train: 2·150 rows, query: 140 rows).
+        for u in &mut m.uses {
+            let (xw, bw) = match u.kind {
+                LayerKind::Embedding { d, .. } => (1, d as usize),
+                LayerKind::Norm { d, .. } => (d as usize, d as usize),
+                LayerKind::Linear { d_in, d_out, .. } => (d_in as usize, d_out as usize),
+            };
+            truncate(&mut u.train, 300, xw, bw);
+            truncate(&mut u.query, 140, xw, bw);
+            u.offsets = vec![0; v + 1];
+            for k in 1..=v {
+                u.offsets[k] = (140 * k / v) as i32;
+            }
+        }
+        for forms in embedding_forms() {
+            check_gpu(&m, forms, 5, 1);
+        }
+    }
+
+    fn truncate(s: &mut SideData, rows: usize, xw: usize, bw: usize) {
+        let cut = |b: &Buf, len: usize| match b {
+            Buf::F32(v) => Buf::F32(v[..len].to_vec()),
+            Buf::BF16(v) => Buf::BF16(v[..len].to_vec()),
+            Buf::F16(v) => Buf::F16(v[..len].to_vec()),
+        };
+        s.rows = rows;
+        s.b = cut(&s.b, rows * bw);
+        s.x = match &s.x {
+            XBuf::Ids(v) => XBuf::Ids(v[..rows].to_vec()),
+            XBuf::Float(b) => XBuf::Float(cut(b, rows * xw)),
+        };
+        s.mask = s.mask.as_ref().map(|m| m[..rows].to_vec());
+    }
+
+    #[test]
+    fn results_are_bitwise_identical_across_schedule_seeds() {
+        let mut r = rng(21);
+        let m = ModelData::random(&mut r, Mix { linear: true, embedding: true, norm: true, tied: true }, DType::F32, true);
+        let run = |sched: u64, forms: ModelForms| {
+            let rt = runtime(sched);
+            let ctx = Context::with_runtime(rt.clone());
+            let dev = upload_model(&rt, &m);
+            let uses = dev_uses(&m, &dev);
+            let mut out = rt.alloc_f32((m.n * m.n) as u64, f32::NAN).unwrap();
+            ctx.model_gram(m.n as u64, &uses, &mut out.view_mut().into(), Accumulate::overwrite(), forms).unwrap();
+            rt.read_f32(&out).unwrap()
+        };
+        for forms in embedding_forms() {
+            assert_bitwise_eq("model_gram seeds 0 vs 3", &run(0, forms), &run(3, forms));
+        }
+    }
+
+    /// Device ids cannot be checked without a synchronization: an id outside [0, vocab) must
+    /// turn the results it touches into NaN, in both embedding forms, and never read out of
+    /// bounds (memcheck is on).
+    #[test]
+    fn out_of_range_device_ids_give_nan_not_garbage() {
+        let rt = runtime(0);
+        let ctx = Context::with_runtime(rt.clone());
+        let (vocab, d, t) = (5u64, 3usize, 2usize);
+        let ids = rt.upload(&[1i32, 7, 2, 2], DType::I32).unwrap(); // sample 0 holds id 7
+        let b = rt.upload(&[0.5f32; 12], DType::F32).unwrap();
+        let u = LayerUse {
+            param: 0,
+            kind: LayerKind::Embedding { vocab, d: d as u64 },
+            train: UseTrain { x: ids.view().into(), b: b.view().into(), t: t as u64, mask: None },
+            query: None,
+        };
+        for form in [EmbeddingForm::MaskedGram, EmbeddingForm::ScatterGather] {
+            let mut out = rt.alloc_f32(2, 0.0).unwrap();
+            let forms = ModelForms { embedding: Some(form), ..Default::default() };
+            ctx.model_sqnorm(2, &[u], &mut out.view_mut().into(), Accumulate::overwrite(), forms).unwrap();
+            let got = rt.read_f32(&out).unwrap();
+            assert!(got[0].is_nan(), "{form:?}: {got:?}");
+            // Sample 1: ids [2, 2], b rows of 0.5: ‖2·(0.5,0.5,0.5)‖² = 3.
+            assert_eq!(got[1], 3.0, "{form:?}: {got:?}");
+        }
+    }
+}
+
+/// The documented Conv1D recipe for the dense-matrix operations: with the roles of `A` and `B`
+/// swapped, `ghost_dot_dense` takes the `[d_in, d_out]` matrix as stored and `factored_grad`
+/// produces it, equal to the `[d_out, d_in]` results transposed.
+#[test]
+fn conv1d_layout_by_swapping_roles_in_the_dense_operations() {
+    use ghostgrad::{LayerShape, QueryFactors, TrainFactors};
+    let mut r = rng(77);
+    let (n, t, q, d_in, d_out) = (2usize, 5usize, 4usize, 7usize, 3usize);
+    let g = |r: &mut TestRng, len: usize| -> Vec<f32> { (0..len).map(|_| nonzero_gaussian(r)).collect() };
+    let (a, b, aq, bq) = (g(&mut r, n * t * d_in), g(&mut r, n * t * d_out), g(&mut r, q * d_in), g(&mut r, q * d_out));
+    let m_in_out = g(&mut r, d_in * d_out); // as a Conv1D stores it: [d_in, d_out]
+    let m_out_in: Vec<f32> = (0..d_out * d_in).map(|k| m_in_out[(k % d_in) * d_out + k / d_in]).collect();
+    for ctx in [Context::cpu(), Context::cpu_reference()] {
+        let shape = LayerShape::new(d_in as u64, d_out as u64);
+        let train = TrainFactors { a: a[..].into(), b: b[..].into(), n: n as u64, t: t as u64, mask: None };
+        let mut want = vec![0f32; n];
+        ctx.ghost_dot_dense(&shape, &train, &m_out_in[..].into(), None, &mut (&mut want[..]).into(), Accumulate::overwrite()).unwrap();
+        let swapped = LayerShape::new(d_out as u64, d_in as u64);
+        let train_sw = TrainFactors { a: b[..].into(), b: a[..].into(), n: n as u64, t: t as u64, mask: None };
+        let mut got = vec![0f32; n];
+        ctx.ghost_dot_dense(&swapped, &train_sw, &m_in_out[..].into(), None, &mut (&mut got[..]).into(), Accumulate::overwrite()).unwrap();
+        for (x, y) in got.iter().zip(&want) {
+            assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{}: dense {got:?} vs {want:?}", ctx.describe());
+        }
+        let query = QueryFactors { aq: aq[..].into(), bq: bq[..].into(), q: q as u64, segments: Segments::Single, mask: None };
+        let mut m1 = vec![0f32; d_out * d_in];
+        ctx.factored_grad(&shape, &query, None, &mut (&mut m1[..]).into(), None, Accumulate::overwrite()).unwrap();
+        let query_sw = QueryFactors { aq: bq[..].into(), bq: aq[..].into(), ..query };
+        let mut m2 = vec![0f32; d_in * d_out];
+        ctx.factored_grad(&swapped, &query_sw, None, &mut (&mut m2[..]).into(), None, Accumulate::overwrite()).unwrap();
+        for i in 0..d_in {
+            for o in 0..d_out {
+                let (x, y) = (m2[i * d_out + o], m1[o * d_in + i]);
+                assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{}: factored_grad [{i},{o}] {x} vs {y}", ctx.describe());
+            }
+        }
+    }
+}
+
+/// A 2-D convolution fed as the documented Linear: `x` = unfolded patches
+/// `[N·H_out·W_out, C_in·k_h·k_w]` (column `(c·k_h + i)·k_w + j`, as `F.unfold`), `b` =
+/// output gradients `[N·H_out·W_out, C_out]`, weight `W.view(C_out, -1)`. The results equal dot
+/// products of per-sample gradients computed by the convolution formula directly.
+#[test]
+fn convolution_through_unfolded_patches() {
+    let (n, cin, cout, h, w, kh, kw) = (3usize, 2usize, 3usize, 5usize, 4usize, 2usize, 3usize);
+    let (ho, wo) = (h - kh + 1, w - kw + 1);
+    let mut r = rng(8);
+    let x: Vec<f32> = (0..n * cin * h * w).map(|_| nonzero_gaussian(&mut r)).collect(); // [N, C_in, H, W]
+    let gout: Vec<f32> = (0..n * cout * ho * wo).map(|_| nonzero_gaussian(&mut r)).collect(); // [N, C_out, H_out, W_out]
+    // Per-sample dW [C_out, C_in, k_h, k_w] and db [C_out] by the convolution formula.
+    let grads: Vec<Vec<f64>> = (0..n)
+        .map(|s| {
+            let mut g = vec![0.0f64; cout * cin * kh * kw + cout];
+            for co in 0..cout {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let go = gout[((s * cout + co) * ho + oy) * wo + ox] as f64;
+                        g[cout * cin * kh * kw + co] += go;
+                        for c in 0..cin {
+                            for i in 0..kh {
+                                for j in 0..kw {
+                                    g[((co * cin + c) * kh + i) * kw + j] += go * x[((s * cin + c) * h + oy + i) * w + ox + j] as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            g
+        })
+        .collect();
+    // Unfold.
+    let t = ho * wo;
+    let k = cin * kh * kw;
+    let mut patches = vec![0f32; n * t * k];
+    let mut b = vec![0f32; n * t * cout];
+    for s in 0..n {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let row = s * t + oy * wo + ox;
+                for c in 0..cin {
+                    for i in 0..kh {
+                        for j in 0..kw {
+                            patches[row * k + (c * kh + i) * kw + j] = x[((s * cin + c) * h + oy + i) * w + ox + j];
+                        }
+                    }
+                }
+                for co in 0..cout {
+                    b[row * cout + co] = gout[((s * cout + co) * ho + oy) * wo + ox];
+                }
+            }
+        }
+    }
+    let u = LayerUse {
+        param: 0,
+        kind: LayerKind::linear(k as u64, cout as u64, true),
+        train: UseTrain { x: patches[..].into(), b: b[..].into(), t: t as u64, mask: None },
+        query: None,
+    };
+    for ctx in [Context::cpu(), Context::cpu_reference()] {
+        let mut gram = vec![0f32; n * n];
+        ctx.model_gram(n as u64, &[u], &mut (&mut gram[..]).into(), Accumulate::overwrite(), ModelForms::default()).unwrap();
+        for a in 0..n {
+            for c in 0..n {
+                let want: f64 = grads[a].iter().zip(&grads[c]).map(|(p, q)| p * q).sum();
+                let mag: f64 = grads[a].iter().zip(&grads[c]).map(|(p, q)| (p * q).abs()).sum();
+                let got = gram[a * n + c] as f64;
+                assert!((got - want).abs() <= 1e-5 * mag.max(want.abs()) * 10.0, "{}: K[{a},{c}] {got} vs {want}", ctx.describe());
+            }
+        }
+    }
+}
+
+/// A 256k vocabulary (ids spread over the whole range, repeated): both embedding forms on the
+/// CPU backends and the interpreter equal the explicit gradients; nothing of size `vocab·d` is
+/// needed by the fast path or the kernels (the interpreter's workspace would show it: it is
+/// checked to stay below the size of the query).
+#[test]
+fn large_vocabulary_embedding() {
+    let mut r = rng(31);
+    let vocab = 262_144u64;
+    let pool: Vec<i32> = vec![0, 7, 131_071, 262_143, 99_999];
+    let kind = LayerKind::Embedding { vocab, d: 8 };
+    let m = ModelData { n: 2, v: 2, uses: vec![UseData::random(&mut r, 0, kind, 2, 2, DType::F32, true, &pool)] };
+    for forms in embedding_forms() {
+        check_all(&Context::cpu(), &m, forms, 3);
+    }
+    check_all(&Context::cpu_reference(), &m, ModelForms::default(), 3);
+    #[cfg(feature = "interp")]
+    for forms in embedding_forms() {
+        gpu::check_gpu_pub(&m, forms, 3, 0);
+    }
+}
