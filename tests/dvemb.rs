@@ -511,8 +511,9 @@ fn validation_errors_are_typed() {
 #[test]
 fn auto_blocking_groups_steps_up_to_the_row_target() {
     assert_eq!(auto_block_rows(16), 64);
-    assert_eq!(auto_block_rows(256), 128);
-    assert_eq!(auto_block_rows(4096), 512);
+    assert_eq!(auto_block_rows(256), 64);
+    assert_eq!(auto_block_rows(1024), 128);
+    assert_eq!(auto_block_rows(8192), 512);
     let rows = vec![16u64; 10];
     let etas = vec![0.1; 10];
     let steps = DvembSteps { rows: &rows, etas: &etas, loss: LossReduction::Sum };
