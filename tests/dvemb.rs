@@ -118,8 +118,11 @@ fn run_host(ctx: &Context, c: &Case, inp: &Inputs, blocking: Blocking) -> (Vec<f
     (e, m)
 }
 
-/// The f64 reference of a case: `(E [R, k], M)` and their magnitudes.
-fn expected(c: &Case, inp: &Inputs) -> ((Vec<f64>, Vec<f64>), (Vec<f64>, Vec<f64>)) {
+/// `(E [R, k], M)` in f64.
+type EM = (Vec<f64>, Vec<f64>);
+
+/// The f64 reference of a case: `(E, M)` and their magnitudes.
+fn expected(c: &Case, inp: &Inputs) -> (EM, EM) {
     let steps = DvembSteps { rows: &c.rows, etas: &inp.etas, loss: c.loss() };
     let mut m: Vec<f64> = inp.m0.iter().map(|&x| x as f64).collect();
     let e = reference(&inp.grads, c.layout(), &steps, Blocking::PerStep, &mut m, false);
@@ -492,7 +495,7 @@ fn validation_errors_are_typed() {
     }
     // Overlapping layers, an f64 M on the fast path, device memory on a CPU context.
     let (mut ma, mut mb) = (vec![0.0f32; 9], vec![0.0f32; 4]);
-    let mut e = vec![0.0f32; 24];
+    let mut e = [0.0f32; 24];
     let steps = DvembSteps { rows: &rows, etas: &etas, loss: LossReduction::Mean };
     let (mut ta, mut tb) = (TensorMut::from(&mut ma[..]), TensorMut::from(&mut mb[..]));
     let mut layers = [DvembLayer { offset: 0, k: 3, m: &mut ta }, DvembLayer { offset: 2, k: 2, m: &mut tb }];
@@ -500,7 +503,7 @@ fn validation_errors_are_typed() {
         Err(GhostError::InvalidArgument { what: "layer columns", .. }) => {}
         other => panic!("overlapping layers: {other:?}"),
     }
-    let mut m64 = vec![0.0f64; 9];
+    let mut m64 = [0.0f64; 9];
     let r = ctx.dvemb_block(&Tensor::from(&grads[..]), cols, 3, &steps, &mut TensorMut::from(&mut m64[..]), &mut TensorMut::from(&mut e[..]), Blocking::Auto);
     assert!(matches!(r, Err(GhostError::UnsupportedDtype { what: "m", .. })), "{r:?}");
     // The reference backend takes the f64 M.
@@ -621,7 +624,7 @@ mod interp {
         let r = ctx.dvemb_block(&g.view().into(), cols, 2, &steps, &mut m.view_mut().into(), &mut TensorMut::from(alias), Blocking::Auto);
         assert!(matches!(r, Err(GhostError::InvalidArgument { what: "e_out", .. })), "{r:?}");
         // Host memory on a GPU context.
-        let mut e_host = vec![0.0f32; 12];
+        let mut e_host = [0.0f32; 12];
         let r = ctx.dvemb_block(&g.view().into(), cols, 2, &steps, &mut m.view_mut().into(), &mut TensorMut::from(&mut e_host[..]), Blocking::Auto);
         assert!(matches!(r, Err(GhostError::WrongMemorySpace { what: "e_out", .. })), "{r:?}");
     }
