@@ -15,6 +15,7 @@ pub mod buffer;
 pub mod context;
 pub mod cpu;
 pub mod dtype;
+pub mod dvemb;
 pub mod error;
 pub mod ffi;
 pub mod ghost_dot;
@@ -28,6 +29,7 @@ pub mod validate;
 pub use buffer::{DeviceSlice, DeviceSliceMut, HostSlice, Tensor, TensorMut};
 pub use context::{Backend, Context};
 pub use dtype::DType;
+pub use dvemb::{Blocking, DvembLayer, DvembReport, DvembSteps, LossReduction};
 pub use inrun::GhgLayer;
 pub use error::{GhostError, Result};
 pub use ghost_dot::{

@@ -233,6 +233,56 @@ pub(crate) fn matmul(
     }
 }
 
+/// `dst[m×n] = dst + beta · lhs · rhs` (the update form of [`matmul`]: `dst` is read), same
+/// layouts and strides, single-threaded. Bounds are checked before the call.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_update(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: &[f32],
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: &[f32],
+    rhs_rs: usize,
+    rhs_cs: usize,
+    beta: f32,
+) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    assert!((m - 1) * dst_rs + n <= dst.len(), "matmul_update: dst too short");
+    assert!((m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len(), "matmul_update: lhs too short");
+    assert!((k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len(), "matmul_update: rhs too short");
+    // SAFETY: the asserts above keep every element gemm reads (lhs, rhs, dst) or writes (dst,
+    // column stride 1) inside its slice; dst is borrowed mutably and cannot alias the inputs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            true,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0f32,
+            beta,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
 /// `Σ x ⊙ y` in f32 with eight independent lanes (vectorizes; each product goes through at most
 /// `len/8 + 4` roundings).
 #[inline]
