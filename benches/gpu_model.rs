@@ -19,8 +19,10 @@ use std::sync::Arc;
 
 use ghostgrad::runtime::interp::{InterpBuffer, InterpRuntime, LaunchRecord};
 use ghostgrad::{
-    Accumulate, Context, DType, Distribution, Form, FormChoice, FormRequest, GhgLayer, LayerShape, OutColumns,
-    ProjectionKind, ProjectionSpec, QueryFactors, ScoreDims, ScoreMode, Segments, Tensor, TrainFactors, Which,
+    Accumulate, Blocking, Context, DType, Distribution, DvembLayer, DvembSteps, EmbeddingForm, Form, FormChoice,
+    FormRequest, GhgLayer, LayerKind, LayerShape, LayerUse, LossReduction, ModelForms, OutColumns, ProjectionKind,
+    ProjectionSpec, QueryFactors, ScoreDims, ScoreMode, Segments, Tensor, TensorMut, TrainFactors, UseQuery, UseTrain,
+    Which,
 };
 use half::bf16;
 use ptx_interp::Options;
@@ -218,6 +220,100 @@ fn projection_ops(m: &Model, s: &ProjShape) -> Vec<OpRun> {
     ops
 }
 
+
+#[allow(clippy::too_many_arguments)]
+fn use_of<'a>(param: u32, kind: LayerKind, t: u64, q: u64, x: &'a InterpBuffer, b: &'a InterpBuffer, qx: &'a InterpBuffer, qb: &'a InterpBuffer) -> LayerUse<'a> {
+    LayerUse {
+        param,
+        kind,
+        train: UseTrain { x: x.view().into(), b: b.view().into(), t, mask: None },
+        query: Some(UseQuery { x: qx.view().into(), b: qb.view().into(), q, segments: Segments::Single, mask: None }),
+    }
+}
+
+struct ModelShape {
+    name: &'static str,
+    n: u64,
+    t: u64,
+    q: u64,
+    vocab: u64,
+    d: u64,
+}
+
+/// A transformer's edge layers in one `model_dot`: the token embedding tied to the LM head
+/// (param 0: both own terms and the two cross terms) and a LayerNorm (param 1), in each
+/// embedding form.
+fn model_ops(m: &Model, s: &ModelShape) -> Vec<OpRun> {
+    let (nt, q, vocab, d) = (s.n * s.t, s.q, s.vocab, s.d);
+    let ids: Vec<i32> = (0..nt).map(|i| ((i * 7919) % vocab) as i32).collect();
+    let qids: Vec<i32> = (0..q).map(|i| ((i * 104_729) % vocab) as i32).collect();
+    let ids = m.rt.upload(&ids, DType::I32).unwrap();
+    let qids = m.rt.upload(&qids, DType::I32).unwrap();
+    let (emb_b, qemb_b) = (m.bf16(nt * d, 12), m.bf16(q * d, 13));
+    let (lm_a, lm_b) = (m.bf16(nt * d, 14), m.bf16(nt * vocab, 15));
+    let (qlm_a, qlm_b) = (m.bf16(q * d, 16), m.bf16(q * vocab, 17));
+    let (ln_x, ln_b) = (m.bf16(nt * d, 18), m.bf16(nt * d, 19));
+    let (qln_x, qln_b) = (m.bf16(q * d, 20), m.bf16(q * d, 21));
+    let uses = [
+        use_of(0, LayerKind::Embedding { vocab, d }, s.t, q, &ids, &emb_b, &qids, &qemb_b),
+        use_of(0, LayerKind::linear(d, vocab, false), s.t, q, &lm_a, &lm_b, &qlm_a, &qlm_b),
+        use_of(1, LayerKind::Norm { d, has_bias: true }, s.t, q, &ln_x, &ln_b, &qln_x, &qln_b),
+    ];
+    let (ntf, qf, vf, df) = (nt as f64, q as f64, vocab as f64, d as f64);
+    // Minimum bytes: every factor read once (ids 4 B, bf16 2 B), one f32 per sample written.
+    let min_bytes = 4.0 * (ntf + qf) + 2.0 * (ntf + qf) * (df + df + vf + 2.0 * df) + 4.0 * s.n as f64;
+    // FLOPs of the Gram forms: LM head 2·NT·Q·(d + vocab); cross terms 2 × 2·NT·Q·d; LayerNorm
+    // 2·(NT + Q)·d·2 (weight and bias) + 2·N·d·2; the embedding's own term in each form.
+    let base = 2.0 * ntf * qf * (df + vf) + 4.0 * ntf * qf * df + 4.0 * (ntf + qf) * df + 4.0 * s.n as f64 * df;
+    let mut out = m.rt.alloc_f32(s.n, 0.0).unwrap();
+    let mut ops = Vec::new();
+    for (form, emb_flops) in [
+        (EmbeddingForm::MaskedGram, 2.0 * df * ntf * qf),
+        (EmbeddingForm::ScatterGather, qf * df + 2.0 * ntf * df),
+    ] {
+        let forms = ModelForms { linear: FormRequest::Auto, embedding: Some(form) };
+        ops.push(m.run(format!("model_dot (tied wte/LM head + LayerNorm, embedding {form:?})"), base + emb_flops, min_bytes, |ctx| {
+            ctx.model_dot(s.n, &uses, &mut out.view_mut().into(), Accumulate::overwrite(), forms).unwrap();
+        }));
+    }
+    let mut sq = m.rt.alloc_f32(s.n, 0.0).unwrap();
+    ops.push(m.run("model_sqnorm (same model)".into(), 0.0, min_bytes, |ctx| {
+        ctx.model_sqnorm(s.n, &uses, &mut sq.view_mut().into(), Accumulate::overwrite(), ModelForms::default()).unwrap();
+    }));
+    // model_sqnorm's FLOPs are not modeled: the row reports its traffic against the input floor.
+    let _ = s.name;
+    ops
+}
+
+struct DvembShape {
+    k: u64,
+    steps: u64,
+    batch: u64,
+}
+
+/// The DVEmb reverse sweep of one layer, per step and blocked (MATH.md §5).
+fn dvemb_ops(m: &Model, s: &DvembShape) -> Vec<OpRun> {
+    let r = s.steps * s.batch;
+    let grads = m.f32(r * s.k, 22);
+    let rows = vec![s.batch; s.steps as usize];
+    let etas = vec![1e-3; s.steps as usize];
+    let (rf, kf) = (r as f64, s.k as f64);
+    // Floor: G read and E written once, M read and written once.
+    let min_bytes = 4.0 * (2.0 * rf * kf + 2.0 * kf * kf);
+    let mut ops = Vec::new();
+    for (name, blocking) in [("per step", Blocking::PerStep), ("blocked, auto", Blocking::Auto)] {
+        let mut mm = m.rt.alloc_f32(s.k * s.k, 0.0).unwrap();
+        let mut e = m.rt.alloc_f32(r * s.k, 0.0).unwrap();
+        ops.push(m.run(format!("dvemb ({name}; k={}, {} steps x {})", s.k, s.steps, s.batch), 4.0 * rf * kf * kf, min_bytes, |ctx| {
+            let mut mt: TensorMut<'_> = mm.view_mut().into();
+            let mut layers = [DvembLayer { offset: 0, k: s.k, m: &mut mt }];
+            let steps = DvembSteps { rows: &rows, etas: &etas, loss: LossReduction::Mean };
+            ctx.dvemb_layers(&grads.view().into(), s.k, &mut layers, &steps, &mut e.view_mut().into(), blocking).unwrap();
+        }));
+    }
+    ops
+}
+
 fn table(title: &str, sample: u32, ops: &[OpRun], out: &mut String) {
     let _ = writeln!(out, "\n### {title} ({sample} CTA(s) of each launch executed, counters scaled)\n");
     out.push_str(
@@ -302,6 +398,14 @@ fn main() {
             vec![ProjShape { name: "smoke", n: 2, t: 24, d_in: 40, d_out: 36, k: 5, n_test: 3 }],
         )
     };
+    let (model, dv) = if bench {
+        (
+            vec![ModelShape { name: "GPT-2 small edges", n: 4, t: 128, q: 128, vocab: 50257, d: 768 }],
+            vec![DvembShape { k: 1024, steps: 16, batch: 16 }],
+        )
+    } else {
+        (vec![ModelShape { name: "smoke", n: 2, t: 9, q: 7, vocab: 50, d: 24 }], vec![DvembShape { k: 40, steps: 3, batch: 5 }])
+    };
     let mut modeled = BTreeSet::new();
     for s in &linear {
         eprintln!("gpu_model: {} ...", s.name);
@@ -327,6 +431,29 @@ fn main() {
             "Projection and scoring, {} — N={} T={} d_in={} d_out={} k_i=k_o={}, bf16 factors, f32 scores",
             s.name, s.n, s.t, s.d_in, s.d_out, s.k
         );
+        table(&title, sample, &ops, &mut out);
+    }
+    for s in &model {
+        eprintln!("gpu_model: model {} ...", s.name);
+        let m = Model::new(sample);
+        let ops = model_ops(&m, s);
+        ops.iter().flat_map(|o| &o.records).for_each(|r| {
+            modeled.insert(family(&r.plan.kernel));
+        });
+        let title = format!(
+            "Transformer edge layers, {} — N={} T={} Q={} vocab={} d={}, bf16 factors, i32 ids",
+            s.name, s.n, s.t, s.q, s.vocab, s.d
+        );
+        table(&title, sample, &ops, &mut out);
+    }
+    for s in &dv {
+        eprintln!("gpu_model: dvemb k={} ...", s.k);
+        let m = Model::new(sample);
+        let ops = dvemb_ops(&m, s);
+        ops.iter().flat_map(|o| &o.records).for_each(|r| {
+            modeled.insert(family(&r.plan.kernel));
+        });
+        let title = format!("Data value embedding, k={} — {} steps of {} rows, f32", s.k, s.steps, s.batch);
         table(&title, sample, &ops, &mut out);
     }
     let all: BTreeSet<String> = ghostgrad::kernels::all_kernel_names().iter().map(|k| family(k)).collect();
