@@ -276,6 +276,22 @@ typedef struct gg_layer_use {
 // Embedding × embedding algorithm: by cost (0), masked Gram (1) or scatter/gather (2).
 typedef uint32_t gg_embedding_form_request;
 
+// One layer of [`gg_dvemb_layers`]: columns `offset .. offset + k` of `grads` / `e_out`, and its
+// `k×k` row-major f32 `M` (read and updated in place; zeros before the latest step).
+typedef struct gg_dvemb_layer {
+    uint64_t offset;
+    uint64_t k;
+    struct gg_tensor_mut m;
+} gg_dvemb_layer;
+
+// `c_t` of a training step's loss: `GG_LOSS_SUM` (`c = 1`) or `GG_LOSS_MEAN` (`c = 1/rows`).
+typedef uint32_t gg_loss_reduction;
+
+// How [`gg_dvemb_layers`] sweeps: `GG_BLOCKING_AUTO` (blocks of `clamp(k/8, 64, 512)` rows),
+// `GG_BLOCKING_PER_STEP` (one step at a time, memory-bound), `GG_BLOCKING_MAX_ROWS` (blocks of
+// at most `max_rows` rows, `max_rows ≥ 1`).
+typedef uint32_t gg_blocking;
+
 #define GG_DTYPE_F32 0
 
 #define GG_DTYPE_BF16 1
@@ -358,6 +374,16 @@ typedef uint32_t gg_embedding_form_request;
 #define GG_EMBEDDING_FORM_MASKED_GRAM 1
 
 #define GG_EMBEDDING_FORM_SCATTER_GATHER 2
+
+#define GG_LOSS_SUM 0
+
+#define GG_LOSS_MEAN 1
+
+#define GG_BLOCKING_AUTO 0
+
+#define GG_BLOCKING_PER_STEP 1
+
+#define GG_BLOCKING_MAX_ROWS 2
 
 #ifdef __cplusplus
 extern "C" {
@@ -783,6 +809,33 @@ gg_status gg_model_sqnorm(const struct gg_context *ctx,
                           float beta,
                           gg_form_request linear_form,
                           gg_embedding_form_request embedding_form);
+
+// Data value embedding reverse sweep (MATH.md §5) of `n_layers` layers over `n_steps` training
+// steps: for every layer and every step t from the LAST down to the first,
+// `E_t = eta_t (G_t − G_t Mᵀ)` into `e_out`'s rows of step t, then `M ← M + c_t E_tᵀ G_t`.
+// `grads` and `e_out` f32 `[R, row_stride]`, `R = Σ step_rows`, rows in FORWARD step order
+// (the `[N, Σk]` layout of [`gg_kron_project_layers`]); columns outside the layers are never
+// written. `step_rows` (u64, each ≥ 1) and `step_etas` (f64, finite) hold `n_steps` entries.
+// A long run is swept by calling on consecutive chunks of steps backwards in time, carrying
+// each layer's `M`. Score a sample z of step t against a test gradient projected with the same
+// seed with [`gg_influence_scores`] (`GG_SCORE_DOT`) on the rows of `e_out`.
+//
+// # Safety
+// As [`gg_ghost_dot`] for `ctx`, `grads`, `e_out` and every layer's `m`; `layers` points at
+// `n_layers` readable `gg_dvemb_layer`; `step_rows` and `step_etas` at `n_steps` readable
+// elements each.
+gg_status gg_dvemb_layers(const struct gg_context *ctx,
+                          struct gg_tensor grads,
+                          uint64_t row_stride,
+                          const struct gg_dvemb_layer *layers,
+                          size_t n_layers,
+                          const uint64_t *step_rows,
+                          const double *step_etas,
+                          size_t n_steps,
+                          gg_loss_reduction loss,
+                          struct gg_tensor_mut e_out,
+                          gg_blocking blocking,
+                          uint64_t max_rows);
 
 #ifdef __cplusplus
 }  // extern "C"

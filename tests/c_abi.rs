@@ -1402,3 +1402,125 @@ fn model_level_errors_name_the_use() {
     let st = unsafe { gg_model_sqnorm(ctx.0, 2, ptr::null(), 1, tm(&mut out), 1.0, 0.0, 0, 0) };
     expect(st, GG_STATUS_NULL_POINTER, &["uses"]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Data value embedding (gg_dvemb_layers)
+// ---------------------------------------------------------------------------------------------
+
+/// MATH.md §5 written out in f64, one layer (columns `off .. off + k` of `[R, stride]` rows):
+/// for s from the last step down, `E_s = η_s (G_s − G_s Mᵀ)`, `M += c_s E_sᵀ G_s`.
+fn naive_dvemb(g: &[f32], stride: usize, off: usize, k: usize, rows: &[u64], etas: &[f64], mean: bool) -> (Vec<f64>, Vec<f64>) {
+    let total: usize = rows.iter().map(|&r| r as usize).sum();
+    let mut m = vec![0.0f64; k * k];
+    let mut e = vec![0.0f64; total * k];
+    let starts: Vec<usize> = rows.iter().scan(0usize, |acc, &r| {
+        let s = *acc;
+        *acc += r as usize;
+        Some(s)
+    }).collect();
+    for s in (0..rows.len()).rev() {
+        let (r0, nr) = (starts[s], rows[s] as usize);
+        let gv = |r: usize, i: usize| g[r * stride + off + i] as f64;
+        for r in r0..r0 + nr {
+            for i in 0..k {
+                let gm: f64 = (0..k).map(|j| gv(r, j) * m[i * k + j]).sum();
+                e[r * k + i] = etas[s] * (gv(r, i) - gm);
+            }
+        }
+        let c = if mean { 1.0 / nr as f64 } else { 1.0 };
+        for i in 0..k {
+            for j in 0..k {
+                m[i * k + j] += c * (r0..r0 + nr).map(|r| e[r * k + i] * gv(r, j)).sum::<f64>();
+            }
+        }
+    }
+    (e, m)
+}
+
+#[test]
+fn dvemb_layers_matches_the_rust_api_and_the_recursion_and_rejects_bad_arguments() {
+    use ghostgrad::{Blocking, DvembLayer, DvembSteps, LossReduction};
+    let (stride, rows, etas) = (11usize, [2u64, 3, 1, 2], [0.3f64, 0.2, 0.25, 0.1]);
+    let r: usize = rows.iter().map(|&x| x as usize).sum();
+    let g = vals((r * stride) as u64, 77);
+    let layer_defs = [(0usize, 3usize), (4, 6)];
+    for (blocking, max_rows) in [(GG_BLOCKING_PER_STEP, 0u64), (GG_BLOCKING_MAX_ROWS, 4), (GG_BLOCKING_AUTO, 0)] {
+        let ctx = Ctx::cpu();
+        let mut e = vec![f32::NAN; r * stride];
+        let mut ms: Vec<Vec<f32>> = layer_defs.iter().map(|&(_, k)| vec![0.0f32; k * k]).collect();
+        let descs: Vec<gg_dvemb_layer> = layer_defs
+            .iter()
+            .zip(ms.iter_mut())
+            .map(|(&(off, k), m)| gg_dvemb_layer { offset: off as u64, k: k as u64, m: tm(m) })
+            .collect();
+        // SAFETY: every pointer points at live memory of the right length.
+        let st = unsafe {
+            gg_dvemb_layers(ctx.0, t(&g, GG_DTYPE_F32), stride as u64, descs.as_ptr(), descs.len(), rows.as_ptr(), etas.as_ptr(), rows.len(), GG_LOSS_MEAN, tm(&mut e), blocking, max_rows)
+        };
+        expect(st, GG_STATUS_OK, &[]);
+        // The safe API on the same inputs gives the same bits.
+        let mut e2 = vec![f32::NAN; r * stride];
+        let mut ms2: Vec<Vec<f32>> = layer_defs.iter().map(|&(_, k)| vec![0.0f32; k * k]).collect();
+        let mut mts: Vec<TensorMut<'_>> = ms2.iter_mut().map(|m| TensorMut::from(&mut m[..])).collect();
+        let mut layers: Vec<DvembLayer<'_, '_>> =
+            layer_defs.iter().zip(mts.iter_mut()).map(|(&(off, k), m)| DvembLayer { offset: off as u64, k: k as u64, m }).collect();
+        let rust_blocking = match blocking {
+            GG_BLOCKING_PER_STEP => Blocking::PerStep,
+            GG_BLOCKING_MAX_ROWS => Blocking::MaxRows(max_rows),
+            _ => Blocking::Auto,
+        };
+        let steps = DvembSteps { rows: &rows, etas: &etas, loss: LossReduction::Mean };
+        ghostgrad::Context::cpu()
+            .dvemb_layers(&g[..].into(), stride as u64, &mut layers, &steps, &mut TensorMut::from(&mut e2[..]), rust_blocking)
+            .unwrap();
+        drop(layers);
+        drop(mts);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&e), bits(&e2), "blocking {blocking}");
+        for (m, m2) in ms.iter().zip(&ms2) {
+            assert_eq!(bits(m), bits(m2), "blocking {blocking}");
+        }
+        // And the recursion written out in f64: E in the layers' columns, untouched elsewhere.
+        for (&(off, k), m) in layer_defs.iter().zip(&ms) {
+            let (we, wm) = naive_dvemb(&g, stride, off, k, &rows, &etas, true);
+            let got: Vec<f32> = (0..r).flat_map(|row| e[row * stride + off..row * stride + off + k].to_vec()).collect();
+            assert!(rel_err(&got, &we) < 1e-5, "E layer at {off}: {}", rel_err(&got, &we));
+            assert!(rel_err(m, &wm) < 1e-5, "M layer at {off}: {}", rel_err(m, &wm));
+        }
+        for row in 0..r {
+            assert!(e[row * stride + 3].is_nan() && e[row * stride + 10].is_nan(), "a column outside the layers was written");
+        }
+    }
+    // Errors name the argument.
+    let ctx = Ctx::cpu();
+    let mut e = vec![0f32; r * stride];
+    let mut m0 = vec![0f32; 9];
+    let call = |layers: &[gg_dvemb_layer], n_steps: usize, loss: u32, blocking: u32, max_rows: u64, e: &mut [f32]| {
+        // SAFETY: descriptors and arrays point at live memory (or are invalid on purpose).
+        unsafe {
+            gg_dvemb_layers(ctx.0, t(&g, GG_DTYPE_F32), stride as u64, layers.as_ptr(), layers.len(), rows.as_ptr(), etas.as_ptr(), n_steps, loss, tm(e), blocking, max_rows)
+        }
+    };
+    let one = [gg_dvemb_layer { offset: 0, k: 3, m: tm(&mut m0) }];
+    expect(call(&one, 0, GG_LOSS_SUM, GG_BLOCKING_AUTO, 0, &mut e), GG_STATUS_ZERO_SIZE, &["n_steps"]);
+    expect(call(&one, rows.len(), 7, GG_BLOCKING_AUTO, 0, &mut e), GG_STATUS_INVALID_ARGUMENT, &["loss"]);
+    expect(call(&one, rows.len(), GG_LOSS_SUM, 9, 0, &mut e), GG_STATUS_INVALID_ARGUMENT, &["blocking"]);
+    expect(call(&one, rows.len(), GG_LOSS_SUM, GG_BLOCKING_MAX_ROWS, 0, &mut e), GG_STATUS_ZERO_SIZE, &["MaxRows"]);
+    expect(call(&one, rows.len(), GG_LOSS_SUM, GG_BLOCKING_AUTO, 0, &mut e[1..]), GG_STATUS_LENGTH_MISMATCH, &["e_out"]);
+    let mut short = vec![0f32; 8];
+    let bad_m = [gg_dvemb_layer { offset: 0, k: 3, m: tm(&mut short) }];
+    expect(call(&bad_m, rows.len(), GG_LOSS_SUM, GG_BLOCKING_AUTO, 0, &mut e), GG_STATUS_LENGTH_MISMATCH, &["m"]);
+    let alias = [gg_dvemb_layer { offset: 0, k: 3, m: gg_tensor_mut { ptr: e.as_mut_ptr() as *mut c_void, len: 9 } }];
+    let st = call(&alias, rows.len(), GG_LOSS_SUM, GG_BLOCKING_AUTO, 0, &mut e);
+    assert_ne!(st, GG_STATUS_OK, "M aliasing e_out must be rejected");
+    // SAFETY: a null descriptor array must be detected.
+    let st = unsafe {
+        gg_dvemb_layers(ctx.0, t(&g, GG_DTYPE_F32), stride as u64, ptr::null(), 1, rows.as_ptr(), etas.as_ptr(), rows.len(), GG_LOSS_SUM, tm(&mut e), GG_BLOCKING_AUTO, 0)
+    };
+    expect(st, GG_STATUS_NULL_POINTER, &["layers"]);
+    // SAFETY: a null step array must be detected.
+    let st = unsafe {
+        gg_dvemb_layers(ctx.0, t(&g, GG_DTYPE_F32), stride as u64, one.as_ptr(), 1, ptr::null(), etas.as_ptr(), rows.len(), GG_LOSS_SUM, tm(&mut e), GG_BLOCKING_AUTO, 0)
+    };
+    expect(st, GG_STATUS_NULL_POINTER, &["step_rows"]);
+}
