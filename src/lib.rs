@@ -34,5 +34,6 @@ pub use ghost_dot::{
     TrainFactors,
 };
 pub use projection::{
-    Distribution, OutColumns, ProjectLayer, ProjectionKind, ProjectionSpec, ScoreDims, ScoreMode, Which,
+    Distribution, EmbeddingLayer, OutColumns, ProjectInput, ProjectLayer, ProjectionKind, ProjectionSpec, ScoreDims,
+    ScoreMode, TokenFactors, Which,
 };
