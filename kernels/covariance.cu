@@ -27,7 +27,7 @@
 //   tile onto P rows [64bi, +64) into PI and, when bi != bj, onto rows [64bj, +64) into PJ
 //   (kp_project_tile), then adds PI[t][.]ᵀ PJ[t][.] for every kept t in ascending order. The
 //   projected tokens exist only in shared memory: [rows, k] is never materialized.
-//   Shared memory: Xs 4224 + Ps 8448 + PI 8192 + PJ 8192 + keep 32 + tok 128 bytes.
+//   Shared memory: Xs 4224 + Ps 8448 + PI 8192 + PJ 8192 + keep 32 = 29088 bytes.
 //
 // kfac_cov_ids_f32(const int* ids, const unsigned char* mask, const float* P,
 //                  unsigned long long key, float scale, float* partial, unsigned rows,
@@ -35,6 +35,7 @@
 //   The same for an embedding layer (x_r = e_{ids[r]}, (P x_r)[i] = P[i, ids[r]], gathered by
 //   kp_gather_tile): ids of masked tokens are never read; a kept id outside [0, vocab) turns
 //   every entry of the covariance tiles it meets into NaN, never an out-of-bounds read.
+//   Shared memory: PI, PJ, keep and tok[32] ints = 16544 bytes.
 //
 // ekfac_partial_f32(const float* G, unsigned long long ld, unsigned long long offset,
 //                   const float* QB, const float* QA, float* partial, unsigned N, unsigned k_o,
