@@ -226,7 +226,7 @@ fn reference_equals_the_dense_reference_on_one_hot_activations() {
 
 /// The embedding path and the dense path on one-hot activations, on `ctx`, must agree bit for
 /// bit (`upload` moves host data to the backend's memory).
-fn embedding_equals_dense_one_hot(ctx: &Context, upload: &dyn Fn(&Buf) -> Tensor<'static>, upload_ids: &dyn Fn(&[i32]) -> Tensor<'static>, upload_u8: &dyn Fn(&[u8]) -> Tensor<'static>, alloc: &dyn Fn(usize) -> (TensorMut<'static>, Box<dyn Fn() -> Vec<f32>>)) {
+fn embedding_equals_dense_one_hot(ctx: &Context, upload: &dyn Fn(&Buf) -> Tensor<'static>, upload_ids: &dyn Fn(&[i32]) -> Tensor<'static>, upload_u8: &dyn Fn(&[u8]) -> Tensor<'static>, alloc: &dyn Fn(usize) -> Out) {
     for (i, &(n, t, vocab, d_out, k_i, k_o)) in [(2usize, 37usize, 9u64, 5u64, 70u64, 3u64), (3, 70, 70, 33, 4, 65), (1, 1, 1, 1, 1, 1), (2, 5, 40, 7, 64, 64)].iter().enumerate() {
         let c = Case { n, t, vocab, d_out, k_i, k_o, dtype: FLOAT_DTYPES[i % 3], masked: i != 2, beta: false, random: i % 2 == 0, repeats: i == 1, dist: DISTS[(i / 2) % 2], seed: 40 + i as u64 };
         let mut r = rng(c.seed);
@@ -247,6 +247,9 @@ fn embedding_equals_dense_one_hot(ctx: &Context, upload: &dyn Fn(&Buf) -> Tensor
         assert_bitwise_eq(&format!("{} embedding vs dense one-hot {c:?}", ctx.describe()), &read1(), &read2());
     }
 }
+
+/// Output buffer plus a reader of its contents after the operation.
+type Out = (TensorMut<'static>, Box<dyn Fn() -> Vec<f32>>);
 
 fn leak<T>(x: T) -> &'static T {
     Box::leak(Box::new(x))
@@ -297,7 +300,7 @@ fn out_of_range_ids_are_a_typed_error_on_the_cpu_and_nothing_is_written() {
             assert_bitwise_eq("untouched after the error", &out, &old);
         }
         // The same id under a zero mask is never read: no error.
-        let mut mask = vec![1u8; 8];
+        let mut mask = [1u8; 8];
         mask[pos] = 0;
         let tf = TokenFactors { ids: ids[..].into(), mask: Some(mask[..].into()), ..d.factors() };
         let mut out = poisoned(8);
@@ -339,7 +342,7 @@ fn embedding_layers_are_validated() {
 
 /// A linear layer and an embedding layer in one `kron_project_layers` call: each layer's
 /// columns equal its own single-layer call (same backend) bit for bit.
-fn mixed_layers_match_single_calls(ctx: &Context, tensors: &dyn Fn(&TokenData, &TrainData) -> (TokenFactors<'static>, TrainFactors<'static>), alloc: &dyn Fn(usize) -> (TensorMut<'static>, Box<dyn Fn() -> Vec<f32>>)) {
+fn mixed_layers_match_single_calls(ctx: &Context, tensors: &dyn Fn(&TokenData, &TrainData) -> (TokenFactors<'static>, TrainFactors<'static>), alloc: &dyn Fn(usize) -> Out) {
     let mut r = rng(77);
     let c = Case { n: 3, t: 35, vocab: 13, d_out: 6, k_i: 3, k_o: 4, dtype: DType::F16, masked: true, beta: false, random: true, repeats: false, dist: DISTS[0], seed: 77 };
     let tokens = TokenData::random(&mut r, &c);

@@ -675,7 +675,7 @@ mod on_interp {
         let data = TrainData::random(&mut r, shape, 2, 35, DType::F32, false);
         let mut ids: Vec<i32> = (0..70).map(|_| r.random_range(0..6)).collect();
         ids[40] = 6;
-        let proj = ProjectionSpec { k_i: 3, k_o: 2, kind: ProjectionKind::Dense { p_in: be.f32(&vec![0.5; 18]), p_out: be.f32(&[1.0; 8]) } };
+        let proj = ProjectionSpec { k_i: 3, k_o: 2, kind: ProjectionKind::Dense { p_in: be.f32(&[0.5; 18]), p_out: be.f32(&[1.0; 8]) } };
         let tok = TokenFactors { ids: be.raw(&ids, DType::I32), b: be.buf(&data.b), n: 2, t: 35, mask: None };
         let (mut ca, ra) = be.out(&poisoned(9));
         let (mut cb, rb) = be.out(&poisoned(4));

@@ -45,11 +45,11 @@ impl Context {
     }
 
     /// Raw projected Fisher (MATH.md §4, SYRK): `out = beta·out + scale·Σ_{r<n} ĝ_r ĝ_rᵀ`, `out`
-    /// f32 `[k, k]` written in full (exactly symmetric), `ĝ_r = grads[r·row_stride + offset ..
-    /// + k]`, `grads` f32 `[n, row_stride]`. With `scale = 1/N_total` over all batches this is
-    /// `F`; or accumulate the plain sum and pass the count to
+    /// f32 `[k, k]` written in full (exactly symmetric), `ĝ_r` the `k` values at
+    /// `grads[r·row_stride + offset]`, `grads` f32 `[n, row_stride]`. With `scale = 1/N_total`
+    /// over all batches this is `F`; or accumulate the plain sum and pass the count to
     /// [`RawFisher::from_sum`](super::precondition::RawFisher::from_sum). On a GPU:
-    /// `syrk_partial_f32` (64×64 tiles of the upper triangle, mirrored) + the fixed-order
+    /// `syrk_partial_f32` (64×64 tiles of the upper triangle, mirrored) and the fixed-order
     /// finalize.
     pub fn projected_fisher(&self, grads: &Tensor<'_>, n: u64, k: u64, cols: OutColumns, out: &mut TensorMut<'_>, acc: Accumulate) -> Result<()> {
         const OP: &str = "projected_fisher";

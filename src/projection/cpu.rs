@@ -213,8 +213,7 @@ pub fn scores_fast(test: &[f32], train: &[f32], nt: usize, nb: usize, k: usize, 
 // ---------------------------------------------------------------- second moments (MATH.md §4)
 //
 // Rounding of the fast paths (tests use the reference's `abs` magnitude with these depths):
-// * Fisher `Σ_n ĝ_n[i] ĝ_n[j]`: one product and a sum over `N` rows (GEMM blocks merged in f64):
-//   depth `N + O(1)`.
+// * Fisher `Σ_n ĝ_n[i] ĝ_n[j]`: one product and a sum over `N` rows: depth `N + O(1)`.
 // * K-FAC covariance `Σ_r (P x_r)_i (P x_r)_j`: two dots of length `width (+1)` multiplied, and a
 //   sum over the `N·T` kept tokens: depth `2·(width + 1) + N·T + O(1)`.
 // * EK-FAC `Σ_n R_n[o, i]²`, `R_n = Q_Bᵀ Ĝ_n Q_A`: `R` goes through `k_i + k_o` roundings, its
@@ -280,20 +279,36 @@ fn merge_blocks(parts: Vec<Vec<f32>>, k: usize, symmetric: bool, len: usize) -> 
     out
 }
 
-/// Fast `F = Σ_n ĝ_n ĝ_nᵀ`: one f32 GEMM `X_bᵀ X_b` per fixed row block (strided rows read in
-/// place), blocks merged in order in f64, upper triangle mirrored.
+/// Columns of `F` per task of [`fisher_fast`].
+const FISHER_COLS: usize = 64;
+
+/// Fast `F = Σ_n ĝ_n ĝ_nᵀ`: one task per block of 64 columns `j`, computing rows `i < j_end`
+/// (the upper triangle and the diagonal block) with one f32 GEMM `Xᵀ X[:, j-block]` over all
+/// rows (strided rows read in place, rows summed in the GEMM's fixed order); the upper triangle
+/// is then mirrored. The partition depends only on `k`, so the bits never depend on the thread
+/// count, and scratch is `k²/2` f32 at most.
 pub fn fisher_fast(g: &GradRows<'_>, k: usize) -> Vec<f64> {
-    let parts: Vec<Vec<f32>> = row_blocks(g.n, 256)
+    let x = &g.grads[g.offset..(g.n - 1) * g.ld + g.offset + k];
+    let blocks: Vec<(usize, usize, Vec<f32>)> = (0..k.div_ceil(FISHER_COLS))
         .into_par_iter()
-        .map(|rows| {
-            let mut f = vec![0.0f32; k * k];
-            let x = &g.grads[rows.start * g.ld + g.offset..(rows.end - 1) * g.ld + g.offset + k];
-            // lhs[i, p] = x[p·ld + i], rhs[p, j] = x[p·ld + j].
-            matmul(k, k, rows.len(), &mut f, k, x, 1, g.ld, x, g.ld, 1);
-            f
+        .map(|b| {
+            let j0 = b * FISHER_COLS;
+            let cb = FISHER_COLS.min(k - j0);
+            let rows = j0 + cb;
+            let mut f = vec![0.0f32; rows * cb];
+            // lhs[i, p] = x[p·ld + i], rhs[p, j] = x[p·ld + j0 + j].
+            matmul(rows, cb, g.n, &mut f, cb, x, 1, g.ld, &x[j0..], g.ld, 1);
+            (j0, cb, f)
         })
         .collect();
-    merge_blocks(parts, k, true, k * k)
+    let mut out = vec![0.0f64; k * k];
+    for (j0, cb, f) in blocks {
+        for (i, row) in f.chunks_exact(cb).enumerate() {
+            out[i * k + j0..i * k + j0 + cb].iter_mut().zip(row).for_each(|(o, &v)| *o = v as f64);
+        }
+    }
+    symmetrize(&mut out, k);
+    out
 }
 
 /// The A- or B-side input of a K-FAC covariance: `rows = N·T` tokens.

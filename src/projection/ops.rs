@@ -90,9 +90,12 @@ pub(super) fn host_ids<'a>(t: &Tensor<'a>) -> Result<&'a [i32]> {
     }
 }
 
+/// `(p_in, p_out)` on the host, borrowed or materialized.
+pub(super) type HostMatrices<'a> = (Cow<'a, [f32]>, Cow<'a, [f32]>);
+
 /// The host matrices of a projection (`p_in [k_i, di]`, `p_out [k_o, d_out]`), materialized
 /// when random.
-pub(super) fn host_matrices<'a>(proj: &ProjectionSpec<'a>, di: u64, d_out: u64) -> Result<(Cow<'a, [f32]>, Cow<'a, [f32]>)> {
+pub(super) fn host_matrices<'a>(proj: &ProjectionSpec<'a>, di: u64, d_out: u64) -> Result<HostMatrices<'a>> {
     Ok(match &proj.kind {
         ProjectionKind::Random { seed, layer, dist } => (
             Cow::Owned(materialize_projection(*seed, *layer, Which::In, proj.k_i, di, *dist)),
