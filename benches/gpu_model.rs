@@ -21,7 +21,7 @@ use ghostgrad::runtime::interp::{InterpBuffer, InterpRuntime, LaunchRecord};
 use ghostgrad::{
     Accumulate, Blocking, Context, DType, Distribution, DvembLayer, DvembSteps, EmbeddingForm, Form, FormChoice,
     FormRequest, GhgLayer, LayerKind, LayerShape, LayerUse, LossReduction, ModelForms, OutColumns, ProjectionKind,
-    ProjectionSpec, QueryFactors, ScoreDims, ScoreMode, Segments, Tensor, TensorMut, TrainFactors, UseQuery, UseTrain,
+    ProjectionSpec, QueryFactors, ScoreDims, ScoreMode, Segments, Tensor, TensorMut, TokenFactors, TrainFactors, UseQuery, UseTrain,
     Which,
 };
 use half::bf16;
@@ -159,7 +159,8 @@ struct ProjShape {
 }
 
 /// kron_project (random Gaussian, in-kernel), projection_matrix, influence_scores on one
-/// train block of N·(k·k)… rows, accumulate_values.
+/// train block of N·(k·k)… rows, the embedding projection, the second moments of the
+/// preconditioners (raw Fisher, K-FAC factors, EK-FAC correction), accumulate_values.
 fn projection_ops(m: &Model, s: &ProjShape) -> Vec<OpRun> {
     let shape = LayerShape::new(s.d_in, s.d_out);
     let a = m.bf16(s.n * s.t * s.d_in, 7);
@@ -201,6 +202,68 @@ fn projection_ops(m: &Model, s: &ProjShape) -> Vec<OpRun> {
                 &mut scores.view_mut().into(),
                 ScoreMode::Dot,
                 None,
+                Accumulate::overwrite(),
+            )
+            .unwrap();
+        },
+    ));
+    // Embedding layer (token ids into a GPT-2-sized vocabulary, random P_i: a column gather).
+    let vocab = 50_257u64;
+    let ids: Vec<i32> = (0..s.n * s.t).map(|i| ((i * 7919) % vocab) as i32).collect();
+    let ids_dev = m.rt.upload(&ids, DType::I32).unwrap();
+    let emb_shape = LayerShape::new(vocab, s.d_out);
+    let tokens = TokenFactors { ids: ids_dev.view().into(), b: b.view().into(), n: s.n, t: s.t, mask: None };
+    ops.push(m.run(
+        format!("kron_project_embedding (V={vocab}, k={k_o}x{k_i})"),
+        2.0 * n * t * (dout * ko + ki * ko),
+        n * t * (4.0 + 2.0 * dout) + 4.0 * n * ki * ko,
+        |ctx| {
+            ctx.kron_project_embedding(&emb_shape, &tokens, &spec, &mut out.view_mut().into(), OutColumns { offset: 0, row_stride: width }, Accumulate::overwrite())
+                .unwrap();
+        },
+    ));
+    // Second moments for the preconditioners: raw Fisher of the train block, K-FAC factors of
+    // the layer (fused with the projection) and of the embedding, EK-FAC correction.
+    let mut fisher = m.rt.alloc_f32(width * width, 0.0).unwrap();
+    ops.push(m.run(format!("projected_fisher ({n_block} x k={width})"), 2.0 * nb * kk * kk, 4.0 * (nb * kk + kk * kk), |ctx| {
+        ctx.projected_fisher(&block.view().into(), n_block, width, OutColumns { offset: 0, row_stride: width }, &mut fisher.view_mut().into(), Accumulate::overwrite())
+            .unwrap();
+    }));
+    let (mut c_a, mut c_b) = (m.rt.alloc_f32(k_i * k_i, 0.0).unwrap(), m.rt.alloc_f32(k_o * k_o, 0.0).unwrap());
+    ops.push(m.run(
+        format!("kfac_covariances (k_i={k_i}, k_o={k_o})"),
+        2.0 * n * t * (di * ki + dout * ko + ki * ki + ko * ko),
+        2.0 * n * t * (di + dout) + 4.0 * (ki * ki + ko * ko),
+        |ctx| {
+            let layer = ghostgrad::ProjectLayer { shape, train, proj: spec };
+            ctx.kfac_covariances(layer, &mut c_a.view_mut().into(), &mut c_b.view_mut().into(), Accumulate::overwrite()).unwrap();
+        },
+    ));
+    ops.push(m.run(
+        format!("kfac_covariances (embedding V={vocab})"),
+        2.0 * n * t * (dout * ko + ki * ki + ko * ko),
+        n * t * (4.0 + 2.0 * dout) + 4.0 * (ki * ki + ko * ko),
+        |ctx| {
+            let layer = ghostgrad::EmbeddingLayer { shape: emb_shape, train: tokens, proj: spec };
+            ctx.kfac_covariances(layer, &mut c_a.view_mut().into(), &mut c_b.view_mut().into(), Accumulate::overwrite()).unwrap();
+        },
+    ));
+    let (q_b, q_a) = (m.f32(k_o * k_o, 12), m.f32(k_i * k_i, 13));
+    let mut lambda = m.rt.alloc_f32(width, 0.0).unwrap();
+    ops.push(m.run(
+        format!("ekfac_eigen_correction ({n_block} x {k_o}x{k_i})"),
+        2.0 * nb * (ko * ki * ki + ko * ko * ki),
+        4.0 * (nb * kk + ko * ko + ki * ki + kk),
+        |ctx| {
+            ctx.ekfac_eigen_correction(
+                &block.view().into(),
+                n_block,
+                k_o,
+                k_i,
+                OutColumns { offset: 0, row_stride: width },
+                &q_b.view().into(),
+                &q_a.view().into(),
+                &mut lambda.view_mut().into(),
                 Accumulate::overwrite(),
             )
             .unwrap();

@@ -292,6 +292,17 @@ typedef uint32_t gg_loss_reduction;
 // at most `max_rows` rows, `max_rows ≥ 1`).
 typedef uint32_t gg_blocking;
 
+// Token-id factors of an embedding layer: `ids [n, t]` i32 into a vocabulary of `V` entries
+// (`shape.d_in`), `b [n, t, d_out]` (f32 | bf16 | f16), optional `mask [n, t]` u8 (a zero skips
+// the token; its id is then never read).
+typedef struct gg_token_train {
+    struct gg_tensor ids;
+    struct gg_tensor b;
+    uint64_t n;
+    uint64_t t;
+    struct gg_tensor mask;
+} gg_token_train;
+
 #define GG_DTYPE_F32 0
 
 #define GG_DTYPE_BF16 1
@@ -836,6 +847,94 @@ gg_status gg_dvemb_layers(const struct gg_context *ctx,
                           struct gg_tensor_mut e_out,
                           gg_blocking blocking,
                           uint64_t max_rows);
+
+// Projected per-sample gradients of an embedding layer (MATH.md §3):
+// `out[n·out_row_stride + out_offset + o·k_i + i] = beta·out + scale·Ĝ_n[o, i]`,
+// `Ĝ_n = Σ_t (P_o b_{n,t})(P_i[:, ids_{n,t}])ᵀ` (`shape.d_in` = vocabulary size `V`, no bias),
+// `out` f32 `[n, out_row_stride]`; other columns are never touched. A kept id outside `[0, V)`
+// is `GG_STATUS_INVALID_ARGUMENT` on a CPU context (nothing written); on a CUDA context that
+// sample's columns become NaN (ids in device memory are never read by the host).
+//
+// # Safety
+// `ctx` is NULL or a live context; `train` and `proj` are NULL or point at readable
+// descriptors whose buffers follow the contract of [`gg_tensor`] (host memory for CPU contexts,
+// device memory for CUDA contexts) for the duration of the call; `out` is writable and
+// aliases no other buffer.
+gg_status gg_kron_project_embedding(const struct gg_context *ctx,
+                                    struct gg_layer_shape shape,
+                                    const struct gg_token_train *train,
+                                    const struct gg_projection *proj,
+                                    struct gg_tensor_mut out,
+                                    uint64_t out_offset,
+                                    uint64_t out_row_stride,
+                                    float scale,
+                                    float beta);
+
+// Raw projected Fisher (SYRK): `out = beta·out + scale·Σ_{r<n} ĝ_r ĝ_rᵀ`, `out` f32 `[k, k]`
+// written in full (exactly symmetric), `ĝ_r = grads[r·row_stride + offset ..][..k]`, `grads`
+// f32 `[n, row_stride]`. Stream batches with `beta = 1`.
+//
+// # Safety
+// As [`gg_kron_project_embedding`] for `ctx`, `grads` and `out`.
+gg_status gg_projected_fisher(const struct gg_context *ctx,
+                              struct gg_tensor grads,
+                              uint64_t n,
+                              uint64_t k,
+                              uint64_t offset,
+                              uint64_t row_stride,
+                              struct gg_tensor_mut out,
+                              float scale,
+                              float beta);
+
+// K-FAC factors of a linear layer over every kept token:
+// `c_a = beta·c_a + scale·Σ (P_i a)(P_i a)ᵀ` (f32 `[k_i, k_i]`, `a` augmented with 1 when
+// the layer has a bias), `c_b = beta·c_b + scale·Σ (P_o b)(P_o b)ᵀ` (f32 `[k_o, k_o]`), both
+// written in full; the projected tokens are never materialized.
+//
+// # Safety
+// As [`gg_kron_project_embedding`] for `ctx`, `train`, `proj`, `c_a` and `c_b`.
+gg_status gg_kfac_covariances(const struct gg_context *ctx,
+                              struct gg_layer_shape shape,
+                              const struct gg_train *train,
+                              const struct gg_projection *proj,
+                              struct gg_tensor_mut c_a,
+                              struct gg_tensor_mut c_b,
+                              float scale,
+                              float beta);
+
+// [`gg_kfac_covariances`] of an embedding layer (`c_a` from the gathered columns
+// `P_i[:, ids]`); ids as in [`gg_kron_project_embedding`] (out of range: an error on a CPU
+// context, NaN in `c_a` on a CUDA context).
+//
+// # Safety
+// As [`gg_kron_project_embedding`] for `ctx`, `train`, `proj`, `c_a` and `c_b`.
+gg_status gg_kfac_covariances_embedding(const struct gg_context *ctx,
+                                        struct gg_layer_shape shape,
+                                        const struct gg_token_train *train,
+                                        const struct gg_projection *proj,
+                                        struct gg_tensor_mut c_a,
+                                        struct gg_tensor_mut c_b,
+                                        float scale,
+                                        float beta);
+
+// EK-FAC eigenvalue correction: `out = beta·out + scale·Σ_{r<n} (Q_Bᵀ Ĝ_r Q_A)^{⊙2}`, `out`
+// f32 `[k_o, k_i]`, `Ĝ_r` the row-major `k_o × k_i` matrix at `grads[r·row_stride + offset]`,
+// `q_b` f32 `[k_o, k_o]`, `q_a` f32 `[k_i, k_i]` row-major with eigenvectors as columns.
+//
+// # Safety
+// As [`gg_kron_project_embedding`] for `ctx`, `grads`, `q_b`, `q_a` and `out`.
+gg_status gg_ekfac_eigen_correction(const struct gg_context *ctx,
+                                    struct gg_tensor grads,
+                                    uint64_t n,
+                                    uint64_t k_o,
+                                    uint64_t k_i,
+                                    uint64_t offset,
+                                    uint64_t row_stride,
+                                    struct gg_tensor q_b,
+                                    struct gg_tensor q_a,
+                                    struct gg_tensor_mut out,
+                                    float scale,
+                                    float beta);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -19,7 +19,7 @@
 //   (256,1,1). The block owns a 64×64 tile (o0 = 64*to, i0 = 64*ti) of Ĝ_n for tokens of
 //   split s (tokens [s*tps, min(T,(s+1)*tps)), tps == 0 means T).
 //
-// Tiling, per 32-token tile:
+// Tiling, per 32-token tile (kp_project_tile / kp_gather_tile of projection_tile.cuh):
 //   1. projection: PA[t][j] = Σ_c a[t][c] P_i[i0+j][c] and PB[t][j] = Σ_c b[t][c] P_o[o0+j][c],
 //      streaming features in chunks of 32 through Xs[32][33] (tokens × features, masked and
 //      tail tokens zero-filled, never read) and Ps[64][33] (P rows × features, generated or
@@ -29,6 +29,15 @@
 //      and adds PB[t][.] PA[t][.] for every kept token t in ascending order.
 //   Shared memory (static): Xs 4224 + Ps 8448 + PA 8192 + PB 8192 + keep 32 = 29088 bytes.
 //   The result depends only on (tokens_per_split, shapes): never on the device or schedule.
+//
+// kron_project_ids_{f32,bf16,f16}: the same for an embedding layer, whose activations are the
+//   one-hot rows e_{x_{n,t}} of token ids: (P_i a_{n,t})[i] = P_i[i, x_{n,t}], a column gather.
+//   Signature as kron_project_<dt> with A replaced by `const int* ids` [N, T] and d_in by the
+//   vocabulary size V (P_in f32 [k_i, V] when dense; never a bias). Same grid, same token split,
+//   same outer-product order: the result is bit for bit the dense kernel's on one-hot A (finite P).
+//   Ids of masked tokens are never read. A kept id outside [0, V) (negative included) makes the
+//   A-side projection of that token NaN, so every entry of that sample's Ĝ_n is NaN; P_in is
+//   never read out of bounds. Extra shared memory: tok[32] ints.
 //
 // kron_finalize_f32(const float* partial, float* out, unsigned N, unsigned K, unsigned splits,
 //                   unsigned long long ld, unsigned long long offset, float scale, float beta)
@@ -55,91 +64,13 @@
 //   Gaussian:   (float)(Σ_{j<4} (bits >> 16j & 0xFFFF) - 131070) * scale   (one IEEE multiply)
 // Only integer ops and one round-to-nearest multiply: no transcendental approximations.
 
-#include "common.cuh"
+#include "projection_tile.cuh"
 
-#define KP_TT 32
-#define KP_KT 64
-#define KP_DC 32
-#define KP_FLAG_RANDOM 2u
-#define KP_FLAG_RADEMACHER 4u
-#define GG_GOLDEN 0x9E3779B97F4A7C15ull
-
-__device__ __forceinline__ unsigned long long gg_mix64(unsigned long long z) {
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-__device__ __forceinline__ float gg_proj_random(unsigned long long key, unsigned int row,
-                                                unsigned int col, unsigned int flags,
-                                                float scale) {
-    const unsigned long long ctr = ((((unsigned long long)row) << 32) | col) + 1ull;
-    const unsigned long long bits = gg_mix64(key + ctr * GG_GOLDEN);
-    if (flags & KP_FLAG_RADEMACHER) return (bits >> 63) ? -scale : scale;
-    const int s = (int)(bits & 0xFFFFull) + (int)((bits >> 16) & 0xFFFFull) +
-                  (int)((bits >> 32) & 0xFFFFull) + (int)(bits >> 48);
-    return __fmul_rn((float)(s - 131070), scale);
-}
-
-// Y[t][j] = Σ_c X[t][c] P[r0+j][c] for the 32 tokens of the tile (see the file comment).
-template <typename Elem>
-__device__ __forceinline__ void kp_project_tile(const Elem* __restrict__ X, unsigned int width,
-                                                bool ones, unsigned int t0,
-                                                const unsigned char* keep,
-                                                const float* __restrict__ P,
-                                                unsigned long long key, float scale,
-                                                unsigned int flags, unsigned int r0,
-                                                unsigned int k, float (*Xs)[KP_DC + 1],
-                                                float (*Ps)[KP_DC + 1], float (*Y)[KP_KT]) {
-    const unsigned int ncols = width + (ones ? 1u : 0u);
-    const unsigned int j = threadIdx.x & 63u;
-    const unsigned int tq = threadIdx.x >> 6;
-    float y[8];
-#pragma unroll
-    for (int m = 0; m < 8; ++m) y[m] = 0.0f;
-    for (unsigned int c0 = 0; c0 < ncols; c0 += KP_DC) {
-#pragma unroll
-        for (int p = 0; p < (KP_TT * KP_DC) / GG_BLOCK; ++p) {
-            const unsigned int idx = threadIdx.x + GG_BLOCK * p;
-            const unsigned int t = idx >> 5, c = idx & 31u;
-            const unsigned int col = c0 + c;
-            float x = 0.0f;
-            if (keep[t]) {
-                if (col < width)
-                    x = to_f32(X[(size_t)(t0 + t) * width + col]);
-                else if (col < ncols)
-                    x = 1.0f;
-            }
-            Xs[t][c] = x;
-        }
-#pragma unroll
-        for (int p = 0; p < (KP_KT * KP_DC) / GG_BLOCK; ++p) {
-            const unsigned int idx = threadIdx.x + GG_BLOCK * p;
-            const unsigned int jj = idx >> 5, c = idx & 31u;
-            const unsigned int row = r0 + jj, col = c0 + c;
-            float v = 0.0f;
-            if (row < k && col < ncols) {
-                v = (flags & KP_FLAG_RANDOM) ? gg_proj_random(key, row, col, flags, scale)
-                                             : P[(size_t)row * ncols + col];
-            }
-            Ps[jj][c] = v;
-        }
-        __syncthreads();
-#pragma unroll 4
-        for (int c = 0; c < KP_DC; ++c) {
-            const float pv = Ps[j][c];
-#pragma unroll
-            for (int m = 0; m < 8; ++m) y[m] = fmaf(Xs[tq + 4 * m][c], pv, y[m]);
-        }
-        __syncthreads();
-    }
-#pragma unroll
-    for (int m = 0; m < 8; ++m) Y[tq + 4 * m][j] = y[m];
-}
-
-template <typename Elem>
+// AIn = Elem: dense activations A [N, T, d_in]; AIn = int: token ids [N, T] into a vocabulary of
+// d_in entries (embedding layer, no bias), whose A-side projection is a column gather of P_in.
+template <typename Elem, typename AIn>
 __device__ __forceinline__ void kron_project_impl(
-    const Elem* __restrict__ A, const Elem* __restrict__ B, const unsigned char* __restrict__ mask,
+    const AIn* __restrict__ A, const Elem* __restrict__ B, const unsigned char* __restrict__ mask,
     const float* __restrict__ P_in, const float* __restrict__ P_out, unsigned long long key_in,
     unsigned long long key_out, float scale_in, float scale_out, float* partial, unsigned int N,
     unsigned int T, unsigned int d_in, unsigned int d_out, unsigned int k_i, unsigned int k_o,
@@ -150,6 +81,8 @@ __device__ __forceinline__ void kron_project_impl(
     __shared__ __align__(16) float PA[KP_TT][KP_KT];
     __shared__ __align__(16) float PB[KP_TT][KP_KT];
     __shared__ unsigned char keep[KP_TT];
+    __shared__ int tok[KP_TT];
+    constexpr bool kIds = kp_is_int<AIn>::value;
 
     if (blockIdx.x >= N) return;  // uniform over the block
     const unsigned int n = blockIdx.x;
@@ -159,7 +92,7 @@ __device__ __forceinline__ void kron_project_impl(
     const unsigned int o0 = (blockIdx.z / tiles_i) * KP_KT;
     const bool has_bias = (flags & GG_FLAG_BIAS) != 0u;
 
-    const Elem* An = A + (size_t)n * T * d_in;
+    const AIn* An = A + (size_t)n * T * (kIds ? 1u : d_in);
     const Elem* Bn = B + (size_t)n * T * d_out;
     const unsigned char* maskn = mask ? mask + (size_t)n * T : nullptr;
 
@@ -182,11 +115,16 @@ __device__ __forceinline__ void kron_project_impl(
         __syncthreads();  // the previous tile's outer products have finished reading PA/PB/keep
         if (threadIdx.x < KP_TT) {
             const unsigned int t = t0 + threadIdx.x;
-            keep[threadIdx.x] = (t < t_end && keep_row(maskn, t)) ? 1 : 0;
+            const bool kept = t < t_end && keep_row(maskn, t);
+            keep[threadIdx.x] = kept ? 1 : 0;
+            if constexpr (kIds) tok[threadIdx.x] = kept ? (int)An[t] : 0;  // masked: never read
         }
         __syncthreads();
-        kp_project_tile<Elem>(An, d_in, has_bias, t0, keep, P_in, key_in, scale_in, flags, i0, k_i,
-                              Xs, Ps, PA);
+        if constexpr (kIds)
+            kp_gather_tile(tok, keep, d_in, P_in, key_in, scale_in, flags, i0, k_i, PA);
+        else
+            kp_project_tile<Elem>(reinterpret_cast<const Elem*>(An), d_in, has_bias, t0, keep,
+                                  P_in, key_in, scale_in, flags, i0, k_i, Xs, Ps, PA);
         kp_project_tile<Elem>(Bn, d_out, false, t0, keep, P_out, key_out, scale_out, flags, o0,
                               k_o, Xs, Ps, PB);
         __syncthreads();
@@ -224,8 +162,20 @@ __device__ __forceinline__ void kron_project_impl(
         float scale_in, float scale_out, float* partial, unsigned int N, unsigned int T,           \
         unsigned int d_in, unsigned int d_out, unsigned int k_i, unsigned int k_o,                 \
         unsigned int tokens_per_split, unsigned int flags) {                                       \
-        kron_project_impl<ELEM>(A, B, mask, P_in, P_out, key_in, key_out, scale_in, scale_out,     \
-                                partial, N, T, d_in, d_out, k_i, k_o, tokens_per_split, flags);    \
+        kron_project_impl<ELEM, ELEM>(A, B, mask, P_in, P_out, key_in, key_out, scale_in,          \
+                                      scale_out, partial, N, T, d_in, d_out, k_i, k_o,             \
+                                      tokens_per_split, flags);                                    \
+    }                                                                                              \
+    extern "C" __global__ void GG_LAUNCH_BOUNDS kron_project_ids_##SUFFIX(                         \
+        const int* __restrict__ ids, const ELEM* __restrict__ B,                                   \
+        const unsigned char* __restrict__ mask, const float* __restrict__ P_in,                    \
+        const float* __restrict__ P_out, unsigned long long key_in, unsigned long long key_out,    \
+        float scale_in, float scale_out, float* partial, unsigned int N, unsigned int T,           \
+        unsigned int vocab, unsigned int d_out, unsigned int k_i, unsigned int k_o,                \
+        unsigned int tokens_per_split, unsigned int flags) {                                       \
+        kron_project_impl<ELEM, int>(ids, B, mask, P_in, P_out, key_in, key_out, scale_in,         \
+                                     scale_out, partial, N, T, vocab, d_out, k_i, k_o,             \
+                                     tokens_per_split, flags);                                     \
     }
 
 GG_KRON_INSTANTIATE(f32, float)

@@ -2527,6 +2527,252 @@ pub unsafe extern "C" fn gg_dvemb_layers(
 
 // ================================ end of the DVEmb section ===================================
 
+// =============================================================================================
+// BEGIN projection extensions: embedding projections and second moments for the preconditioners
+// (kron_project_embedding, projected_fisher, kfac_covariances, ekfac_eigen_correction). The
+// projection descriptor is the section above's `gg_projection` (for an embedding, `p_in` is
+// f32 `[k_i, V]`).
+// =============================================================================================
+
+/// Token-id factors of an embedding layer: `ids [n, t]` i32 into a vocabulary of `V` entries
+/// (`shape.d_in`), `b [n, t, d_out]` (f32 | bf16 | f16), optional `mask [n, t]` u8 (a zero skips
+/// the token; its id is then never read).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct gg_token_train {
+    pub ids: gg_tensor,
+    pub b: gg_tensor,
+    pub n: u64,
+    pub t: u64,
+    pub mask: gg_tensor,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RawTokens {
+    ids: RawBuf,
+    b: RawBuf,
+    n: u64,
+    t: u64,
+    mask: Option<RawBuf>,
+}
+
+impl RawTokens {
+    /// # Safety
+    /// As [`RawBuf::view`] for every buffer.
+    unsafe fn view<'a>(self, space: Space) -> crate::projection::TokenFactors<'a> {
+        // SAFETY: forwarded from this function's contract.
+        unsafe {
+            crate::projection::TokenFactors {
+                ids: self.ids.view(space),
+                b: self.b.view(space),
+                n: self.n,
+                t: self.t,
+                mask: self.mask.map(|m| m.view(space)),
+            }
+        }
+    }
+}
+
+impl Buffers {
+    fn tokens(&mut self, t: &gg_token_train) -> FfiResult<RawTokens> {
+        Ok(RawTokens {
+            ids: self.input("train.ids", &t.ids)?,
+            b: self.input("train.b", &t.b)?,
+            n: t.n,
+            t: t.t,
+            mask: self.optional_input("train.mask", &t.mask)?,
+        })
+    }
+}
+
+/// Projected per-sample gradients of an embedding layer (MATH.md §3):
+/// `out[n·out_row_stride + out_offset + o·k_i + i] = beta·out + scale·Ĝ_n[o, i]`,
+/// `Ĝ_n = Σ_t (P_o b_{n,t})(P_i[:, ids_{n,t}])ᵀ` (`shape.d_in` = vocabulary size `V`, no bias),
+/// `out` f32 `[n, out_row_stride]`; other columns are never touched. A kept id outside `[0, V)`
+/// is `GG_STATUS_INVALID_ARGUMENT` on a CPU context (nothing written); on a CUDA context that
+/// sample's columns become NaN (ids in device memory are never read by the host).
+///
+/// # Safety
+/// `ctx` is NULL or a live context; `train` and `proj` are NULL or point at readable
+/// descriptors whose buffers follow the contract of [`gg_tensor`] (host memory for CPU contexts,
+/// device memory for CUDA contexts) for the duration of the call; `out` is writable and
+/// aliases no other buffer.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn gg_kron_project_embedding(
+    ctx: *const gg_context,
+    shape: gg_layer_shape,
+    train: *const gg_token_train,
+    proj: *const gg_projection,
+    out: gg_tensor_mut,
+    out_offset: u64,
+    out_row_stride: u64,
+    scale: f32,
+    beta: f32,
+) -> gg_status {
+    guard(|| {
+        // SAFETY: forwarded from this function's contract.
+        let (ctx, train, proj) = unsafe { (context_ref(ctx)?, read_desc(train, "train")?, read_desc(proj, "proj")?) };
+        let mut bufs = Buffers::new(ctx);
+        let raw_train = bufs.tokens(&train)?;
+        let raw_proj = bufs.projection(&proj)?;
+        let raw_out = bufs.output("out", &out)?;
+        bufs.check_overlaps()?;
+        let space = bufs.space;
+        // SAFETY: checked buffers, no output aliasing, valid for the call (contract).
+        let (train, proj, mut out) = unsafe { (raw_train.view(space), raw_proj.view(space), raw_out.view_mut(space)) };
+        let cols = crate::projection::OutColumns { offset: out_offset, row_stride: out_row_stride };
+        Ok(ctx.kron_project_embedding(&layer_shape(&shape), &train, &proj, &mut out, cols, Accumulate { scale, beta })?)
+    })
+}
+
+/// Raw projected Fisher (SYRK): `out = beta·out + scale·Σ_{r<n} ĝ_r ĝ_rᵀ`, `out` f32 `[k, k]`
+/// written in full (exactly symmetric), `ĝ_r = grads[r·row_stride + offset ..][..k]`, `grads`
+/// f32 `[n, row_stride]`. Stream batches with `beta = 1`.
+///
+/// # Safety
+/// As [`gg_kron_project_embedding`] for `ctx`, `grads` and `out`.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn gg_projected_fisher(
+    ctx: *const gg_context,
+    grads: gg_tensor,
+    n: u64,
+    k: u64,
+    offset: u64,
+    row_stride: u64,
+    out: gg_tensor_mut,
+    scale: f32,
+    beta: f32,
+) -> gg_status {
+    guard(|| {
+        // SAFETY: forwarded from this function's contract.
+        let ctx = unsafe { context_ref(ctx)? };
+        let mut bufs = Buffers::new(ctx);
+        let raw_g = bufs.input("grads", &grads)?;
+        let raw_out = bufs.output("out", &out)?;
+        bufs.check_overlaps()?;
+        let space = bufs.space;
+        // SAFETY: checked buffers, no output aliasing, valid for the call (contract).
+        let (g, mut out) = unsafe { (raw_g.view(space), raw_out.view_mut(space)) };
+        let cols = crate::projection::OutColumns { offset, row_stride };
+        Ok(ctx.projected_fisher(&g, n, k, cols, &mut out, Accumulate { scale, beta })?)
+    })
+}
+
+/// K-FAC factors of a linear layer over every kept token:
+/// `c_a = beta·c_a + scale·Σ (P_i a)(P_i a)ᵀ` (f32 `[k_i, k_i]`, `a` augmented with 1 when
+/// the layer has a bias), `c_b = beta·c_b + scale·Σ (P_o b)(P_o b)ᵀ` (f32 `[k_o, k_o]`), both
+/// written in full; the projected tokens are never materialized.
+///
+/// # Safety
+/// As [`gg_kron_project_embedding`] for `ctx`, `train`, `proj`, `c_a` and `c_b`.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn gg_kfac_covariances(
+    ctx: *const gg_context,
+    shape: gg_layer_shape,
+    train: *const gg_train,
+    proj: *const gg_projection,
+    c_a: gg_tensor_mut,
+    c_b: gg_tensor_mut,
+    scale: f32,
+    beta: f32,
+) -> gg_status {
+    guard(|| {
+        // SAFETY: forwarded from this function's contract.
+        let (ctx, train, proj) = unsafe { (context_ref(ctx)?, read_desc(train, "train")?, read_desc(proj, "proj")?) };
+        let mut bufs = Buffers::new(ctx);
+        let raw_train = bufs.train(&train)?;
+        let raw_proj = bufs.projection(&proj)?;
+        let (raw_a, raw_b) = (bufs.output("c_a", &c_a)?, bufs.output("c_b", &c_b)?);
+        bufs.check_overlaps()?;
+        let space = bufs.space;
+        // SAFETY: checked buffers, no output aliasing, valid for the call (contract).
+        let (train, proj, mut ca, mut cb) =
+            unsafe { (raw_train.view(space), raw_proj.view(space), raw_a.view_mut(space), raw_b.view_mut(space)) };
+        let layer = crate::projection::ProjectLayer { shape: layer_shape(&shape), train, proj };
+        Ok(ctx.kfac_covariances(layer, &mut ca, &mut cb, Accumulate { scale, beta })?)
+    })
+}
+
+/// [`gg_kfac_covariances`] of an embedding layer (`c_a` from the gathered columns
+/// `P_i[:, ids]`); ids as in [`gg_kron_project_embedding`] (out of range: an error on a CPU
+/// context, NaN in `c_a` on a CUDA context).
+///
+/// # Safety
+/// As [`gg_kron_project_embedding`] for `ctx`, `train`, `proj`, `c_a` and `c_b`.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn gg_kfac_covariances_embedding(
+    ctx: *const gg_context,
+    shape: gg_layer_shape,
+    train: *const gg_token_train,
+    proj: *const gg_projection,
+    c_a: gg_tensor_mut,
+    c_b: gg_tensor_mut,
+    scale: f32,
+    beta: f32,
+) -> gg_status {
+    guard(|| {
+        // SAFETY: forwarded from this function's contract.
+        let (ctx, train, proj) = unsafe { (context_ref(ctx)?, read_desc(train, "train")?, read_desc(proj, "proj")?) };
+        let mut bufs = Buffers::new(ctx);
+        let raw_train = bufs.tokens(&train)?;
+        let raw_proj = bufs.projection(&proj)?;
+        let (raw_a, raw_b) = (bufs.output("c_a", &c_a)?, bufs.output("c_b", &c_b)?);
+        bufs.check_overlaps()?;
+        let space = bufs.space;
+        // SAFETY: checked buffers, no output aliasing, valid for the call (contract).
+        let (train, proj, mut ca, mut cb) =
+            unsafe { (raw_train.view(space), raw_proj.view(space), raw_a.view_mut(space), raw_b.view_mut(space)) };
+        let layer = crate::projection::EmbeddingLayer { shape: layer_shape(&shape), train, proj };
+        Ok(ctx.kfac_covariances(layer, &mut ca, &mut cb, Accumulate { scale, beta })?)
+    })
+}
+
+/// EK-FAC eigenvalue correction: `out = beta·out + scale·Σ_{r<n} (Q_Bᵀ Ĝ_r Q_A)^{⊙2}`, `out`
+/// f32 `[k_o, k_i]`, `Ĝ_r` the row-major `k_o × k_i` matrix at `grads[r·row_stride + offset]`,
+/// `q_b` f32 `[k_o, k_o]`, `q_a` f32 `[k_i, k_i]` row-major with eigenvectors as columns.
+///
+/// # Safety
+/// As [`gg_kron_project_embedding`] for `ctx`, `grads`, `q_b`, `q_a` and `out`.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn gg_ekfac_eigen_correction(
+    ctx: *const gg_context,
+    grads: gg_tensor,
+    n: u64,
+    k_o: u64,
+    k_i: u64,
+    offset: u64,
+    row_stride: u64,
+    q_b: gg_tensor,
+    q_a: gg_tensor,
+    out: gg_tensor_mut,
+    scale: f32,
+    beta: f32,
+) -> gg_status {
+    guard(|| {
+        // SAFETY: forwarded from this function's contract.
+        let ctx = unsafe { context_ref(ctx)? };
+        let mut bufs = Buffers::new(ctx);
+        let raw_g = bufs.input("grads", &grads)?;
+        let (raw_qb, raw_qa) = (bufs.input("q_b", &q_b)?, bufs.input("q_a", &q_a)?);
+        let raw_out = bufs.output("out", &out)?;
+        bufs.check_overlaps()?;
+        let space = bufs.space;
+        // SAFETY: checked buffers, no output aliasing, valid for the call (contract).
+        let (g, qb, qa, mut out) = unsafe { (raw_g.view(space), raw_qb.view(space), raw_qa.view(space), raw_out.view_mut(space)) };
+        let cols = crate::projection::OutColumns { offset, row_stride };
+        Ok(ctx.ekfac_eigen_correction(&g, n, k_o, k_i, cols, &qb, &qa, &mut out, Accumulate { scale, beta })?)
+    })
+}
+
+// =============================================================================================
+// END projection extensions
+// =============================================================================================
+
 #[cfg(test)]
 mod tests {
     use super::*;

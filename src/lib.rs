@@ -38,5 +38,6 @@ pub use ghost_dot::{
 };
 pub use layers::{EmbeddingForm, LayerKind, LayerUse, ModelForms, TermChoice, UseQuery, UseTrain, WeightLayout};
 pub use projection::{
-    Distribution, OutColumns, ProjectLayer, ProjectionKind, ProjectionSpec, ScoreDims, ScoreMode, Which,
+    Distribution, EmbeddingLayer, OutColumns, ProjectInput, ProjectLayer, ProjectionKind, ProjectionSpec, ScoreDims,
+    ScoreMode, TokenFactors, Which,
 };

@@ -1524,3 +1524,138 @@ fn dvemb_layers_matches_the_rust_api_and_the_recursion_and_rejects_bad_arguments
     };
     expect(st, GG_STATUS_NULL_POINTER, &["step_rows"]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Projection extensions: embedding projections and second moments (end of src/ffi.rs)
+// ---------------------------------------------------------------------------------------------
+
+mod projection_extensions {
+    use super::*;
+    use ghostgrad::{
+        Accumulate, Context, Distribution, EmbeddingLayer, LayerShape, OutColumns, ProjectLayer, ProjectionKind, ProjectionSpec,
+        TensorMut, TokenFactors, TrainFactors,
+    };
+
+    const VOCAB: u64 = 7;
+    const K_I: u64 = 3;
+    const K_O: u64 = 2;
+
+    fn random_proj() -> gg_projection {
+        gg_projection { k_i: K_I, k_o: K_O, kind: GG_PROJECTION_RANDOM, dist: GG_DISTRIBUTION_RADEMACHER, seed: 11, layer: 2, p_in: ABSENT, p_out: ABSENT }
+    }
+
+    fn spec() -> ProjectionSpec<'static> {
+        ProjectionSpec { k_i: K_I, k_o: K_O, kind: ProjectionKind::Random { seed: 11, layer: 2, dist: Distribution::Rademacher } }
+    }
+
+    /// Ids of the `Problem`'s N×T tokens (the masked one out of range: never read).
+    const IDS: [i32; 6] = [0, 6, 99, 3, 3, 1];
+
+    fn tokens<'a>(p: &'a Problem, ids: &'a [i32]) -> gg_token_train {
+        gg_token_train { ids: t(ids, GG_DTYPE_I32), b: t(&p.b, GG_DTYPE_F32), n: N, t: T, mask: t(&p.mask, GG_DTYPE_U8) }
+    }
+
+    fn emb_shape() -> gg_layer_shape {
+        gg_layer_shape { d_in: VOCAB, d_out: D_OUT, has_bias: 0 }
+    }
+
+    #[test]
+    fn embedding_projection_matches_the_safe_api_and_reports_bad_ids() {
+        let p = Problem::new();
+        let ctx = Ctx::cpu();
+        let ld = K_I * K_O + 1;
+        let mut out = vec![f32::NAN; (N * ld) as usize];
+        // SAFETY: valid descriptors pointing at live test memory.
+        let st = unsafe { gg_kron_project_embedding(ctx.0, emb_shape(), &tokens(&p, &IDS), &random_proj(), tm(&mut out), 1, ld, 1.0, 0.0) };
+        expect(st, GG_STATUS_OK, &[]);
+        let mut want = vec![f32::NAN; (N * ld) as usize];
+        let tf = TokenFactors { ids: IDS[..].into(), b: p.b[..].into(), n: N, t: T, mask: Some(p.mask[..].into()) };
+        Context::cpu()
+            .kron_project_embedding(&LayerShape::new(VOCAB, D_OUT), &tf, &spec(), &mut TensorMut::from(&mut want[..]), OutColumns { offset: 1, row_stride: ld }, Accumulate::overwrite())
+            .unwrap();
+        assert_eq!(out.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+        assert!(out[1..7].iter().all(|x| x.is_finite()) && out[0].is_nan(), "{out:?}");
+        // A kept id outside the vocabulary.
+        let mut bad = IDS;
+        bad[4] = 7;
+        // SAFETY: as above.
+        let st = unsafe { gg_kron_project_embedding(ctx.0, emb_shape(), &tokens(&p, &bad), &random_proj(), tm(&mut out), 1, ld, 1.0, 0.0) };
+        expect(st, GG_STATUS_INVALID_ARGUMENT, &["ids[1, 1] = 7", "[0, 7)"]);
+        // A dense projection with the wrong p_in length; an unknown distribution code; a NULL
+        // descriptor; float ids.
+        let (m, mo) = (vec![0.5f32; (K_I * (VOCAB - 1)) as usize], vec![0.5f32; (K_O * D_OUT) as usize]);
+        let dense = gg_projection { kind: GG_PROJECTION_DENSE, p_in: t(&m, GG_DTYPE_F32), p_out: t(&mo, GG_DTYPE_F32), ..random_proj() };
+        // SAFETY: as above (the NULL descriptor is detected before use).
+        unsafe {
+            let st = gg_kron_project_embedding(ctx.0, emb_shape(), &tokens(&p, &IDS), &dense, tm(&mut out), 1, ld, 1.0, 0.0);
+            expect(st, GG_STATUS_LENGTH_MISMATCH, &["p_in", "21", "18"]);
+            let st = gg_kron_project_embedding(ctx.0, emb_shape(), &tokens(&p, &IDS), &gg_projection { dist: 9, ..random_proj() }, tm(&mut out), 1, ld, 1.0, 0.0);
+            expect(st, GG_STATUS_INVALID_ARGUMENT, &["dist", "9"]);
+            let st = gg_kron_project_embedding(ctx.0, emb_shape(), &tokens(&p, &IDS), ptr::null(), tm(&mut out), 1, ld, 1.0, 0.0);
+            expect(st, GG_STATUS_NULL_POINTER, &["proj"]);
+            let fids: Vec<f32> = IDS.iter().map(|&x| x as f32).collect();
+            let tk = gg_token_train { ids: t(&fids, GG_DTYPE_F32), ..tokens(&p, &IDS) };
+            let st = gg_kron_project_embedding(ctx.0, emb_shape(), &tk, &random_proj(), tm(&mut out), 1, ld, 1.0, 0.0);
+            expect(st, GG_STATUS_DTYPE, &["ids"]);
+        }
+    }
+
+    #[test]
+    fn second_moments_match_the_safe_api() {
+        let p = Problem::new();
+        let ctx = Ctx::reference();
+        let reference = Context::cpu_reference();
+        // Raw Fisher of N rows of width 4 at offset 1 of a stride-5 buffer.
+        let grads: Vec<f32> = p.aq.iter().chain(&p.a).copied().take(10).collect();
+        let mut f = vec![f32::NAN; 4];
+        // SAFETY: valid buffers.
+        let st = unsafe { gg_projected_fisher(ctx.0, t(&grads, GG_DTYPE_F32), 2, 2, 1, 5, tm(&mut f), 0.5, 0.0) };
+        expect(st, GG_STATUS_OK, &[]);
+        let mut want = vec![f32::NAN; 4];
+        reference.projected_fisher(&grads[..].into(), 2, 2, OutColumns { offset: 1, row_stride: 5 }, &mut TensorMut::from(&mut want[..]), Accumulate { scale: 0.5, beta: 0.0 }).unwrap();
+        assert_eq!(f, want);
+        // SAFETY: as above; the length does not match n·row_stride.
+        let st = unsafe { gg_projected_fisher(ctx.0, t(&grads[..9], GG_DTYPE_F32), 2, 2, 1, 5, tm(&mut f), 1.0, 0.0) };
+        expect(st, GG_STATUS_LENGTH_MISMATCH, &["grads", "10", "9"]);
+        // K-FAC covariances, linear and embedding.
+        let (mut ca, mut cb) = (vec![f32::NAN; (K_I * K_I) as usize], vec![f32::NAN; (K_O * K_O) as usize]);
+        let (mut wa, mut wb) = (ca.clone(), cb.clone());
+        // SAFETY: valid descriptors.
+        let st = unsafe { gg_kfac_covariances(ctx.0, p.shape(), &p.train(), &random_proj(), tm(&mut ca), tm(&mut cb), 1.0, 0.0) };
+        expect(st, GG_STATUS_OK, &[]);
+        let train = TrainFactors { a: p.a[..].into(), b: p.b[..].into(), n: N, t: T, mask: Some(p.mask[..].into()) };
+        let shape = LayerShape::new(D_IN, D_OUT).with_bias(true);
+        reference.kfac_covariances(ProjectLayer { shape, train, proj: spec() }, &mut TensorMut::from(&mut wa[..]), &mut TensorMut::from(&mut wb[..]), Accumulate::overwrite()).unwrap();
+        assert_eq!((&ca, &cb), (&wa, &wb));
+        // SAFETY: valid descriptors.
+        let st = unsafe { gg_kfac_covariances_embedding(ctx.0, emb_shape(), &tokens(&p, &IDS), &random_proj(), tm(&mut ca), tm(&mut cb), 1.0, 0.0) };
+        expect(st, GG_STATUS_OK, &[]);
+        let tf = TokenFactors { ids: IDS[..].into(), b: p.b[..].into(), n: N, t: T, mask: Some(p.mask[..].into()) };
+        reference
+            .kfac_covariances(EmbeddingLayer { shape: LayerShape::new(VOCAB, D_OUT), train: tf, proj: spec() }, &mut TensorMut::from(&mut wa[..]), &mut TensorMut::from(&mut wb[..]), Accumulate::overwrite())
+            .unwrap();
+        assert_eq!((&ca, &cb), (&wa, &wb));
+        // c_a and c_b overlapping.
+        let mut both = vec![0f32; 16];
+        let (pa, pb) = (both.as_mut_ptr(), both[4..].as_mut_ptr());
+        // SAFETY: the overlap is detected before any write.
+        let st = unsafe {
+            gg_kfac_covariances(ctx.0, p.shape(), &p.train(), &random_proj(), gg_tensor_mut { ptr: pa as *mut c_void, len: 9 }, gg_tensor_mut { ptr: pb as *mut c_void, len: 4 }, 1.0, 0.0)
+        };
+        expect(st, GG_STATUS_INVALID_ARGUMENT, &["overlaps", "c_a", "c_b"]);
+        // EK-FAC correction on the projected gradients of a 2×2 layer.
+        let (qb, qa) = ([0.6f32, 0.8, -0.8, 0.6], [1.0f32, 0.0, 0.0, 1.0]);
+        let mut lam = vec![f32::NAN; 4];
+        // SAFETY: valid buffers.
+        let st = unsafe { gg_ekfac_eigen_correction(ctx.0, t(&grads, GG_DTYPE_F32), 2, 2, 2, 1, 5, t(&qb, GG_DTYPE_F32), t(&qa, GG_DTYPE_F32), tm(&mut lam), 1.0, 0.0) };
+        expect(st, GG_STATUS_OK, &[]);
+        let mut wl = vec![f32::NAN; 4];
+        reference
+            .ekfac_eigen_correction(&grads[..].into(), 2, 2, 2, OutColumns { offset: 1, row_stride: 5 }, &qb[..].into(), &qa[..].into(), &mut TensorMut::from(&mut wl[..]), Accumulate::overwrite())
+            .unwrap();
+        assert_eq!(lam, wl);
+        // SAFETY: q_a has the wrong length.
+        let st = unsafe { gg_ekfac_eigen_correction(ctx.0, t(&grads, GG_DTYPE_F32), 2, 2, 2, 1, 5, t(&qb, GG_DTYPE_F32), t(&qa[..3], GG_DTYPE_F32), tm(&mut lam), 1.0, 0.0) };
+        expect(st, GG_STATUS_LENGTH_MISMATCH, &["q_a", "4", "3"]);
+    }
+}

@@ -37,6 +37,8 @@ pub(crate) struct GpuProjectLayer {
     pub a: u64,
     pub b: u64,
     pub mask: u64,
+    /// `a` holds token ids (i32 `[N, T]`, vocabulary `dims.d_in`): `kron_project_ids_<dt>`.
+    pub ids: bool,
     pub proj: GpuProjection,
     pub k_i: u64,
     pub k_o: u64,
@@ -55,7 +57,7 @@ pub(crate) fn kron_plans(layers: &[GpuProjectLayer], out: u64, ld: u64, acc: Acc
         let partial = ws + carve.take(product("projection partials", &[s, d.n, width, 4])?)?;
         let flags = l.proj.flags | if d.has_bias { FLAG_BIAS } else { 0 };
         plans.push(LaunchPlan {
-            kernel: format!("kron_project_{}", d.dtype.kernel_suffix()),
+            kernel: format!("kron_project_{}{}", if l.ids { "ids_" } else { "" }, d.dtype.kernel_suffix()),
             grid: [fits_i32("n (grid.x)", d.n)?, fits_i32("token splits", s)?, fits_i32("projection tiles (grid.z)", tiles)?],
             block: BLOCK,
             shared_bytes: 0,
@@ -140,4 +142,129 @@ pub(crate) fn gemm_nt_plan(a: u64, b: u64, self_norm: u64, c: u64, m: u64, n: u6
             KernelArg::F32(acc.beta),
         ],
     })
+}
+
+// ---------------------------------------------------------------- kernels/covariance.cu
+
+/// Splits `count` reduction items (rows, tokens, samples) across CTAs for `tiles` output tiles:
+/// `(splits, items_per_split)`, a function of the shape only.
+fn reduction_split(count: u64, tiles: u64, min_per_split: u64) -> (u64, u64) {
+    let max_splits = count.div_ceil(min_per_split).max(1);
+    let want = 528u64.div_ceil(tiles.max(1)).max(1);
+    let s = want.min(max_splits);
+    let per = count.div_ceil(s);
+    (count.div_ceil(per), per)
+}
+
+/// `syrk_partial_f32`: `partial[s][k×k] = Σ_{rows of split s} x xᵀ` of rows `x_r =
+/// X[r·ld + offset ..][..k]`. Returns the plan and the split count.
+/// Its partial slots are carved from workspace base `ws`: returns (plan, partial, splits).
+pub(crate) fn syrk_plan(x: u64, rows: u64, k: u64, ld: u64, offset: u64, ws: u64, carve: &mut Carve) -> Result<(LaunchPlan, u64, u64)> {
+    let tiles = k.div_ceil(K_TILE);
+    let (s, rps) = token_split(rows, mul("tiles^2", tiles, tiles)?);
+    let t = fits_i32("k tiles", tiles)?;
+    let partial = ws + carve.take(product("fisher partials", &[s, k, k, 4])?)?;
+    Ok((
+        LaunchPlan {
+            kernel: "syrk_partial_f32".into(),
+            grid: [t, t, fits_i32("row splits", s)?],
+            block: BLOCK,
+            shared_bytes: 0,
+            args: vec![
+                KernelArg::Ptr(x),
+                KernelArg::Ptr(partial),
+                KernelArg::U32(fits_i32("n", rows)?),
+                KernelArg::U32(fits_i32("k", k)?),
+                KernelArg::U64(ld),
+                KernelArg::U64(offset),
+                KernelArg::U32(fits_i32("rows per split", rps)?),
+            ],
+        },
+        partial,
+        s,
+    ))
+}
+
+/// One side of a K-FAC covariance: `Σ_{kept r} (P x_r)(P x_r)ᵀ` over `rows = N·T` tokens.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CovSide {
+    /// Rows (`Elem [rows, width]`) or token ids (`i32 [rows]`, vocabulary `width`).
+    pub x: u64,
+    pub ids: bool,
+    pub dtype: crate::dtype::DType,
+    pub mask: u64,
+    /// Dense `P [k, width + bias]` (0 when random).
+    pub p: u64,
+    pub key: u64,
+    pub scale: f32,
+    /// FLAG_RANDOM | FLAG_RADEMACHER | FLAG_BIAS bits.
+    pub flags: u32,
+    pub rows: u64,
+    pub width: u64,
+    pub k: u64,
+}
+
+/// `kfac_cov_<dt>` / `kfac_cov_ids_f32` plan writing `partial[s][k×k]`, carved from workspace
+/// base `ws`: returns (plan, partial, splits).
+pub(crate) fn kfac_cov_plan(c: &CovSide, ws: u64, carve: &mut Carve) -> Result<(LaunchPlan, u64, u64)> {
+    let tiles = c.k.div_ceil(K_TILE);
+    let (s, tps) = token_split(c.rows, mul("tiles^2", tiles, tiles)?);
+    let partial = ws + carve.take(product("covariance partials", &[s, c.k, c.k, 4])?)?;
+    let t = fits_i32("k tiles", tiles)?;
+    let kernel = if c.ids { "kfac_cov_ids_f32".to_string() } else { format!("kfac_cov_{}", c.dtype.kernel_suffix()) };
+    Ok((
+        LaunchPlan {
+            kernel,
+            grid: [t, t, fits_i32("token splits", s)?],
+            block: BLOCK,
+            shared_bytes: 0,
+            args: vec![
+                KernelArg::Ptr(c.x),
+                KernelArg::Ptr(c.mask),
+                KernelArg::Ptr(c.p),
+                KernelArg::U64(c.key),
+                KernelArg::F32(c.scale),
+                KernelArg::Ptr(partial),
+                KernelArg::U32(fits_i32("n*t", c.rows)?),
+                KernelArg::U32(fits_i32("width", c.width)?),
+                KernelArg::U32(fits_i32("k", c.k)?),
+                KernelArg::U32(fits_i32("tokens per split", tps)?),
+                KernelArg::U32(c.flags),
+            ],
+        },
+        partial,
+        s,
+    ))
+}
+
+/// `ekfac_partial_f32` plan: `partial[s][k_o×k_i] = Σ_{n in split s} (Q_Bᵀ Ĝ_n Q_A)^{⊙2}`;
+/// partials carved from workspace base `ws`: returns (plan, partial, splits). Samples are split
+/// finely (each one costs two small GEMMs).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn ekfac_plan(g: u64, ld: u64, offset: u64, q_b: u64, q_a: u64, n: u64, k_o: u64, k_i: u64, ws: u64, carve: &mut Carve) -> Result<(LaunchPlan, u64, u64)> {
+    let (ti, to) = (k_i.div_ceil(K_TILE), k_o.div_ceil(K_TILE));
+    let (s, sps) = reduction_split(n, mul("tiles", ti, to)?, 4);
+    let partial = ws + carve.take(product("ekfac partials", &[s, k_o, k_i, 4])?)?;
+    Ok((
+        LaunchPlan {
+            kernel: "ekfac_partial_f32".into(),
+            grid: [fits_i32("k_i tiles", ti)?, fits_i32("k_o tiles", to)?, fits_i32("sample splits", s)?],
+            block: BLOCK,
+            shared_bytes: 0,
+            args: vec![
+                KernelArg::Ptr(g),
+                KernelArg::U64(ld),
+                KernelArg::U64(offset),
+                KernelArg::Ptr(q_b),
+                KernelArg::Ptr(q_a),
+                KernelArg::Ptr(partial),
+                KernelArg::U32(fits_i32("n", n)?),
+                KernelArg::U32(fits_i32("k_o", k_o)?),
+                KernelArg::U32(fits_i32("k_i", k_i)?),
+                KernelArg::U32(fits_i32("samples per split", sps)?),
+            ],
+        },
+        partial,
+        s,
+    ))
 }

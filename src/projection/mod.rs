@@ -19,12 +19,27 @@
 //! kernels (no matrix in memory; the same seed gives the same matrix on every device, tile
 //! shape and backend).
 //!
+//! **Embedding layers** ([`EmbeddingLayer`]): the activations are one-hot rows `e_{x_{n,t}}` of
+//! token ids `x [N, T]` (i32) into a vocabulary of `V = shape.d_in` entries, so
+//! `P_i a_{n,t} = P_i[:, x_{n,t}]` is a column gather and
+//! `Ĝ_n = Σ_t (P_o b_{n,t}) (P_i[:, x_{n,t}])ᵀ`, bit for bit the dense path on one-hot `A`
+//! (for finite `P`). Ids of masked tokens are never read. A kept id outside `[0, V)` is a
+//! [`GhostError::InvalidArgument`](crate::GhostError::InvalidArgument) on the CPU backends
+//! (checked before anything is written); device ids are not visible to the host, so on a GPU
+//! that sample's whole `Ĝ_n` (its `k_o·k_i` columns) becomes NaN instead, and `P_i` is never
+//! read out of bounds.
+//!
 //! Operations (on [`Context`](crate::Context)): [`kron_project`](crate::Context::kron_project),
-//! [`kron_project_layers`](crate::Context::kron_project_layers),
+//! [`kron_project_embedding`](crate::Context::kron_project_embedding),
+//! [`kron_project_layers`](crate::Context::kron_project_layers) (linear and embedding layers),
 //! [`projection_matrix`](crate::Context::projection_matrix),
-//! [`influence_scores`](crate::Context::influence_scores); CPU preconditioners in
-//! [`precondition`].
+//! [`influence_scores`](crate::Context::influence_scores); second moments for the
+//! preconditioners, accumulated on any backend: [`projected_fisher`](crate::Context::projected_fisher),
+//! [`kfac_covariances`](crate::Context::kfac_covariances),
+//! [`ekfac_eigen_correction`](crate::Context::ekfac_eigen_correction); the small
+//! factorizations themselves run on the CPU in [`precondition`].
 
+mod covariance;
 pub mod cpu;
 pub mod generator;
 pub(crate) mod gpu;
@@ -69,8 +84,69 @@ pub struct ProjectLayer<'a> {
     pub proj: ProjectionSpec<'a>,
 }
 
+/// Token-id factors of an embedding layer: `ids [N, T]` i32 into a vocabulary of `V` entries,
+/// `b [N, T, d_out]` (f32 | bf16 | f16), optional `mask [N, T]` u8 (a zero skips the token; its
+/// id is then never read).
+#[derive(Debug, Clone, Copy)]
+pub struct TokenFactors<'a> {
+    pub ids: Tensor<'a>,
+    pub b: Tensor<'a>,
+    pub n: u64,
+    pub t: u64,
+    pub mask: Option<Tensor<'a>>,
+}
+
+/// One embedding layer: `shape.d_in` is the vocabulary size `V` (`P_i ∈ R^{k_i × V}`),
+/// `shape.has_bias` must be false (an embedding has no bias).
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddingLayer<'a> {
+    pub shape: LayerShape,
+    pub train: TokenFactors<'a>,
+    pub proj: ProjectionSpec<'a>,
+}
+
+/// The A-side input kind of a layer of
+/// [`kron_project_layers`](crate::Context::kron_project_layers) and
+/// [`kfac_covariances`](crate::Context::kfac_covariances): dense activations or token ids.
+#[derive(Debug, Clone, Copy)]
+pub enum ProjectInput<'a> {
+    Linear(ProjectLayer<'a>),
+    Embedding(EmbeddingLayer<'a>),
+}
+
+impl<'a> From<ProjectLayer<'a>> for ProjectInput<'a> {
+    fn from(l: ProjectLayer<'a>) -> Self {
+        ProjectInput::Linear(l)
+    }
+}
+
+impl<'a> From<EmbeddingLayer<'a>> for ProjectInput<'a> {
+    fn from(l: EmbeddingLayer<'a>) -> Self {
+        ProjectInput::Embedding(l)
+    }
+}
+
+impl<'a> ProjectInput<'a> {
+    /// The layer's projection.
+    pub fn proj(&self) -> &ProjectionSpec<'a> {
+        match self {
+            ProjectInput::Linear(l) => &l.proj,
+            ProjectInput::Embedding(l) => &l.proj,
+        }
+    }
+    /// `N`.
+    pub fn n(&self) -> u64 {
+        match self {
+            ProjectInput::Linear(l) => l.train.n,
+            ProjectInput::Embedding(l) => l.train.n,
+        }
+    }
+}
+
 /// Where one layer's `ĝ_n` goes in a row-major `[N, row_stride]` output: columns
-/// `offset .. offset + k_o·k_i` of each row.
+/// `offset .. offset + k_o·k_i` of each row (also the layout of the projected gradients that
+/// [`projected_fisher`](crate::Context::projected_fisher) and
+/// [`ekfac_eigen_correction`](crate::Context::ekfac_eigen_correction) read).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutColumns {
     pub offset: u64,

@@ -1,17 +1,22 @@
 //! `Context` entry points of the projection family: validate, then dispatch to the f64
 //! reference, the fast CPU path or the GPU plans.
 
+use std::borrow::Cow;
+
 use super::generator::{entry_scale, materialize_projection, stream_key, Distribution, Which};
 use super::gpu::{self, GpuProjectLayer, GpuProjection, FLAG_RADEMACHER, FLAG_RANDOM};
-use super::{cpu, OutColumns, ProjectLayer, ProjectionKind, ProjectionSpec, ScoreDims, ScoreMode};
-use crate::buffer::{Tensor, TensorMut};
-use crate::context::{cpu_train, dev_ptr, host_f32, Backend, Context};
+use super::{
+    cpu, EmbeddingLayer, OutColumns, ProjectInput, ProjectLayer, ProjectionKind, ProjectionSpec, ScoreDims, ScoreMode,
+    TokenFactors,
+};
+use crate::buffer::{HostSlice, Tensor, TensorMut};
+use crate::context::{cpu_train, dev_ptr, host_f32, host_u8, Backend, Context};
 use crate::dtype::DType;
 use crate::error::{GhostError, Result};
 use crate::ghost_dot::gpu::run_with_workspace;
-use crate::ghost_dot::validate_ops::{self as vo, TrainDims};
+use crate::ghost_dot::validate_ops::{self as vo, TrainDims, FLOAT_INPUTS};
 use crate::ghost_dot::{Accumulate, LayerShape, TrainFactors};
-use crate::validate as v;
+use crate::validate::{self as v, Space};
 
 const OP: &str = "kron_project";
 
@@ -23,22 +28,134 @@ struct Checked {
     offset: u64,
 }
 
+/// The projection's checks that do not depend on the input kind: `k_i`, `k_o` and, for a dense
+/// projection, `p_in [k_i, di]` and `p_out [k_o, d_out]`.
+pub(super) fn check_spec(space: Space, proj: &ProjectionSpec<'_>, di: u64, d_out: u64, op: &'static str) -> Result<()> {
+    v::nonzero("k_i", proj.k_i)?;
+    v::nonzero("k_o", proj.k_o)?;
+    v::fits_i32("k_i", proj.k_i)?;
+    v::fits_i32("k_o", proj.k_o)?;
+    v::fits_i32("k_o*k_i", v::mul("k_o*k_i", proj.k_o, proj.k_i)?)?;
+    if let ProjectionKind::Dense { p_in, p_out } = &proj.kind {
+        v::input("p_in", p_in, space, &[DType::F32], v::mul("k_i*(d_in+bias)", proj.k_i, di)?, op)?;
+        v::input("p_out", p_out, space, &[DType::F32], v::mul("k_o*d_out", proj.k_o, d_out)?, op)?;
+    }
+    Ok(())
+}
+
+/// Validates the token-id factors of an embedding layer: `ids [N, T]` i32, `b [N, T, d_out]`,
+/// `mask [N, T]` u8, no bias. `d_in` of the result is the vocabulary size.
+pub(super) fn check_tokens(space: Space, shape: &LayerShape, tr: &TokenFactors<'_>, op: &'static str) -> Result<TrainDims> {
+    vo::shape(op, shape)?;
+    if shape.has_bias {
+        return Err(GhostError::InvalidArgument { what: "has_bias", reason: "an embedding layer has no bias".into() });
+    }
+    v::nonzero("n", tr.n)?;
+    v::nonzero("t", tr.t)?;
+    let nt = v::mul("n*t", tr.n, tr.t)?;
+    v::fits_i32("n*t", nt)?;
+    if space == Space::Device {
+        v::fits_i32("n", tr.n)?;
+        v::fits_i32("t", tr.t)?;
+    }
+    v::input("ids", &tr.ids, space, &[DType::I32], nt, op)?;
+    let dtype = v::input("b", &tr.b, space, FLOAT_INPUTS, v::mul("n*t*d_out", nt, shape.d_out)?, op)?;
+    if let Some(m) = &tr.mask {
+        v::input("mask", m, space, &[DType::U8], nt, op)?;
+    }
+    Ok(TrainDims { n: tr.n, t: tr.t, d_in: shape.d_in, d_out: shape.d_out, has_bias: false, dtype })
+}
+
+/// Host ids of the kept tokens must lie in `[0, vocab)` (masked ids are never read).
+pub(super) fn check_host_ids(ids: &[i32], mask: Option<&[u8]>, t: u64, vocab: u64) -> Result<()> {
+    for (r, &id) in ids.iter().enumerate() {
+        if mask.is_some_and(|m| m[r] == 0) {
+            continue;
+        }
+        if id < 0 || id as u64 >= vocab {
+            let (n, tt) = (r as u64 / t, r as u64 % t);
+            return Err(GhostError::InvalidArgument {
+                what: "ids",
+                reason: format!("ids[{n}, {tt}] = {id} is outside the vocabulary [0, {vocab})"),
+            });
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn host_ids<'a>(t: &Tensor<'a>) -> Result<&'a [i32]> {
+    match t.host("ids")? {
+        HostSlice::I32(s) => Ok(s),
+        other => Err(GhostError::UnsupportedDtype { what: "ids", dtype: other.dtype(), op: "cpu backend" }),
+    }
+}
+
+/// `(p_in, p_out)` on the host, borrowed or materialized.
+pub(super) type HostMatrices<'a> = (Cow<'a, [f32]>, Cow<'a, [f32]>);
+
+/// The host matrices of a projection (`p_in [k_i, di]`, `p_out [k_o, d_out]`), materialized
+/// when random.
+pub(super) fn host_matrices<'a>(proj: &ProjectionSpec<'a>, di: u64, d_out: u64) -> Result<HostMatrices<'a>> {
+    Ok(match &proj.kind {
+        ProjectionKind::Random { seed, layer, dist } => (
+            Cow::Owned(materialize_projection(*seed, *layer, Which::In, proj.k_i, di, *dist)),
+            Cow::Owned(materialize_projection(*seed, *layer, Which::Out, proj.k_o, d_out, *dist)),
+        ),
+        ProjectionKind::Dense { p_in, p_out } => (Cow::Borrowed(host_f32("p_in", p_in)?), Cow::Borrowed(host_f32("p_out", p_out)?)),
+    })
+}
+
+/// The device side of a validated projection.
+pub(super) fn gpu_projection(proj: &ProjectionSpec<'_>) -> Result<GpuProjection> {
+    Ok(match &proj.kind {
+        ProjectionKind::Random { seed, layer, dist } => GpuProjection {
+            p_in: 0,
+            p_out: 0,
+            key_in: stream_key(*seed, *layer, Which::In),
+            key_out: stream_key(*seed, *layer, Which::Out),
+            scale_in: entry_scale(proj.k_i, *dist),
+            scale_out: entry_scale(proj.k_o, *dist),
+            flags: FLAG_RANDOM | if *dist == Distribution::Rademacher { FLAG_RADEMACHER } else { 0 },
+        },
+        ProjectionKind::Dense { p_in, p_out } => GpuProjection {
+            p_in: p_in.device("p_in")?.ptr(),
+            p_out: p_out.device("p_out")?.ptr(),
+            key_in: 0,
+            key_out: 0,
+            scale_in: 0.0,
+            scale_out: 0.0,
+            flags: 0,
+        },
+    })
+}
+
 impl Context {
     pub(crate) fn check_projection(&self, shape: &LayerShape, train: &TrainFactors<'_>, proj: &ProjectionSpec<'_>) -> Result<TrainDims> {
         let space = self.space();
         let d = vo::train(OP, shape, train, space)?;
-        v::nonzero("k_i", proj.k_i)?;
-        v::nonzero("k_o", proj.k_o)?;
-        v::fits_i32("k_i", proj.k_i)?;
-        v::fits_i32("k_o", proj.k_o)?;
-        v::fits_i32("k_o*k_i", v::mul("k_o*k_i", proj.k_o, proj.k_i)?)?;
+        check_spec(space, proj, d.d_in + d.has_bias as u64, d.d_out, OP)?;
+        self.check_proj_ptrs(proj)?;
+        self.check_device_ptrs(&[("a", Some(&train.a)), ("b", Some(&train.b)), ("mask", train.mask.as_ref())])?;
+        Ok(d)
+    }
+
+    pub(super) fn check_proj_ptrs(&self, proj: &ProjectionSpec<'_>) -> Result<()> {
         if let ProjectionKind::Dense { p_in, p_out } = &proj.kind {
-            let di = d.d_in + d.has_bias as u64;
-            v::input("p_in", p_in, space, &[DType::F32], v::mul("k_i*(d_in+bias)", proj.k_i, di)?, OP)?;
-            v::input("p_out", p_out, space, &[DType::F32], v::mul("k_o*d_out", proj.k_o, d.d_out)?, OP)?;
             self.check_device_ptrs(&[("p_in", Some(p_in)), ("p_out", Some(p_out))])?;
         }
-        self.check_device_ptrs(&[("a", Some(&train.a)), ("b", Some(&train.b)), ("mask", train.mask.as_ref())])?;
+        Ok(())
+    }
+
+    /// Validates an embedding layer (on the CPU backends including its ids' range).
+    pub(super) fn check_embedding(&self, l: &EmbeddingLayer<'_>, op: &'static str) -> Result<TrainDims> {
+        let space = self.space();
+        let d = check_tokens(space, &l.shape, &l.train, op)?;
+        check_spec(space, &l.proj, d.d_in, d.d_out, op)?;
+        self.check_proj_ptrs(&l.proj)?;
+        self.check_device_ptrs(&[("ids", Some(&l.train.ids)), ("b", Some(&l.train.b)), ("mask", l.train.mask.as_ref())])?;
+        if space == Space::Host {
+            check_host_ids(host_ids(&l.train.ids)?, host_u8("mask", l.train.mask.as_ref())?, d.t, d.d_in)?;
+        }
         Ok(d)
     }
 
@@ -57,41 +174,69 @@ impl Context {
         cols: OutColumns,
         acc: Accumulate,
     ) -> Result<()> {
-        let layer = ProjectLayer { shape: *shape, train: *train, proj: *proj };
+        let layer = ProjectInput::Linear(ProjectLayer { shape: *shape, train: *train, proj: *proj });
+        self.project_at(&[layer], &[cols.offset], cols.row_stride, out, acc)
+    }
+
+    /// [`kron_project`](Self::kron_project) of an embedding layer (see the
+    /// [module doc](crate::projection)): `shape.d_in` is the vocabulary size `V`, `train.ids
+    /// [N, T]` i32, `Ĝ_n = Σ_t (P_o b_{n,t})(P_i[:, x_{n,t}])ᵀ`, `P_i ∈ R^{k_i × V}`. Kept ids
+    /// outside `[0, V)`: a typed error on the CPU backends, NaN in that sample's columns on a
+    /// GPU. On a GPU: one fused kernel (a column gather instead of the A-side projection) plus
+    /// the finalize, bit for bit the dense kernel on one-hot activations.
+    pub fn kron_project_embedding(
+        &self,
+        shape: &LayerShape,
+        train: &TokenFactors<'_>,
+        proj: &ProjectionSpec<'_>,
+        out: &mut TensorMut<'_>,
+        cols: OutColumns,
+        acc: Accumulate,
+    ) -> Result<()> {
+        let layer = ProjectInput::Embedding(EmbeddingLayer { shape: *shape, train: *train, proj: *proj });
         self.project_at(&[layer], &[cols.offset], cols.row_stride, out, acc)
     }
 
     /// Several layers into one `[N, Σ_l k_o^l·k_i^l]` output, layer `l` at column offset
-    /// `Σ_{l'<l} k_o^{l'}·k_i^{l'}` (caller order). All layers need the same `N`.
-    pub fn kron_project_layers(&self, layers: &[ProjectLayer<'_>], out: &mut TensorMut<'_>, acc: Accumulate) -> Result<()> {
+    /// `Σ_{l'<l} k_o^{l'}·k_i^{l'}` (caller order). All layers need the same `N`. Layers are
+    /// [`ProjectLayer`]s, [`EmbeddingLayer`]s, or a mix as [`ProjectInput`]s.
+    pub fn kron_project_layers<'a, L>(&self, layers: &[L], out: &mut TensorMut<'_>, acc: Accumulate) -> Result<()>
+    where
+        L: Copy + Into<ProjectInput<'a>>,
+    {
+        let layers: Vec<ProjectInput<'a>> = layers.iter().map(|&l| l.into()).collect();
         let mut offsets = Vec::with_capacity(layers.len());
         let mut total = 0u64;
-        for l in layers {
+        for l in &layers {
             offsets.push(total);
-            total = v::add("Σ k_o*k_i", total, l.proj.width())?;
+            total = v::add("Σ k_o*k_i", total, l.proj().width())?;
         }
-        self.project_at(layers, &offsets, total, out, acc)
+        self.project_at(&layers, &offsets, total, out, acc)
     }
 
-    fn project_at(&self, layers: &[ProjectLayer<'_>], offsets: &[u64], ld: u64, out: &mut TensorMut<'_>, acc: Accumulate) -> Result<()> {
+    fn project_at(&self, layers: &[ProjectInput<'_>], offsets: &[u64], ld: u64, out: &mut TensorMut<'_>, acc: Accumulate) -> Result<()> {
         v::finite("scale", acc.scale)?;
         v::finite("beta", acc.beta)?;
         let first = layers.first().ok_or(GhostError::ZeroSize { what: "layers" })?;
-        let n = first.train.n;
+        let n = first.n();
         let mut checked = Vec::with_capacity(layers.len());
         for (l, &offset) in layers.iter().zip(offsets) {
-            let dims = self.check_projection(&l.shape, &l.train, &l.proj)?;
+            let dims = match l {
+                ProjectInput::Linear(l) => self.check_projection(&l.shape, &l.train, &l.proj)?,
+                ProjectInput::Embedding(l) => self.check_embedding(l, OP)?,
+            };
             if dims.n != n {
                 return Err(GhostError::InvalidArgument { what: "layers", reason: format!("all layers need the same N: {} vs {n}", dims.n) });
             }
-            let end = v::add("offset + k_o*k_i", offset, l.proj.width())?;
+            let proj = l.proj();
+            let end = v::add("offset + k_o*k_i", offset, proj.width())?;
             if end > ld {
                 return Err(GhostError::InvalidArgument {
                     what: "out columns",
-                    reason: format!("offset {offset} + k_o·k_i {} exceeds row_stride {ld}", l.proj.width()),
+                    reason: format!("offset {offset} + k_o·k_i {} exceeds row_stride {ld}", proj.width()),
                 });
             }
-            checked.push(Checked { dims, k_i: l.proj.k_i, k_o: l.proj.k_o, offset });
+            checked.push(Checked { dims, k_i: proj.k_i, k_o: proj.k_o, offset });
         }
         v::nonzero("row_stride", ld)?;
         v::output("out", out, self.space(), v::mul("n*row_stride", n, ld)?, OP)?;
@@ -100,58 +245,39 @@ impl Context {
             Backend::Gpu(rt) => {
                 let mut gl = Vec::with_capacity(layers.len());
                 for (l, c) in layers.iter().zip(&checked) {
-                    let proj = match &l.proj.kind {
-                        ProjectionKind::Random { seed, layer, dist } => GpuProjection {
-                            p_in: 0,
-                            p_out: 0,
-                            key_in: stream_key(*seed, *layer, Which::In),
-                            key_out: stream_key(*seed, *layer, Which::Out),
-                            scale_in: entry_scale(c.k_i, *dist),
-                            scale_out: entry_scale(c.k_o, *dist),
-                            flags: FLAG_RANDOM | if *dist == Distribution::Rademacher { FLAG_RADEMACHER } else { 0 },
-                        },
-                        ProjectionKind::Dense { p_in, p_out } => GpuProjection {
-                            p_in: p_in.device("p_in")?.ptr(),
-                            p_out: p_out.device("p_out")?.ptr(),
-                            key_in: 0,
-                            key_out: 0,
-                            scale_in: 0.0,
-                            scale_out: 0.0,
-                            flags: 0,
-                        },
+                    let (a, b, mask, ids) = match l {
+                        ProjectInput::Linear(l) => (l.train.a.device("a")?.ptr(), l.train.b.device("b")?.ptr(), dev_ptr(l.train.mask.as_ref(), "mask")?, false),
+                        ProjectInput::Embedding(l) => (l.train.ids.device("ids")?.ptr(), l.train.b.device("b")?.ptr(), dev_ptr(l.train.mask.as_ref(), "mask")?, true),
                     };
-                    gl.push(GpuProjectLayer {
-                        dims: c.dims,
-                        a: l.train.a.device("a")?.ptr(),
-                        b: l.train.b.device("b")?.ptr(),
-                        mask: dev_ptr(l.train.mask.as_ref(), "mask")?,
-                        proj,
-                        k_i: c.k_i,
-                        k_o: c.k_o,
-                        offset: c.offset,
-                    });
+                    gl.push(GpuProjectLayer { dims: c.dims, a, b, mask, ids, proj: gpu_projection(l.proj())?, k_i: c.k_i, k_o: c.k_o, offset: c.offset });
                 }
                 let out_ptr = out.device("out")?.ptr();
                 run_with_workspace(rt.as_ref(), |ws| gpu::kron_plans(&gl, out_ptr, ld, acc, ws))
             }
             backend => {
                 let out = out.host("out")?;
+                let reference = matches!(backend, Backend::CpuReference);
                 for (l, c) in layers.iter().zip(&checked) {
-                    let tr = cpu_train(l.shape, &l.train, &c.dims)?;
                     let di = c.dims.d_in + c.dims.has_bias as u64;
-                    let (pi, po);
-                    let (p_in, p_out): (&[f32], &[f32]) = match &l.proj.kind {
-                        ProjectionKind::Random { seed, layer, dist } => {
-                            pi = materialize_projection(*seed, *layer, Which::In, c.k_i, di, *dist);
-                            po = materialize_projection(*seed, *layer, Which::Out, c.k_o, c.dims.d_out, *dist);
-                            (&pi, &po)
-                        }
-                        ProjectionKind::Dense { p_in, p_out } => (host_f32("p_in", p_in)?, host_f32("p_out", p_out)?),
-                    };
+                    let (p_in, p_out) = host_matrices(l.proj(), di, c.dims.d_out)?;
                     let (k_i, k_o) = (c.k_i as usize, c.k_o as usize);
-                    let res = match backend {
-                        Backend::CpuReference => cpu::kron_project_reference(&tr, p_in, p_out, k_i, k_o, false),
-                        _ => cpu::kron_project_fast(&tr, p_in, p_out, k_i, k_o),
+                    let res = match l {
+                        ProjectInput::Linear(l) => {
+                            let tr = cpu_train(l.shape, &l.train, &c.dims)?;
+                            if reference {
+                                cpu::kron_project_reference(&tr, &p_in, &p_out, k_i, k_o, false)
+                            } else {
+                                cpu::kron_project_fast(&tr, &p_in, &p_out, k_i, k_o)
+                            }
+                        }
+                        ProjectInput::Embedding(l) => {
+                            let tr = token_train(&l.train, &c.dims)?;
+                            if reference {
+                                cpu::kron_project_ids_reference(&tr, &p_in, &p_out, k_i, k_o, false)
+                            } else {
+                                cpu::kron_project_ids_fast(&tr, &p_in, &p_out, k_i, k_o)
+                            }
+                        }
                     };
                     cpu::write_columns(out, &res, k_o * k_i, ld as usize, c.offset as usize, acc);
                 }
@@ -269,4 +395,17 @@ impl Context {
             }
         }
     }
+}
+
+/// The CPU view of validated token-id factors.
+pub(super) fn token_train<'a>(t: &TokenFactors<'a>, d: &TrainDims) -> Result<cpu::TokenTrain<'a>> {
+    Ok(cpu::TokenTrain {
+        ids: host_ids(&t.ids)?,
+        b: t.b.host("b")?,
+        mask: host_u8("mask", t.mask.as_ref())?,
+        n: d.n as usize,
+        t: d.t as usize,
+        vocab: d.d_in as usize,
+        d_out: d.d_out as usize,
+    })
 }

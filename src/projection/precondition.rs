@@ -10,10 +10,17 @@
 //!   `Ĝ' = Q_B[(Q_Bᵀ Ĝ Q_A) ⊘ (Λ_B Λ_Aᵀ + λ)]Q_Aᵀ`, `λ = 0.1·mean(Λ_B Λ_Aᵀ)`; with
 //!   [`Kfac::ekfac_correct`] the eigenvalue products are replaced by the EK-FAC estimate
 //!   `(1/N) Σ_n (Q_Bᵀ Ĝ_n Q_A)^{⊙2}` (λ then = 0.1·mean of those).
+//!
+//! The second moments can also be accumulated by any backend, the GPU included, and handed
+//! over: [`RawFisher::from_sum`] (from [`Context::projected_fisher`](crate::Context::projected_fisher)),
+//! [`Kfac::from_covariances_f32`] (from [`Context::kfac_covariances`](crate::Context::kfac_covariances)),
+//! [`Kfac::set_ekfac_sum`] (from [`Context::ekfac_eigen_correction`](crate::Context::ekfac_eigen_correction)
+//! with [`Kfac::eigenvectors_f32`]).
 
 use faer::linalg::solvers::Solve;
 use faer::{Mat, Side};
 
+use super::cpu::{kfac_cov_reference, CovRows};
 use super::{materialize_projection, ProjectionKind, ProjectionSpec, Which};
 use crate::context::{host_f32, host_u8};
 use crate::error::{GhostError, Result};
@@ -49,15 +56,31 @@ impl RawFisher {
     /// Fits from the projected training gradients `grads [n, k]` (rows `ĝ_n`).
     pub fn fit(grads: &[f32], n: usize, k: usize) -> Result<Self> {
         check_rows("grads", grads.len(), n, k)?;
-        let fisher = gram_f64(grads, n, k) * faer::Scale(1.0 / n as f64);
+        Self::from_fisher(gram_f64(grads, n, k) * faer::Scale(1.0 / n as f64), k, "grads")
+    }
+
+    /// Fits from an accumulated `sum = Σ_n ĝ_n ĝ_nᵀ` (row-major `[k, k]` f32, e.g. from
+    /// [`Context::projected_fisher`](crate::Context::projected_fisher) with `scale = 1` over
+    /// every batch, on any backend) and the number of samples `n` in it: `F = sum / n`. The
+    /// matrix is symmetrized as `(S + Sᵀ)/2` (the accumulators write it exactly symmetric).
+    pub fn from_sum(sum: &[f32], k: usize, n: usize) -> Result<Self> {
+        check_rows("fisher sum", sum.len(), k, k)?;
+        if n == 0 {
+            return Err(GhostError::ZeroSize { what: "n" });
+        }
+        let f = Mat::<f64>::from_fn(k, k, |i, j| 0.5 * (sum[i * k + j] as f64 + sum[j * k + i] as f64) / n as f64);
+        Self::from_fisher(f, k, "fisher sum")
+    }
+
+    fn from_fisher(fisher: Mat<f64>, k: usize, what: &'static str) -> Result<Self> {
         let trace: f64 = (0..k).map(|i| fisher[(i, i)]).sum();
         if !trace.is_finite() {
-            return Err(GhostError::InvalidArgument { what: "grads", reason: "non-finite Fisher trace".into() });
+            return Err(GhostError::InvalidArgument { what, reason: "non-finite Fisher trace".into() });
         }
         let lambda = 0.1 * trace / k as f64;
         let damped = Mat::<f64>::from_fn(k, k, |i, j| fisher[(i, j)] + if i == j { lambda } else { 0.0 });
         let llt = damped.llt(Side::Lower).map_err(|e| GhostError::InvalidArgument {
-            what: "grads",
+            what,
             reason: format!("F + λI is not positive definite (λ = {lambda:e}, all-zero gradients?): {e:?}"),
         })?;
         Ok(RawFisher { k, lambda, fisher, llt })
@@ -134,33 +157,12 @@ impl Kfac {
                 (a.to_vec(), b.to_vec())
             }
         };
-        let (a, b) = (train.a.host("a")?, train.b.host("b")?);
         let mask = host_u8("mask", train.mask.as_ref())?;
-        let (mut c_a, mut c_b) = (vec![0.0f64; k_i * k_i], vec![0.0f64; k_o * k_o]);
-        let (mut pa, mut pb) = (vec![0.0f64; k_i], vec![0.0f64; k_o]);
-        let d_in = d.d_in as usize;
-        for r in 0..(d.n * d.t) as usize {
-            if mask.is_some_and(|m| m[r] == 0) {
-                continue;
-            }
-            for (j, x) in pa.iter_mut().enumerate() {
-                let row = &pi[j * di..(j + 1) * di];
-                *x = (0..d_in).map(|c| row[c] as f64 * a.get_f64(r * d_in + c)).sum::<f64>() + if d.has_bias { row[d_in] as f64 } else { 0.0 };
-            }
-            for (j, x) in pb.iter_mut().enumerate() {
-                *x = (0..d_out).map(|c| po[j * d_out + c] as f64 * b.get_f64(r * d_out + c)).sum();
-            }
-            for i in 0..k_i {
-                for j in 0..k_i {
-                    c_a[i * k_i + j] += pa[i] * pa[j];
-                }
-            }
-            for i in 0..k_o {
-                for j in 0..k_o {
-                    c_b[i * k_o + j] += pb[i] * pb[j];
-                }
-            }
-        }
+        let rows = (d.n * d.t) as usize;
+        let x = CovRows::Dense { x: train.a.host("a")?, width: d.d_in as usize, ones: d.has_bias };
+        let y = CovRows::Dense { x: train.b.host("b")?, width: d_out, ones: false };
+        let c_a = kfac_cov_reference(&x, mask, rows, &pi, k_i, false);
+        let c_b = kfac_cov_reference(&y, mask, rows, &po, k_o, false);
         Ok((c_a, c_b))
     }
 
@@ -182,6 +184,39 @@ impl Kfac {
         let mut f = Kfac { k_i, k_o, q_a, q_b, eig_a, eig_b, scale, lambda: 0.0 };
         f.lambda = f.default_damping()?;
         Ok(f)
+    }
+
+    /// [`from_covariances`](Self::from_covariances) of f32 covariances as accumulated by
+    /// [`Context::kfac_covariances`](crate::Context::kfac_covariances) on any backend (widened
+    /// to f64 and symmetrized as `(C + Cᵀ)/2`; the eigendecompositions run here, in f64).
+    pub fn from_covariances_f32(c_a: &[f32], k_i: usize, c_b: &[f32], k_o: usize) -> Result<Self> {
+        check_rows("c_a", c_a.len(), k_i, k_i)?;
+        check_rows("c_b", c_b.len(), k_o, k_o)?;
+        let sym = |c: &[f32], k: usize| -> Vec<f64> { (0..k * k).map(|x| 0.5 * (c[x] as f64 + c[(x % k) * k + x / k] as f64)).collect() };
+        Self::from_covariances(&sym(c_a, k_i), k_i, &sym(c_b, k_o), k_o)
+    }
+
+    /// The eigenvectors `(Q_A [k_i, k_i], Q_B [k_o, k_o])`, row-major f32 with the eigenvectors
+    /// as columns (in the order of [`eigenvalues`](Self::eigenvalues)): the `q_a`, `q_b` of
+    /// [`Context::ekfac_eigen_correction`](crate::Context::ekfac_eigen_correction).
+    pub fn eigenvectors_f32(&self) -> (Vec<f32>, Vec<f32>) {
+        let flat = |q: &Mat<f64>, k: usize| -> Vec<f32> { (0..k * k).map(|x| q[(x / k, x % k)] as f32).collect() };
+        (flat(&self.q_a, self.k_i), flat(&self.q_b, self.k_o))
+    }
+
+    /// EK-FAC from an accumulated `sum = Σ_n (Q_Bᵀ Ĝ_n Q_A)^{⊙2}` (`[k_o, k_i]` f32, e.g. from
+    /// [`Context::ekfac_eigen_correction`](crate::Context::ekfac_eigen_correction) with `scale =
+    /// 1` and this preconditioner's [`eigenvectors_f32`](Self::eigenvectors_f32)) over `n`
+    /// samples: the scale becomes `sum / n` and `λ` 0.1·its mean, exactly as
+    /// [`ekfac_correct`](Self::ekfac_correct) does from the gradients themselves.
+    pub fn set_ekfac_sum(&mut self, sum: &[f32], n: usize) -> Result<()> {
+        check_rows("ekfac sum", sum.len(), self.k_o, self.k_i)?;
+        if n == 0 {
+            return Err(GhostError::ZeroSize { what: "n" });
+        }
+        self.scale = sum.iter().map(|&x| x as f64 / n as f64).collect();
+        self.lambda = self.default_damping()?;
+        Ok(())
     }
 
     fn default_damping(&self) -> Result<f64> {
