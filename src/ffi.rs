@@ -1883,6 +1883,34 @@ fn grads_dims(raw: &RawBuf, n: u64, k: u64) -> FfiResult<(usize, usize)> {
     Ok((n as usize, k as usize))
 }
 
+/// The shared body of the preconditioners' `apply`: checks host `grads` `[n, width]` and `out`
+/// (same length, not overlapping) and writes `apply(grads, n)` into `out`.
+///
+/// # Safety
+/// `grads` and `out` describe host memory as for [`gg_ghost_dot`].
+unsafe fn apply_host(
+    grads: &gg_tensor,
+    n: u64,
+    width: u64,
+    out: &gg_tensor_mut,
+    op: &'static str,
+    apply: impl FnOnce(&[f32], usize) -> crate::Result<Vec<f32>>,
+) -> FfiResult {
+    let mut bufs = Buffers::host();
+    let raw = bufs.input("grads", grads)?;
+    let raw_out = bufs.output("out", out)?;
+    bufs.check_overlaps()?;
+    let (n, _) = grads_dims(&raw, n, width)?;
+    check_out_len(&raw_out, raw.len)?;
+    // SAFETY: checked host buffers, no output aliasing, valid for the call (contract).
+    let g = unsafe { host_f32_view(raw, "grads", op) }?;
+    let res = apply(g, n)?;
+    // SAFETY: as above.
+    let mut o = unsafe { raw_out.view_mut(Space::Host) };
+    o.host("out")?.copy_from_slice(&res);
+    Ok(())
+}
+
 /// Checks that an output of the preconditioners has exactly `expected` elements.
 fn check_out_len(raw: &RawBuf, expected: u64) -> FfiResult {
     if raw.len != expected {
@@ -1932,19 +1960,8 @@ pub unsafe extern "C" fn gg_raw_fisher_apply(f: *const gg_raw_fisher, grads: gg_
         }
         // SAFETY: a live handle (caller's contract).
         let f = unsafe { &*f };
-        let mut bufs = Buffers::host();
-        let raw = bufs.input("grads", &grads)?;
-        let raw_out = bufs.output("out", &out)?;
-        bufs.check_overlaps()?;
-        let (n, _) = grads_dims(&raw, n, f.k)?;
-        check_out_len(&raw_out, raw.len)?;
-        // SAFETY: checked host buffers, no output aliasing, valid for the call (contract).
-        let g = unsafe { host_f32_view(raw, "grads", "raw_fisher_apply") }?;
-        let res = f.inner.apply(g, n)?;
-        // SAFETY: as above.
-        let mut o = unsafe { raw_out.view_mut(Space::Host) };
-        o.host("out")?.copy_from_slice(&res);
-        Ok(())
+        // SAFETY: forwarded from this function's contract.
+        unsafe { apply_host(&grads, n, f.k, &out, "raw_fisher_apply", |g, n| f.inner.apply(g, n)) }
     })
 }
 
@@ -2063,19 +2080,8 @@ pub unsafe extern "C" fn gg_kfac_apply(f: *const gg_kfac, grads: gg_tensor, n: u
         }
         // SAFETY: a live handle (caller's contract).
         let f = unsafe { &*f };
-        let mut bufs = Buffers::host();
-        let raw = bufs.input("grads", &grads)?;
-        let raw_out = bufs.output("out", &out)?;
-        bufs.check_overlaps()?;
-        let (n, _) = grads_dims(&raw, n, f.k_o * f.k_i)?;
-        check_out_len(&raw_out, raw.len)?;
-        // SAFETY: checked host buffers, no output aliasing, valid for the call (contract).
-        let g = unsafe { host_f32_view(raw, "grads", "kfac_apply") }?;
-        let res = f.inner.apply(g, n)?;
-        // SAFETY: as above.
-        let mut o = unsafe { raw_out.view_mut(Space::Host) };
-        o.host("out")?.copy_from_slice(&res);
-        Ok(())
+        // SAFETY: forwarded from this function's contract.
+        unsafe { apply_host(&grads, n, f.k_o * f.k_i, &out, "kfac_apply", |g, n| f.inner.apply(g, n)) }
     })
 }
 
