@@ -492,37 +492,9 @@ fn criterion_dir() -> PathBuf {
 
 const GPU_HEADING: &str = "## Modeled GPU metrics (PTX interpreter)";
 
-/// Criterion's median and 95 % interval of the median (seconds per call) of one benchmark.
-struct Timing {
-    median: f64,
-    lo: f64,
-    hi: f64,
-}
-
-/// Reads `<dir>/<group>/<id>/new/estimates.json` (times in ns). A minimal extraction, so that
-/// the bench needs no JSON dependency: the object after `"median":` holds
-/// `confidence_interval {lower_bound, upper_bound}` and `point_estimate`.
-fn read_timing(dir: &Path, group: &str, id: &str) -> Option<Timing> {
-    let text = std::fs::read_to_string(dir.join(group).join(id).join("new").join("estimates.json")).ok()?;
-    let median = &text[text.find("\"median\":")?..];
-    let num = |key: &str| -> Option<f64> {
-        let at = median.find(&format!("\"{key}\":"))? + key.len() + 3;
-        let rest = &median[at..];
-        let end = rest.find([',', '}'])?;
-        rest[..end].trim().parse::<f64>().ok()
-    };
-    Some(Timing { median: num("point_estimate")? * 1e-9, lo: num("lower_bound")? * 1e-9, hi: num("upper_bound")? * 1e-9 })
-}
-
-fn fmt_time(s: f64) -> String {
-    if s >= 1.0 {
-        format!("{s:.2} s")
-    } else if s >= 1e-3 {
-        format!("{:.1} ms", s * 1e3)
-    } else {
-        format!("{:.0} µs", s * 1e6)
-    }
-}
+#[path = "support/criterion_report.rs"]
+mod criterion_report;
+use criterion_report::{fmt_time, read_timing};
 
 fn fmt_bytes(b: usize) -> String {
     let b = b as f64;
