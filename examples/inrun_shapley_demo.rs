@@ -131,18 +131,29 @@ fn cuda_err(call: &'static str) -> impl Fn(cudarc::driver::DriverError) -> ghost
     move |e| ghostgrad::GhostError::Cuda { call, message: format!("{e:?}") }
 }
 
-/// A ghostgrad tensor over a buffer. For CUDA the raw device pointer is taken on `stream`, the
-/// stream ghostgrad launches on, so the allocation and the kernels are ordered.
+/// A ghostgrad view of a cudarc allocation. The raw pointer is taken on `stream`, the stream
+/// ghostgrad launches on, so the allocation and the kernels are ordered.
+fn cuda_view<'a, T: cudarc::driver::DeviceRepr>(x: &'a CudaSlice<T>, stream: Option<&Arc<CudaStream>>, dtype: DType) -> DeviceSlice<'a> {
+    let (ptr, _sync) = x.device_ptr(stream.expect("cuda stream"));
+    // SAFETY: `x` is a live allocation of `x.len()` elements of `dtype` on the device of
+    // `stream`, and outlives the returned view (lifetime 'a).
+    unsafe { DeviceSlice::from_raw_parts(ptr, x.len() as u64, dtype) }
+}
+
+/// As [`cuda_view`], writable; `&mut` makes the view exclusive.
+fn cuda_view_mut<'a, T: cudarc::driver::DeviceRepr>(x: &'a mut CudaSlice<T>, stream: Option<&Arc<CudaStream>>, dtype: DType) -> DeviceSliceMut<'a> {
+    let len = x.len() as u64;
+    let (ptr, _sync) = x.device_ptr(stream.expect("cuda stream"));
+    // SAFETY: as in `cuda_view`.
+    unsafe { DeviceSliceMut::from_raw_parts(ptr, len, dtype) }
+}
+
+/// A ghostgrad tensor over a buffer.
 fn tensor<'a>(b: &'a Buf, stream: Option<&Arc<CudaStream>>) -> Tensor<'a> {
     match b {
         Buf::Host(v) => Tensor::from(&v[..]),
         Buf::Interp(x) => x.view().into(),
-        Buf::Cuda(x) => {
-            let (ptr, _sync) = x.device_ptr(stream.expect("cuda stream"));
-            // SAFETY: `x` is a live allocation of `x.len()` f32 on the device of `stream`, and
-            // outlives the returned tensor (same lifetime 'a).
-            Tensor::Device(unsafe { DeviceSlice::from_raw_parts(ptr, x.len() as u64, DType::F32) })
-        }
+        Buf::Cuda(x) => Tensor::Device(cuda_view(x, stream, DType::F32)),
     }
 }
 
@@ -150,11 +161,7 @@ fn tensor_i32<'a>(host: &'a [i32], dev: Option<&'a Buf2>, stream: Option<&Arc<Cu
     match dev {
         None => Tensor::from(host),
         Some(Buf2::Interp(x)) => x.view().into(),
-        Some(Buf2::Cuda(x)) => {
-            let (ptr, _sync) = x.device_ptr(stream.expect("cuda stream"));
-            // SAFETY: as in `tensor`.
-            Tensor::Device(unsafe { DeviceSlice::from_raw_parts(ptr, x.len() as u64, DType::I32) })
-        }
+        Some(Buf2::Cuda(x)) => Tensor::Device(cuda_view(x, stream, DType::I32)),
     }
 }
 
@@ -162,12 +169,7 @@ fn tensor_mut<'a>(b: &'a mut Buf, stream: Option<&Arc<CudaStream>>) -> TensorMut
     match b {
         Buf::Host(v) => TensorMut::from(v.as_mut_slice()),
         Buf::Interp(x) => x.view_mut().into(),
-        Buf::Cuda(x) => {
-            let len = x.len() as u64;
-            let (ptr, _sync) = x.device_ptr(stream.expect("cuda stream"));
-            // SAFETY: as in `tensor`; `&mut` makes the view exclusive.
-            TensorMut::Device(unsafe { DeviceSliceMut::from_raw_parts(ptr, len, DType::F32) })
-        }
+        Buf::Cuda(x) => TensorMut::Device(cuda_view_mut(x, stream, DType::F32)),
     }
 }
 
@@ -175,12 +177,7 @@ fn phi_mut<'a>(p: &'a mut Phi, stream: Option<&Arc<CudaStream>>) -> TensorMut<'a
     match p {
         Phi::Host(v) => TensorMut::HostF64(v.as_mut_slice()),
         Phi::Interp(x) => x.view_mut().into(),
-        Phi::Cuda(x) => {
-            let len = x.len() as u64;
-            let (ptr, _sync) = x.device_ptr(stream.expect("cuda stream"));
-            // SAFETY: as in `tensor`.
-            TensorMut::Device(unsafe { DeviceSliceMut::from_raw_parts(ptr, len, DType::F64) })
-        }
+        Phi::Cuda(x) => TensorMut::Device(cuda_view_mut(x, stream, DType::F64)),
     }
 }
 
