@@ -266,9 +266,9 @@ fn load(name: &str) -> Data {
 fn main() -> ghostgrad::Result<()> {
     let dataset: String = arg("--dataset", "digits".to_string());
     let seed: u64 = arg("--seed", 0);
-    let epochs: usize = arg("--epochs", 20);
-    let lr: f64 = arg("--lr", 1.0);
-    let batch: usize = arg("--batch", 128);
+    let epochs: usize = arg("--epochs", 30);
+    let lr: f64 = arg("--lr", 2.0);
+    let batch: usize = arg("--batch", 256);
     let h: usize = arg("--hidden", 128);
     let n_val: usize = arg("--val", 300);
     let val_batch_arg: usize = arg("--val-batch", 16);

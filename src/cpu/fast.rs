@@ -382,6 +382,22 @@ fn gram_tile(
     }
 }
 
+/// Below this many multiply-adds a call runs on the calling thread: waking the rayon pool costs
+/// more than it saves, and its spinning workers then slow the caller's own next (serial) work.
+const SERIAL_BELOW: f64 = 4.0e6;
+
+/// `f(scratch, i, chunk_i)` over the `chunk`-sized pieces of `res`: in parallel, or in order on
+/// the calling thread when `work` (multiply-adds) is small. The pieces are independent, so both
+/// give the same bits.
+fn for_chunks(res: &mut [f64], chunk: usize, work: f64, f: impl Fn(&mut Scratch, usize, &mut [f64]) + Sync + Send) {
+    if work < SERIAL_BELOW {
+        let mut s = Scratch::default();
+        res.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(&mut s, i, c));
+    } else {
+        res.par_chunks_mut(chunk).enumerate().for_each_init(Scratch::default, |s, (i, c)| f(s, i, c));
+    }
+}
+
 /// The kept rows of samples `n0 .. n0 + count` (see [`gather`]) and each sample's row range in
 /// them: `bounds[k]..bounds[k + 1]` for sample `n0 + k`.
 fn gather_samples<'x>(
@@ -414,7 +430,8 @@ fn gram_dot(train: &Train<'_>, q: &Side<'_>, d: Dims) -> Vec<f64> {
         // one GEMM of up to TRAIN_BLOCK rows instead of one tiny GEMM per sample.
         let per = TRAIN_BLOCK / train.t;
         let mut res = vec![0.0f64; train.n * nv];
-        res.par_chunks_mut(per * nv).enumerate().for_each_init(Scratch::default, |s, (g, acc)| {
+        let work = (train.n * train.t * q.a.len() / d.di.max(1)) as f64 * (d.di + d.d_out) as f64;
+        for_chunks(&mut res, per * nv, work, |s, g, acc| {
             let (bounds, a, b) = gather_samples(train, g * per, acc.len() / nv, d, &mut s.a, &mut s.b);
             gram_tile(a, b, &bounds, &q.a, &q.b, &q.segs, d, acc, &mut s.sa, &mut s.sb);
         });
@@ -439,7 +456,8 @@ fn dense_dot(train: &Train<'_>, m: &[f32], nv: usize, d: Dims) -> Vec<f64> {
         // rows per query matrix instead of one per sample); per sample the same f64 order.
         let per = DENSE_ROWS / train.t;
         let mut res = vec![0.0f64; train.n * nv];
-        res.par_chunks_mut(per * nv).enumerate().for_each_init(Scratch::default, |s, (g, acc)| {
+        let work = (train.n * train.t * nv * d.grad_len()) as f64;
+        for_chunks(&mut res, per * nv, work, |s, g, acc| {
             let (bounds, a, b) = gather_samples(train, g * per, acc.len() / nv, d, &mut s.a, &mut s.b);
             let tr = *bounds.last().unwrap();
             if tr == 0 {
@@ -502,6 +520,14 @@ fn outer_sum(a: &[f32], b: &[f32], k: usize, o0: usize, rows: usize, d: Dims, ds
 fn factor_all(q: &Side<'_>, d: Dims) -> Vec<f32> {
     let mut m = vec![0.0f32; q.segs.len() * d.grad_len()];
     if m.is_empty() {
+        return m;
+    }
+    let rows = q.segs.last().map_or(0, |s| s.end);
+    if ((rows * d.grad_len()) as f64) < SERIAL_BELOW {
+        for (mv, seg) in m.chunks_mut(d.grad_len()).zip(&q.segs) {
+            let (a, b) = (&q.a[seg.start * d.di..seg.end * d.di], &q.b[seg.start * d.d_out..seg.end * d.d_out]);
+            outer_sum(a, b, seg.len(), 0, d.d_out, d, mv);
+        }
         return m;
     }
     m.par_chunks_mut(d.grad_len()).zip(&q.segs).for_each(|(mv, seg)| {
