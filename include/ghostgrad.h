@@ -936,6 +936,47 @@ gg_status gg_ekfac_eigen_correction(const struct gg_context *ctx,
                                     float scale,
                                     float beta);
 
+// Fits the damped raw Fisher from an accumulated `sum = Σ_n ĝ_n ĝ_nᵀ` (f32 `[k, k]`, host; e.g.
+// the output of [`gg_projected_fisher`] with `scale = 1` over every batch, copied to the host)
+// over `n` samples: `F = sum / n` (symmetrized), `λ = 0.1·trace(F)/k`. `*out` receives a new
+// handle (NULL on failure), released with [`gg_raw_fisher_destroy`].
+//
+// # Safety
+// `sum` describes `sum.len` readable host elements; `out` is NULL (an error) or points at a
+// writable `gg_raw_fisher*`.
+gg_status gg_raw_fisher_from_sum(struct gg_tensor sum, uint64_t k, uint64_t n, struct gg_raw_fisher **out);
+
+// Fits K-FAC from accumulated covariances `c_a` f32 `[k_i, k_i]` and `c_b` f32 `[k_o, k_o]`
+// (host; e.g. the outputs of [`gg_kfac_covariances`] copied to the host). Eigendecompositions
+// in f64, damping as [`gg_kfac_fit`]. `*out` receives a new handle (NULL on failure).
+//
+// # Safety
+// `c_a`, `c_b` describe readable host elements; `out` is NULL (an error) or points at a writable
+// `gg_kfac*`.
+gg_status gg_kfac_from_covariances(struct gg_tensor c_a,
+                                   uint64_t k_i,
+                                   struct gg_tensor c_b,
+                                   uint64_t k_o,
+                                   struct gg_kfac **out);
+
+// The eigenvectors of a K-FAC handle as the `q_a` f32 `[k_i, k_i]` and `q_b` f32 `[k_o, k_o]`
+// (host, row-major, eigenvectors as columns) that [`gg_ekfac_eigen_correction`] takes.
+//
+// # Safety
+// `f` is NULL (an error) or a live handle; `q_a`, `q_b` describe writable host memory that
+// nothing else uses during the call.
+gg_status gg_kfac_eigenvectors(const struct gg_kfac *f, struct gg_tensor_mut q_a, struct gg_tensor_mut q_b);
+
+// Turns K-FAC into EK-FAC from an accumulated `sum = Σ_n (Q_Bᵀ Ĝ_n Q_A)^{⊙2}` (f32
+// `[k_o, k_i]`, host; e.g. [`gg_ekfac_eigen_correction`] with this handle's
+// [`gg_kfac_eigenvectors`] and `scale = 1`) over `n` samples, exactly as
+// [`gg_kfac_ekfac_correct`] does from the gradients. On failure the handle is unchanged.
+//
+// # Safety
+// `f` is NULL (an error) or a live handle not used concurrently; `sum` describes readable host
+// elements.
+gg_status gg_kfac_set_ekfac_sum(struct gg_kfac *f, struct gg_tensor sum, uint64_t n);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

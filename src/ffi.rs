@@ -2779,6 +2779,136 @@ pub unsafe extern "C" fn gg_ekfac_eigen_correction(
 // END projection extensions
 // =============================================================================================
 
+// =============================================================================================
+// Preconditioners from moments accumulated on any context (projected_fisher, kfac_covariances,
+// ekfac_eigen_correction): the small dense algebra stays on the host, in f64.
+// =============================================================================================
+
+/// Reads a host f32 input of exactly `len` elements.
+///
+/// # Safety
+/// `t` describes `t.len` readable host elements for the call.
+unsafe fn host_input<'a>(t: &gg_tensor, what: &'static str, len: u64, op: &'static str) -> FfiResult<&'a [f32]> {
+    let mut bufs = Buffers::host();
+    let raw = bufs.input(what, t)?;
+    if raw.len != len {
+        return Err(GhostError::LengthMismatch { what, expected: len, got: raw.len }.into());
+    }
+    // SAFETY: checked host buffer, readable for the call (contract).
+    unsafe { host_f32_view(raw, what, op) }
+}
+
+/// Fits the damped raw Fisher from an accumulated `sum = Σ_n ĝ_n ĝ_nᵀ` (f32 `[k, k]`, host; e.g.
+/// the output of [`gg_projected_fisher`] with `scale = 1` over every batch, copied to the host)
+/// over `n` samples: `F = sum / n` (symmetrized), `λ = 0.1·trace(F)/k`. `*out` receives a new
+/// handle (NULL on failure), released with [`gg_raw_fisher_destroy`].
+///
+/// # Safety
+/// `sum` describes `sum.len` readable host elements; `out` is NULL (an error) or points at a
+/// writable `gg_raw_fisher*`.
+#[no_mangle]
+pub unsafe extern "C" fn gg_raw_fisher_from_sum(sum: gg_tensor, k: u64, n: u64, out: *mut *mut gg_raw_fisher) -> gg_status {
+    guard(|| {
+        check_out_param(out, "out")?;
+        // SAFETY: checked non-null and aligned; writable by the contract. NULL until success.
+        unsafe { out.write(std::ptr::null_mut()) };
+        v::nonzero("k", k)?;
+        v::nonzero("n", n)?;
+        // SAFETY: forwarded from this function's contract.
+        let s = unsafe { host_input(&sum, "sum", v::mul("k*k", k, k)?, "raw_fisher_from_sum") }?;
+        let inner = RawFisher::from_sum(s, k as usize, n as usize)?;
+        // SAFETY: as above.
+        unsafe { out.write(Box::into_raw(Box::new(gg_raw_fisher { inner, k }))) };
+        Ok(())
+    })
+}
+
+/// Fits K-FAC from accumulated covariances `c_a` f32 `[k_i, k_i]` and `c_b` f32 `[k_o, k_o]`
+/// (host; e.g. the outputs of [`gg_kfac_covariances`] copied to the host). Eigendecompositions
+/// in f64, damping as [`gg_kfac_fit`]. `*out` receives a new handle (NULL on failure).
+///
+/// # Safety
+/// `c_a`, `c_b` describe readable host elements; `out` is NULL (an error) or points at a writable
+/// `gg_kfac*`.
+#[no_mangle]
+pub unsafe extern "C" fn gg_kfac_from_covariances(c_a: gg_tensor, k_i: u64, c_b: gg_tensor, k_o: u64, out: *mut *mut gg_kfac) -> gg_status {
+    guard(|| {
+        check_out_param(out, "out")?;
+        // SAFETY: checked non-null and aligned; writable by the contract. NULL until success.
+        unsafe { out.write(std::ptr::null_mut()) };
+        v::nonzero("k_i", k_i)?;
+        v::nonzero("k_o", k_o)?;
+        // SAFETY: forwarded from this function's contract.
+        let a = unsafe { host_input(&c_a, "c_a", v::mul("k_i*k_i", k_i, k_i)?, "kfac_from_covariances") }?;
+        // SAFETY: as above.
+        let b = unsafe { host_input(&c_b, "c_b", v::mul("k_o*k_o", k_o, k_o)?, "kfac_from_covariances") }?;
+        let inner = Kfac::from_covariances_f32(a, k_i as usize, b, k_o as usize)?;
+        // SAFETY: as above.
+        unsafe { out.write(Box::into_raw(Box::new(gg_kfac { inner, k_i, k_o }))) };
+        Ok(())
+    })
+}
+
+/// The eigenvectors of a K-FAC handle as the `q_a` f32 `[k_i, k_i]` and `q_b` f32 `[k_o, k_o]`
+/// (host, row-major, eigenvectors as columns) that [`gg_ekfac_eigen_correction`] takes.
+///
+/// # Safety
+/// `f` is NULL (an error) or a live handle; `q_a`, `q_b` describe writable host memory that
+/// nothing else uses during the call.
+#[no_mangle]
+pub unsafe extern "C" fn gg_kfac_eigenvectors(f: *const gg_kfac, q_a: gg_tensor_mut, q_b: gg_tensor_mut) -> gg_status {
+    guard(|| {
+        if f.is_null() {
+            return Err(Failure::null("kfac"));
+        }
+        // SAFETY: a live handle (caller's contract).
+        let f = unsafe { &*f };
+        let mut bufs = Buffers::host();
+        let raw_a = bufs.output("q_a", &q_a)?;
+        let raw_b = bufs.output("q_b", &q_b)?;
+        bufs.check_overlaps()?;
+        for (raw, what, k) in [(&raw_a, "q_a", f.k_i), (&raw_b, "q_b", f.k_o)] {
+            if raw.len != k * k {
+                return Err(GhostError::LengthMismatch { what, expected: k * k, got: raw.len }.into());
+            }
+        }
+        let (qa, qb) = f.inner.eigenvectors_f32();
+        // SAFETY: checked, distinct host outputs, writable for the call (contract).
+        let (mut oa, mut ob) = unsafe { (raw_a.view_mut(Space::Host), raw_b.view_mut(Space::Host)) };
+        oa.host("q_a")?.copy_from_slice(&qa);
+        ob.host("q_b")?.copy_from_slice(&qb);
+        Ok(())
+    })
+}
+
+/// Turns K-FAC into EK-FAC from an accumulated `sum = Σ_n (Q_Bᵀ Ĝ_n Q_A)^{⊙2}` (f32
+/// `[k_o, k_i]`, host; e.g. [`gg_ekfac_eigen_correction`] with this handle's
+/// [`gg_kfac_eigenvectors`] and `scale = 1`) over `n` samples, exactly as
+/// [`gg_kfac_ekfac_correct`] does from the gradients. On failure the handle is unchanged.
+///
+/// # Safety
+/// `f` is NULL (an error) or a live handle not used concurrently; `sum` describes readable host
+/// elements.
+#[no_mangle]
+pub unsafe extern "C" fn gg_kfac_set_ekfac_sum(f: *mut gg_kfac, sum: gg_tensor, n: u64) -> gg_status {
+    guard(|| {
+        if f.is_null() {
+            return Err(Failure::null("kfac"));
+        }
+        // SAFETY: a live handle used by this thread only (caller's contract).
+        let f = unsafe { &mut *f };
+        v::nonzero("n", n)?;
+        // SAFETY: forwarded from this function's contract.
+        let s = unsafe { host_input(&sum, "sum", v::mul("k_o*k_i", f.k_o, f.k_i)?, "kfac_set_ekfac_sum") }?;
+        let mut corrected = f.inner.clone();
+        corrected.set_ekfac_sum(s, n as usize)?;
+        f.inner = corrected;
+        Ok(())
+    })
+}
+
+// ============================ end of the preconditioners-from-moments section ================
+
 #[cfg(test)]
 mod tests {
     use super::*;

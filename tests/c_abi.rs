@@ -1659,3 +1659,88 @@ mod projection_extensions {
         expect(st, GG_STATUS_LENGTH_MISMATCH, &["q_a", "4", "3"]);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Preconditioners fitted from accumulated moments
+// ---------------------------------------------------------------------------------------------
+
+/// `Σ_r x_r x_rᵀ` of the `[rows, k]` matrix `x`, in f64, rounded once (what an accumulator returns).
+fn second_moment(x: &[f32], rows: usize, k: usize) -> Vec<f32> {
+    (0..k * k).map(|ij| (0..rows).map(|r| x[r * k + ij / k] as f64 * x[r * k + ij % k] as f64).sum::<f64>() as f32).collect()
+}
+
+#[test]
+fn preconditioners_from_accumulated_moments_match_the_rust_api_and_the_gradient_fit() {
+    let (n, k) = (40usize, 6usize);
+    let g = vals((n * k) as u64, 5);
+    let probe = vals((3 * k) as u64, 9);
+    // Raw Fisher from Σ ĝĝᵀ: the Rust API bit for bit, and the fit from the gradients themselves.
+    let sum = second_moment(&g, n, k);
+    let mut h = ptr::null_mut();
+    // SAFETY: live buffers, a writable out-pointer.
+    expect(unsafe { gg_raw_fisher_from_sum(t(&sum, GG_DTYPE_F32), k as u64, n as u64, &mut h) }, GG_STATUS_OK, &[]);
+    let mut out = vec![f32::NAN; probe.len()];
+    // SAFETY: a live handle and live buffers.
+    expect(unsafe { gg_raw_fisher_apply(h, t(&probe, GG_DTYPE_F32), 3, tm(&mut out)) }, GG_STATUS_OK, &[]);
+    assert_eq!(out, RawFisher::from_sum(&sum, k, n).unwrap().apply(&probe, 3).unwrap());
+    let fitted = RawFisher::fit(&g, n, k).unwrap().apply_f64(&probe, 3).unwrap();
+    assert!(rel_err(&out, &fitted) < 1e-4, "from_sum vs fit: {}", rel_err(&out, &fitted));
+    // SAFETY: destroyed once.
+    unsafe { gg_raw_fisher_destroy(h) };
+
+    // K-FAC from covariances, its eigenvectors, and EK-FAC from an accumulated sum.
+    let (k_i, k_o) = (3usize, 2usize);
+    let xa = vals(50 * k_i as u64, 11);
+    let xb = vals(50 * k_o as u64, 12);
+    let (c_a, c_b) = (second_moment(&xa, 50, k_i), second_moment(&xb, 50, k_o));
+    let mut h = ptr::null_mut();
+    // SAFETY: live buffers, a writable out-pointer.
+    let st = unsafe { gg_kfac_from_covariances(t(&c_a, GG_DTYPE_F32), k_i as u64, t(&c_b, GG_DTYPE_F32), k_o as u64, &mut h) };
+    expect(st, GG_STATUS_OK, &[]);
+    let mut rust = Kfac::from_covariances_f32(&c_a, k_i, &c_b, k_o).unwrap();
+    let probe = vals((4 * k_i * k_o) as u64, 13);
+    let apply = |h: *const gg_kfac| {
+        let mut out = vec![f32::NAN; probe.len()];
+        // SAFETY: a live handle and live buffers.
+        expect(unsafe { gg_kfac_apply(h, t(&probe, GG_DTYPE_F32), 4, tm(&mut out)) }, GG_STATUS_OK, &[]);
+        out
+    };
+    assert_eq!(apply(h), rust.apply(&probe, 4).unwrap());
+    let (mut qa, mut qb) = (vec![f32::NAN; k_i * k_i], vec![f32::NAN; k_o * k_o]);
+    // SAFETY: a live handle and live buffers.
+    expect(unsafe { gg_kfac_eigenvectors(h, tm(&mut qa), tm(&mut qb)) }, GG_STATUS_OK, &[]);
+    assert_eq!((qa.clone(), qb.clone()), rust.eigenvectors_f32());
+    // Q_A has orthonormal columns (an independent property of what came back).
+    for c in 0..k_i {
+        let norm: f64 = (0..k_i).map(|r| (qa[r * k_i + c] as f64).powi(2)).sum();
+        assert!((norm - 1.0).abs() < 1e-5, "column {c} of q_a has norm² {norm}");
+    }
+    let ek: Vec<f32> = vals((k_o * k_i) as u64, 14).iter().map(|x| x * x + 0.1).collect();
+    // SAFETY: a live handle and live buffers.
+    expect(unsafe { gg_kfac_set_ekfac_sum(h, t(&ek, GG_DTYPE_F32), 7) }, GG_STATUS_OK, &[]);
+    rust.set_ekfac_sum(&ek, 7).unwrap();
+    let before = apply(h);
+    assert_eq!(before, rust.apply(&probe, 4).unwrap());
+
+    // Errors name the argument; a failed correction leaves the handle as it was.
+    // SAFETY: every call below passes live buffers or deliberately bad arguments.
+    unsafe {
+        let mut h2 = ptr::null_mut();
+        expect(gg_raw_fisher_from_sum(t(&sum[1..], GG_DTYPE_F32), k as u64, n as u64, &mut h2), GG_STATUS_LENGTH_MISMATCH, &["sum"]);
+        assert!(h2.is_null());
+        expect(gg_raw_fisher_from_sum(t(&sum, GG_DTYPE_F32), k as u64, 0, &mut h2), GG_STATUS_ZERO_SIZE, &["n"]);
+        expect(gg_raw_fisher_from_sum(t(&sum, GG_DTYPE_F32), k as u64, n as u64, ptr::null_mut()), GG_STATUS_NULL_POINTER, &["out"]);
+        let mut h3 = ptr::null_mut();
+        expect(gg_kfac_from_covariances(t(&c_a, GG_DTYPE_F32), k_i as u64, t(&c_b[1..], GG_DTYPE_F32), k_o as u64, &mut h3), GG_STATUS_LENGTH_MISMATCH, &["c_b"]);
+        assert!(h3.is_null());
+        expect(gg_kfac_eigenvectors(ptr::null(), tm(&mut qa), tm(&mut qb)), GG_STATUS_NULL_POINTER, &["kfac"]);
+        expect(gg_kfac_eigenvectors(h, tm(&mut qa[1..]), tm(&mut qb)), GG_STATUS_LENGTH_MISMATCH, &["q_a"]);
+        let alias = gg_tensor_mut { ptr: qa.as_mut_ptr() as *mut c_void, len: (k_o * k_o) as u64 };
+        assert_ne!(gg_kfac_eigenvectors(h, tm(&mut qa), alias), GG_STATUS_OK, "q_a and q_b overlap");
+        expect(gg_kfac_set_ekfac_sum(h, t(&ek[1..], GG_DTYPE_F32), 7), GG_STATUS_LENGTH_MISMATCH, &["sum"]);
+        expect(gg_kfac_set_ekfac_sum(h, t(&ek, GG_DTYPE_F32), 0), GG_STATUS_ZERO_SIZE, &["n"]);
+        expect(gg_kfac_set_ekfac_sum(ptr::null_mut(), t(&ek, GG_DTYPE_F32), 7), GG_STATUS_NULL_POINTER, &["kfac"]);
+        assert_eq!(apply(h), before, "a failed call changed the handle");
+        gg_kfac_destroy(h);
+    }
+}
