@@ -303,6 +303,12 @@ typedef struct gg_token_train {
     struct gg_tensor mask;
 } gg_token_train;
 
+// One group of columns of [`gg_influence_scores_groups`]: columns `offset .. offset + width`.
+typedef struct gg_column_group {
+    uint64_t offset;
+    uint64_t width;
+} gg_column_group;
+
 #define GG_DTYPE_F32 0
 
 #define GG_DTYPE_BF16 1
@@ -976,6 +982,29 @@ gg_status gg_kfac_eigenvectors(const struct gg_kfac *f, struct gg_tensor_mut q_a
 // `f` is NULL (an error) or a live handle not used concurrently; `sum` describes readable host
 // elements.
 gg_status gg_kfac_set_ekfac_sum(struct gg_kfac *f, struct gg_tensor sum, uint64_t n);
+
+// Per-layer-group partial influence scores: `test` f32 `[n_test, row_stride]` and `train_block`
+// f32 `[n_block, row_stride]` hold several layers' `ĝ` side by side (as
+// [`gg_kron_project_layers`] writes them); for every group g of `groups` (`n_groups` entries):
+// `out[g, q, j] = beta·out + scale·f(Σ_{c ∈ g} test[q, c]·train_block[j, c])`, `out` f32
+// `[n_groups, n_test, n_block]`, `f` the `gg_score_mode` with the group's own
+// `train_self[g, j]` (f32 `[n_groups, n_block]`; required for COSINE and L2, absent for DOT).
+//
+// # Safety
+// As [`gg_influence_scores`]; `groups` points at `n_groups` readable `gg_column_group`.
+gg_status gg_influence_scores_groups(const struct gg_context *ctx,
+                                     struct gg_tensor test,
+                                     struct gg_tensor train_block,
+                                     uint64_t n_test,
+                                     uint64_t n_block,
+                                     uint64_t row_stride,
+                                     const struct gg_column_group *groups,
+                                     size_t n_groups,
+                                     struct gg_tensor train_self,
+                                     gg_score_mode mode,
+                                     struct gg_tensor_mut out,
+                                     float scale,
+                                     float beta);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -51,8 +51,10 @@
 //   inspection and the cross-backend bitwise tests. Launch grid = (ceil(rows*cols/256), 1, 1).
 //
 // gemm_nt_f32(const float* A, const float* Bm, const float* self_norm, float* C, unsigned M,
-//             unsigned N, unsigned K, unsigned mode, float alpha, float beta)
-//   r = Σ_k A[m*K+k] Bm[n*K+k]   (k ascending, fmaf, no split-K)
+//             unsigned N, unsigned K, unsigned lda, unsigned ldb, unsigned mode, float alpha,
+//             float beta)
+//   r = Σ_k A[m*lda+k] Bm[n*ldb+k]   (k ascending, fmaf, no split-K; lda = ldb = K for dense
+//   rows, larger for one column group of wider rows, A and Bm then point at the group's column)
 //   mode 1 (cosine): r = r / sqrtf(self_norm[n]);  mode 2 (l2): r = r - 0.5f*self_norm[n]
 //   C[m*N+n] = beta != 0 ? fmaf(beta, C, alpha*r) : alpha*r
 //   Launch grid = (ceil(N/64), ceil(M/64), 1); 64×64 tile per block, 4×4 per thread, k in
@@ -214,7 +216,8 @@ extern "C" __global__ void GG_LAUNCH_BOUNDS
 extern "C" __global__ void GG_LAUNCH_BOUNDS
     gemm_nt_f32(const float* __restrict__ A, const float* __restrict__ Bm,
                 const float* __restrict__ self_norm, float* C, unsigned int M, unsigned int N,
-                unsigned int K, unsigned int mode, float alpha, float beta) {
+                unsigned int K, unsigned int lda, unsigned int ldb, unsigned int mode, float alpha,
+                float beta) {
     static_assert(GM_T * GM_KC == 4 * GG_BLOCK, "loader shape");
     __shared__ __align__(16) float As[GM_KC][GM_LD];
     __shared__ __align__(16) float Bs[GM_KC][GM_LD];
@@ -232,8 +235,8 @@ extern "C" __global__ void GG_LAUNCH_BOUNDS
             const unsigned int r = idx >> 4, kk = idx & 15u;
             const unsigned int k = k0 + kk;
             const unsigned int m = m0 + r, nn = n0 + r;
-            As[kk][r] = (m < M && k < K) ? A[(size_t)m * K + k] : 0.0f;
-            Bs[kk][r] = (nn < N && k < K) ? Bm[(size_t)nn * K + k] : 0.0f;
+            As[kk][r] = (m < M && k < K) ? A[(size_t)m * lda + k] : 0.0f;
+            Bs[kk][r] = (nn < N && k < K) ? Bm[(size_t)nn * ldb + k] : 0.0f;
         }
         __syncthreads();
 #pragma unroll

@@ -38,6 +38,6 @@ pub use ghost_dot::{
 };
 pub use layers::{EmbeddingForm, LayerKind, LayerUse, ModelForms, TermChoice, UseQuery, UseTrain, WeightLayout};
 pub use projection::{
-    Distribution, EmbeddingLayer, OutColumns, ProjectInput, ProjectLayer, ProjectionKind, ProjectionSpec, ScoreDims,
+    ColumnGroup, Distribution, EmbeddingLayer, OutColumns, ProjectInput, ProjectLayer, ProjectionKind, ProjectionSpec, ScoreDims,
     ScoreMode, TokenFactors, Which,
 };

@@ -1744,3 +1744,40 @@ fn preconditioners_from_accumulated_moments_match_the_rust_api_and_the_gradient_
         gg_kfac_destroy(h);
     }
 }
+
+#[test]
+fn influence_scores_groups_match_the_rust_api_and_reject_bad_groups() {
+    use ghostgrad::ColumnGroup;
+    let (nt, nb, rs) = (3usize, 5usize, 12usize);
+    let (te, tr) = (vals((nt * rs) as u64, 61), vals((nb * rs) as u64, 62));
+    let descs = [gg_column_group { offset: 0, width: 4 }, gg_column_group { offset: 5, width: 7 }];
+    let groups = [ColumnGroup { offset: 0, width: 4 }, ColumnGroup { offset: 5, width: 7 }];
+    let selfn: Vec<f32> = (0..2 * nb).map(|i| 1.0 + i as f32 * 0.25).collect();
+    let ctx = Ctx::cpu();
+    let mut out = vec![f32::NAN; 2 * nt * nb];
+    // SAFETY: every pointer points at live memory of the right length.
+    let st = unsafe {
+        gg_influence_scores_groups(ctx.0, t(&te, GG_DTYPE_F32), t(&tr, GG_DTYPE_F32), nt as u64, nb as u64, rs as u64, descs.as_ptr(), 2, t(&selfn, GG_DTYPE_F32), GG_SCORE_L2, tm(&mut out), 1.0, 0.0)
+    };
+    expect(st, GG_STATUS_OK, &[]);
+    let mut want = vec![f32::NAN; 2 * nt * nb];
+    ghostgrad::Context::cpu()
+        .influence_scores_groups(&te[..].into(), &tr[..].into(), nt as u64, nb as u64, rs as u64, &groups, &mut TensorMut::from(&mut want[..]), ScoreMode::L2, Some(&selfn[..].into()), Accumulate::overwrite())
+        .unwrap();
+    assert_eq!(out, want);
+    // The formula for one entry: group 1, q = 2, j = 4.
+    let dot: f64 = (5..12).map(|c| te[2 * rs + c] as f64 * tr[4 * rs + c] as f64).sum();
+    let one = dot - 0.5 * selfn[nb + 4] as f64;
+    assert!((out[nt * nb + 2 * nb + 4] as f64 - one).abs() <= 1e-5 * one.abs().max(1.0));
+    let bad = [gg_column_group { offset: 8, width: 7 }];
+    // SAFETY: as above, with a group outside the rows on purpose.
+    let st = unsafe {
+        gg_influence_scores_groups(ctx.0, t(&te, GG_DTYPE_F32), t(&tr, GG_DTYPE_F32), nt as u64, nb as u64, rs as u64, bad.as_ptr(), 1, ABSENT, GG_SCORE_DOT, tm(&mut out[..nt * nb]), 1.0, 0.0)
+    };
+    expect(st, GG_STATUS_INVALID_ARGUMENT, &["groups", "group 0"]);
+    // SAFETY: a null group array must be detected.
+    let st = unsafe {
+        gg_influence_scores_groups(ctx.0, t(&te, GG_DTYPE_F32), t(&tr, GG_DTYPE_F32), nt as u64, nb as u64, rs as u64, ptr::null(), 1, ABSENT, GG_SCORE_DOT, tm(&mut out[..nt * nb]), 1.0, 0.0)
+    };
+    expect(st, GG_STATUS_NULL_POINTER, &["groups"]);
+}

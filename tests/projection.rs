@@ -15,7 +15,7 @@ use ghostgrad::projection::cpu::{kron_project_reference, scores_reference};
 use ghostgrad::projection::precondition::RawFisher;
 use ghostgrad::projection::materialize_projection;
 use ghostgrad::{
-    Accumulate, Context, DType, Distribution, LayerShape, OutColumns, ProjectLayer, ProjectionKind, ProjectionSpec,
+    Accumulate, ColumnGroup, Context, DType, Distribution, LayerShape, OutColumns, ProjectLayer, ProjectionKind, ProjectionSpec,
     ScoreDims, ScoreMode, Tensor, TensorMut, TrainFactors, Which,
 };
 use proptest::prelude::*;
@@ -504,6 +504,98 @@ proptest! {
     }
 }
 
+/// Runs grouped scores on some backend: `(test, train, row_stride, groups, train_self, old, acc) -> out`.
+type GroupRun<'a> = dyn Fn(&[f32], &[f32], usize, &[ColumnGroup], Option<&[f32]>, &[f32], Accumulate) -> Vec<f32> + 'a;
+
+/// Per-layer-group scores against the f64 reference applied to each group's columns, gathered
+/// here: ragged groups with gaps between them, NaN-poisoned outputs when beta = 0.
+fn check_groups(mode: ScoreMode, dims: (usize, usize), widths: &[usize], seed: u64, beta: bool, run: &GroupRun<'_>) {
+    let (nt, nb) = dims;
+    let mut r = rng(seed);
+    let mut groups = Vec::new();
+    let mut at = 0usize;
+    for (i, &w) in widths.iter().enumerate() {
+        at += i % 2; // a gap column before every other group
+        groups.push(ColumnGroup { offset: at as u64, width: w as u64 });
+        at += w;
+    }
+    let rs = at + 1;
+    let test: Vec<f32> = (0..nt * rs).map(|_| nonzero_gaussian(&mut r)).collect();
+    let train: Vec<f32> = (0..nb * rs).map(|_| nonzero_gaussian(&mut r)).collect();
+    let cols = |x: &[f32], rows: usize, g: &ColumnGroup| -> Vec<f32> {
+        (0..rows).flat_map(|j| (0..g.width as usize).map(move |c| (j, c))).map(|(j, c)| x[j * rs + g.offset as usize + c]).collect()
+    };
+    let selfn: Vec<f32> = groups
+        .iter()
+        .flat_map(|g| { let tg = cols(&train, nb, g); (0..nb).map(move |j| tg[j * g.width as usize..(j + 1) * g.width as usize].iter().map(|x| x * x).sum::<f32>()).collect::<Vec<_>>() })
+        .collect();
+    let ts = (mode != ScoreMode::Dot).then_some(&selfn[..]);
+    let acc = random_acc(&mut r, beta);
+    let old = initial_out(&mut r, groups.len() * nt * nb, acc);
+    let got = run(&test, &train, rs, &groups, ts, &old, acc);
+    for (gi, g) in groups.iter().enumerate() {
+        let (tg, rg) = (cols(&test, nt, g), cols(&train, nb, g));
+        let tsg = ts.map(|s| &s[gi * nb..(gi + 1) * nb]);
+        let w = g.width as usize;
+        let exact = scores_reference(&tg, &rg, w, mode, tsg, false);
+        let mag = scores_reference(&tg, &rg, w, mode, tsg, true);
+        let range = gi * nt * nb..(gi + 1) * nt * nb;
+        let mut want = old[range.clone()].to_vec();
+        ghostgrad::cpu::apply_accumulate(&mut want, &exact, acc);
+        assert_close(&format!("group {gi} of {groups:?} {mode:?} {dims:?}"), &got[range.clone()], &want, &mag, &old[range], acc, Tol::for_depth(w + 10));
+    }
+}
+
+fn run_groups_on(ctx: &Context, mode: ScoreMode) -> impl Fn(&[f32], &[f32], usize, &[ColumnGroup], Option<&[f32]>, &[f32], Accumulate) -> Vec<f32> + '_ {
+    move |te, tr, rs, groups, ts, old, acc| {
+        let mut out = old.to_vec();
+        let tst: Option<Tensor> = ts.map(Tensor::from);
+        let (nt, nb) = ((te.len() / rs) as u64, (tr.len() / rs) as u64);
+        ctx.influence_scores_groups(&te.into(), &tr.into(), nt, nb, rs as u64, groups, &mut TensorMut::from(&mut out[..]), mode, tst.as_ref(), acc)
+            .unwrap();
+        out
+    }
+}
+
+proptest! {
+    #![proptest_config(config(24))]
+    #[test]
+    fn influence_scores_groups_match_reference_on_cpu(nt in 1usize..40, nb in 1usize..40, widths in proptest::collection::vec(1usize..40, 1..4), m in 0usize..3, seed in any::<u64>(), beta in any::<bool>()) {
+        let mode = [ScoreMode::Dot, ScoreMode::Cosine, ScoreMode::L2][m];
+        for ctx in [Context::cpu(), Context::cpu_reference()] {
+            check_groups(mode, (nt, nb), &widths, seed, beta, &run_groups_on(&ctx, mode));
+        }
+    }
+}
+
+#[test]
+fn influence_scores_groups_of_a_partition_sum_to_the_whole_rows_and_reject_bad_groups() {
+    let (nt, nb, rs) = (5usize, 7usize, 23usize);
+    let mut r = rng(3);
+    let test: Vec<f32> = (0..nt * rs).map(|_| nonzero_gaussian(&mut r)).collect();
+    let train: Vec<f32> = (0..nb * rs).map(|_| nonzero_gaussian(&mut r)).collect();
+    let ctx = Context::cpu();
+    let groups = [ColumnGroup { offset: 0, width: 9 }, ColumnGroup { offset: 9, width: 1 }, ColumnGroup { offset: 10, width: 13 }];
+    let mut parts = vec![f32::NAN; 3 * nt * nb];
+    ctx.influence_scores_groups(&test[..].into(), &train[..].into(), nt as u64, nb as u64, rs as u64, &groups, &mut TensorMut::from(&mut parts[..]), ScoreMode::Dot, None, Accumulate::overwrite()).unwrap();
+    let mut whole = vec![f32::NAN; nt * nb];
+    ctx.influence_scores(&test[..].into(), &train[..].into(), ScoreDims { n_test: nt as u64, n_block: nb as u64, k: rs as u64 }, &mut TensorMut::from(&mut whole[..]), ScoreMode::Dot, None, Accumulate::overwrite()).unwrap();
+    let mag = scores_reference(&test, &train, rs, ScoreMode::Dot, None, true);
+    for i in 0..nt * nb {
+        let sum: f32 = (0..3).map(|g| parts[g * nt * nb + i]).sum();
+        assert!((sum - whole[i]).abs() as f64 <= 1e-5 * mag[i].max(1e-30), "score {i}: Σ groups {sum} vs whole {}", whole[i]);
+    }
+    let bad = |groups: &[ColumnGroup], out_len: usize| {
+        let mut out = vec![0f32; out_len];
+        ctx.influence_scores_groups(&test[..].into(), &train[..].into(), nt as u64, nb as u64, rs as u64, groups, &mut TensorMut::from(&mut out[..]), ScoreMode::Dot, None, Accumulate::overwrite()).unwrap_err()
+    };
+    assert!(matches!(bad(&[ColumnGroup { offset: 20, width: 4 }], nt * nb), ghostgrad::GhostError::InvalidArgument { what: "groups", .. }));
+    assert!(matches!(bad(&[ColumnGroup { offset: u64::MAX, width: 2 }], nt * nb), ghostgrad::GhostError::InvalidArgument { what: "groups", .. }));
+    assert!(matches!(bad(&[ColumnGroup { offset: 0, width: 0 }], nt * nb), ghostgrad::GhostError::ZeroSize { .. }));
+    assert!(matches!(bad(&[], 0), ghostgrad::GhostError::ZeroSize { what: "groups" }));
+    assert!(matches!(bad(&groups, nt * nb), ghostgrad::GhostError::LengthMismatch { what: "out", .. }));
+}
+
 #[test]
 fn influence_scores_rejects_inconsistent_train_self() {
     let x = [1f32; 4];
@@ -589,6 +681,26 @@ mod interp {
                 let c = Case { n, t, d_in, d_out, k_i, k_o, dtype, masked: f & 1 != 0, bias: f & 2 != 0, beta: f & 4 != 0, random: (i + j) % 2 == 0, dist: DISTS[j % 2], seed: (10 * i + j) as u64 };
                 check_case(&c, "interp kron_project (fixed shapes)", &run_interp);
             }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(8))]
+        #[test]
+        fn influence_scores_groups_kernels_match_reference(nt in 1usize..70, nb in 1usize..70, widths in proptest::collection::vec(1usize..40, 1..4), m in 0usize..3, seed in any::<u64>(), beta in any::<bool>()) {
+            let mode = [ScoreMode::Dot, ScoreMode::Cosine, ScoreMode::L2][m];
+            let rt = runtime(seed % 4);
+            let ctx = Context::with_runtime(rt.clone());
+            check_groups(mode, (nt, nb), &widths, seed, beta, &|te, tr, rs, groups, ts, old, acc| {
+                let (dte, dtr) = (rt.upload(te, DType::F32).unwrap(), rt.upload(tr, DType::F32).unwrap());
+                let dts = ts.map(|s| rt.upload(s, DType::F32).unwrap());
+                let mut out = rt.upload(old, DType::F32).unwrap();
+                let tst: Option<Tensor> = dts.as_ref().map(|b| b.view().into());
+                let (n_test, n_block) = ((te.len() / rs) as u64, (tr.len() / rs) as u64);
+                ctx.influence_scores_groups(&dte.view().into(), &dtr.view().into(), n_test, n_block, rs as u64, groups, &mut out.view_mut().into(), mode, tst.as_ref(), acc)
+                    .unwrap_or_else(|e| panic!("interp influence_scores_groups: {e}"));
+                rt.read_f32(&out).unwrap()
+            });
         }
     }
 

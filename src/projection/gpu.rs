@@ -121,9 +121,21 @@ pub(crate) fn materialize_plan(out: u64, key: u64, scale: f32, rademacher: bool,
     })
 }
 
-/// `gemm_nt_f32` plan: `C[M, N] = alpha·mode(A Bᵀ) + beta·C`.
+/// `gemm_nt_f32` plan: `C[M, N] = alpha·mode(A Bᵀ) + beta·C`, `A` rows `lda` floats apart and
+/// `Bm` rows `ldb` apart (`K` for dense rows).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_nt_plan(a: u64, b: u64, self_norm: u64, c: u64, m: u64, n: u64, k: u64, mode: u32, acc: Accumulate) -> Result<LaunchPlan> {
+pub(crate) fn gemm_nt_plan(
+    a: u64,
+    b: u64,
+    self_norm: u64,
+    c: u64,
+    m: u64,
+    n: u64,
+    k: u64,
+    (lda, ldb): (u64, u64),
+    mode: u32,
+    acc: Accumulate,
+) -> Result<LaunchPlan> {
     Ok(LaunchPlan {
         kernel: "gemm_nt_f32".into(),
         grid: [fits_i32("n tiles", n.div_ceil(64))?, fits_i32("m tiles", m.div_ceil(64))?, 1],
@@ -137,6 +149,8 @@ pub(crate) fn gemm_nt_plan(a: u64, b: u64, self_norm: u64, c: u64, m: u64, n: u6
             KernelArg::U32(fits_i32("n_test", m)?),
             KernelArg::U32(fits_i32("n_block", n)?),
             KernelArg::U32(fits_i32("k", k)?),
+            KernelArg::U32(fits_i32("lda", lda)?),
+            KernelArg::U32(fits_i32("ldb", ldb)?),
             KernelArg::U32(mode),
             KernelArg::F32(acc.scale),
             KernelArg::F32(acc.beta),

@@ -153,6 +153,15 @@ pub struct OutColumns {
     pub row_stride: u64,
 }
 
+/// One group of columns (typically one layer's `ĝ`, or several adjacent layers) of the rows of
+/// [`influence_scores_groups`](crate::Context::influence_scores_groups): columns
+/// `offset .. offset + width`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ColumnGroup {
+    pub offset: u64,
+    pub width: u64,
+}
+
 /// Score transformation of [`influence_scores`](crate::Context::influence_scores).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScoreMode {

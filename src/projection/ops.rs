@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use super::generator::{entry_scale, materialize_projection, stream_key, Distribution, Which};
 use super::gpu::{self, GpuProjectLayer, GpuProjection, FLAG_RADEMACHER, FLAG_RANDOM};
 use super::{
-    cpu, EmbeddingLayer, OutColumns, ProjectInput, ProjectLayer, ProjectionKind, ProjectionSpec, ScoreDims, ScoreMode,
+    cpu, ColumnGroup, EmbeddingLayer, OutColumns, ProjectInput, ProjectLayer, ProjectionKind, ProjectionSpec, ScoreDims, ScoreMode,
     TokenFactors,
 };
 use crate::buffer::{HostSlice, Tensor, TensorMut};
@@ -378,6 +378,7 @@ impl Context {
                     n_test,
                     n_block,
                     k,
+                    (k, k),
                     mode_id,
                     acc,
                 )?;
@@ -391,6 +392,121 @@ impl Context {
                     _ => cpu::scores_fast(te, tr, n_test as usize, n_block as usize, k as usize, mode, ts),
                 };
                 crate::cpu::apply_accumulate(out.host("out")?, &res, acc);
+                Ok(())
+            }
+        }
+    }
+
+    /// Per-layer-group partial influence scores (MATH.md §4): `test` f32 `[n_test, row_stride]`
+    /// and `train_block` f32 `[n_block, row_stride]` hold several layers' `ĝ` side by side (as
+    /// [`kron_project_layers`](Self::kron_project_layers) writes them); for every group `g` of
+    /// columns `groups[g]`:
+    /// `out[g, q, j] = beta·out + scale·f(Σ_{c ∈ group g} test[q, c]·train_block[j, c])`, `out`
+    /// f32 `[G, n_test, n_block]`, `f` the [`ScoreMode`] with the group's own
+    /// `train_self[g, j]` (f32 `[G, n_block]`; required for Cosine/L2, rejected for Dot). Summing
+    /// the groups of a partition gives [`influence_scores`](Self::influence_scores) on the whole
+    /// rows (Dot). On a GPU: one `gemm_nt_f32` per group, reading the group's columns in place.
+    #[allow(clippy::too_many_arguments)]
+    pub fn influence_scores_groups(
+        &self,
+        test: &Tensor<'_>,
+        train_block: &Tensor<'_>,
+        n_test: u64,
+        n_block: u64,
+        row_stride: u64,
+        groups: &[ColumnGroup],
+        out: &mut TensorMut<'_>,
+        mode: ScoreMode,
+        train_self: Option<&Tensor<'_>>,
+        acc: Accumulate,
+    ) -> Result<()> {
+        const OPS: &str = "influence_scores_groups";
+        v::finite("scale", acc.scale)?;
+        v::finite("beta", acc.beta)?;
+        let space = self.space();
+        for (what, x) in [("n_test", n_test), ("n_block", n_block), ("row_stride", row_stride)] {
+            v::nonzero(what, x)?;
+            v::fits_i32(what, x)?;
+        }
+        let n_groups = groups.len() as u64;
+        v::nonzero("groups", n_groups)?;
+        for (g, c) in groups.iter().enumerate() {
+            v::nonzero("groups[g].width", c.width)?;
+            if c.offset.checked_add(c.width).is_none_or(|end| end > row_stride) {
+                return Err(GhostError::InvalidArgument {
+                    what: "groups",
+                    reason: format!("group {g} (columns {} + {}) does not fit rows of {row_stride}", c.offset, c.width),
+                });
+            }
+        }
+        v::input("test", test, space, &[DType::F32], v::mul("n_test*row_stride", n_test, row_stride)?, OPS)?;
+        v::input("train_block", train_block, space, &[DType::F32], v::mul("n_block*row_stride", n_block, row_stride)?, OPS)?;
+        match (mode, train_self) {
+            (ScoreMode::Dot, Some(_)) => {
+                return Err(GhostError::InvalidArgument { what: "train_self", reason: "given but mode Dot does not use it".into() })
+            }
+            (ScoreMode::Cosine | ScoreMode::L2, None) => {
+                return Err(GhostError::InvalidArgument {
+                    what: "train_self",
+                    reason: format!("mode {mode:?} needs train_self [G, n_block]"),
+                })
+            }
+            (_, Some(s)) => {
+                v::input("train_self", s, space, &[DType::F32], v::mul("G*n_block", n_groups, n_block)?, OPS)?;
+            }
+            _ => {}
+        }
+        let per = v::mul("n_test*n_block", n_test, n_block)?;
+        v::output("out", out, space, v::mul("G*n_test*n_block", n_groups, per)?, OPS)?;
+        self.check_device_ptrs(&[("test", Some(test)), ("train_block", Some(train_block)), ("train_self", train_self)])?;
+        self.check_out_ptr("out", out)?;
+        let mode_id = match mode {
+            ScoreMode::Dot => 0,
+            ScoreMode::Cosine => 1,
+            ScoreMode::L2 => 2,
+        };
+        match &self.backend {
+            Backend::Gpu(rt) => {
+                let (te, tr) = (test.device("test")?.ptr(), train_block.device("train_block")?.ptr());
+                let ts = dev_ptr(train_self, "train_self")?;
+                let o = out.device("out")?.ptr();
+                for (g, c) in groups.iter().enumerate() {
+                    let g = g as u64;
+                    let plan = gpu::gemm_nt_plan(
+                        te + 4 * c.offset,
+                        tr + 4 * c.offset,
+                        if ts == 0 { 0 } else { ts + 4 * g * n_block },
+                        o + 4 * g * per,
+                        n_test,
+                        n_block,
+                        c.width,
+                        (row_stride, row_stride),
+                        mode_id,
+                        acc,
+                    )?;
+                    rt.launch(&plan)?;
+                }
+                Ok(())
+            }
+            backend => {
+                let (te, tr) = (host_f32("test", test)?, host_f32("train_block", train_block)?);
+                let ts = train_self.map(|s| host_f32("train_self", s)).transpose()?;
+                let out = out.host("out")?;
+                let (nt, nb, rs) = (n_test as usize, n_block as usize, row_stride as usize);
+                let cols = |x: &[f32], rows: usize, c: &ColumnGroup| -> Vec<f32> {
+                    let (o, w) = (c.offset as usize, c.width as usize);
+                    (0..rows).flat_map(|r| x[r * rs + o..r * rs + o + w].iter().copied()).collect()
+                };
+                for (g, c) in groups.iter().enumerate() {
+                    let (te_g, tr_g) = (cols(te, nt, c), cols(tr, nb, c));
+                    let ts_g = ts.map(|s| &s[g * nb..(g + 1) * nb]);
+                    let w = c.width as usize;
+                    let res = match backend {
+                        Backend::CpuReference => cpu::scores_reference(&te_g, &tr_g, w, mode, ts_g, false),
+                        _ => cpu::scores_fast(&te_g, &tr_g, nt, nb, w, mode, ts_g),
+                    };
+                    crate::cpu::apply_accumulate(&mut out[g * nt * nb..(g + 1) * nt * nb], &res, acc);
+                }
                 Ok(())
             }
         }
