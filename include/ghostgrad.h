@@ -827,6 +827,31 @@ gg_status gg_model_sqnorm(const struct gg_context *ctx,
                           gg_form_request linear_form,
                           gg_embedding_form_request embedding_form);
 
+// In-Run Data Shapley, first + second order, over a whole model of mixed layer kinds
+// (`Context::model_ghg`): `out[n] = beta·out + scale·(−eta·Σ_p <G^p_n, g_val^p> +
+// (eta²/2)·Σ_p <G^p_n, (H_val v)^p>)`, `out` f32 `[n]`. Each `uses[i].query` holds the
+// validation factors (one segment); `b_dot[i]` the derivative of its `b` along the batch
+// gradient `v`, `x_dot[i]` that of its `x` (absent — NULL pointer, length 0 — for embeddings
+// and inputs that do not depend on the weights). A tied parameter whose uses mix absent and
+// present `x_dot` (an embedding tied to an LM head) is not supported yet
+// (`GG_STATUS_INVALID_ARGUMENT`).
+//
+// # Safety
+// As [`gg_model_dot`]; `x_dot` and `b_dot` point at `n_uses` readable `gg_tensor` each, whose
+// buffers follow the [`gg_tensor`] contract.
+gg_status gg_model_ghg(const struct gg_context *ctx,
+                       uint64_t n,
+                       const struct gg_layer_use *uses,
+                       const struct gg_tensor *x_dot,
+                       const struct gg_tensor *b_dot,
+                       size_t n_uses,
+                       float eta,
+                       struct gg_tensor_mut out,
+                       float scale,
+                       float beta,
+                       gg_form_request linear_form,
+                       gg_embedding_form_request embedding_form);
+
 // Data value embedding reverse sweep (MATH.md §5) of `n_layers` layers over `n_steps` training
 // steps: for every layer and every step t from the LAST down to the first,
 // `E_t = eta_t (G_t − G_t Mᵀ)` into `e_out`'s rows of step t, then `M ← M + c_t E_tᵀ G_t`.

@@ -2286,6 +2286,9 @@ enum ModelCall {
     Dot,
     Gram,
     SqNorm,
+    /// In-Run first + second order: the uses' queries are the validation factors; `x_dot` and
+    /// `b_dot` point at `n_uses` descriptors each (an absent `x_dot[i]`: no input derivative).
+    Ghg { eta: f32, x_dot: *const gg_tensor, b_dot: *const gg_tensor },
 }
 
 /// # Safety
@@ -2341,6 +2344,16 @@ unsafe fn model_call(
             raw.push(parsed);
         }
         bufs.prefix.clear();
+        let mut dots = Vec::new();
+        if let ModelCall::Ghg { x_dot, b_dot, .. } = which {
+            // SAFETY: forwarded from this function's contract (n_uses descriptors each).
+            let (xd, bd) = unsafe { (read_array(x_dot, n_uses, "x_dot")?, read_array(b_dot, n_uses, "b_dot")?) };
+            for (i, (x, b)) in xd.iter().zip(&bd).enumerate() {
+                let x = bufs.optional_input(&format!("x_dot[{i}]"), x)?;
+                let b = bufs.input(&format!("b_dot[{i}]"), b)?;
+                dots.push((x, b));
+            }
+        }
         let raw_out = bufs.output("out", &out)?;
         bufs.check_overlaps()?;
         let space = bufs.space;
@@ -2354,6 +2367,16 @@ unsafe fn model_call(
             ModelCall::Dot => ctx.model_dot(n, &views, &mut out, acc, forms)?,
             ModelCall::Gram => ctx.model_gram(n, &views, &mut out, acc, forms)?,
             ModelCall::SqNorm => ctx.model_sqnorm(n, &views, &mut out, acc, forms)?,
+            ModelCall::Ghg { eta, .. } => {
+                let mut gu = Vec::with_capacity(views.len());
+                for (i, (u, (x, b))) in views.iter().zip(&dots).enumerate() {
+                    let val = u.query.ok_or_else(|| Failure::null("query (the validation factors)").context(&format!("uses[{i}]")))?;
+                    // SAFETY: checked buffers, valid for the call by this function's contract.
+                    let (x_dot, b_dot) = unsafe { (x.map(|x| x.view(space)), b.view(space)) };
+                    gu.push(crate::layers::GhgUse { param: u.param, kind: u.kind, train: u.train, val, x_dot, b_dot });
+                }
+                ctx.model_ghg(n, &gu, eta, &mut out, acc, forms)?
+            }
         };
         let lines: Vec<String> = report
             .iter()
@@ -2431,6 +2454,37 @@ pub unsafe extern "C" fn gg_model_sqnorm(
 ) -> gg_status {
     // SAFETY: forwarded from this function's contract.
     unsafe { model_call(ModelCall::SqNorm, ctx, n, uses, n_uses, out, scale, beta, linear_form, embedding_form) }
+}
+/// In-Run Data Shapley, first + second order, over a whole model of mixed layer kinds
+/// (`Context::model_ghg`): `out[n] = beta·out + scale·(−eta·Σ_p <G^p_n, g_val^p> +
+/// (eta²/2)·Σ_p <G^p_n, (H_val v)^p>)`, `out` f32 `[n]`. Each `uses[i].query` holds the
+/// validation factors (one segment); `b_dot[i]` the derivative of its `b` along the batch
+/// gradient `v`, `x_dot[i]` that of its `x` (absent — NULL pointer, length 0 — for embeddings
+/// and inputs that do not depend on the weights). A tied parameter whose uses mix absent and
+/// present `x_dot` (an embedding tied to an LM head) is not supported yet
+/// (`GG_STATUS_INVALID_ARGUMENT`).
+///
+/// # Safety
+/// As [`gg_model_dot`]; `x_dot` and `b_dot` point at `n_uses` readable `gg_tensor` each, whose
+/// buffers follow the [`gg_tensor`] contract.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn gg_model_ghg(
+    ctx: *const gg_context,
+    n: u64,
+    uses: *const gg_layer_use,
+    x_dot: *const gg_tensor,
+    b_dot: *const gg_tensor,
+    n_uses: usize,
+    eta: f32,
+    out: gg_tensor_mut,
+    scale: f32,
+    beta: f32,
+    linear_form: gg_form_request,
+    embedding_form: gg_embedding_form_request,
+) -> gg_status {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { model_call(ModelCall::Ghg { eta, x_dot, b_dot }, ctx, n, uses, n_uses, out, scale, beta, linear_form, embedding_form) }
 }
 // ================================ end of the model-level section =============================
 

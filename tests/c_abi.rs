@@ -1781,3 +1781,48 @@ fn influence_scores_groups_match_the_rust_api_and_reject_bad_groups() {
     };
     expect(st, GG_STATUS_NULL_POINTER, &["groups"]);
 }
+
+#[test]
+fn model_ghg_matches_the_safe_api_and_rejects_an_embedding_tied_to_a_linear() {
+    let p = ModelProblem::new();
+    let (uses, safe) = (p.uses(), p.safe_uses());
+    let dots = |len: u64, seed: u32| vals(len, seed);
+    let (qemb_dot, qln_dot, qlin_dot, qh_dot, qlogit_dot) = (dots(16, 71), dots(16, 72), dots(12, 73), dots(16, 74), dots(24, 75));
+    let x_dot = [ABSENT, t(&qh_dot, GG_DTYPE_F32), t(&qh_dot, GG_DTYPE_F32), t(&qh_dot, GG_DTYPE_F32)];
+    let b_dot = [t(&qemb_dot, GG_DTYPE_F32), t(&qln_dot, GG_DTYPE_F32), t(&qlin_dot, GG_DTYPE_F32), t(&qlogit_dot, GG_DTYPE_F32)];
+    // The first three uses (embedding, norm, Conv1D linear) are untied.
+    let ctx = Ctx::cpu();
+    let mut out = vec![f32::NAN; 2 * 2];
+    // SAFETY: every descriptor points at live memory of the right length.
+    let st = unsafe { gg_model_ghg(ctx.0, 2, uses.as_ptr(), x_dot.as_ptr(), b_dot.as_ptr(), 3, 0.3, tm(&mut out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, 0) };
+    expect(st, GG_STATUS_OK, &[]);
+    let bd: [&[f32]; 3] = [&qemb_dot, &qln_dot, &qlin_dot];
+    let gu: Vec<ghostgrad::GhgUse<'_>> = safe[..3]
+        .iter()
+        .zip(bd)
+        .enumerate()
+        .map(|(i, (u, b))| ghostgrad::GhgUse {
+            param: u.param,
+            kind: u.kind,
+            train: u.train,
+            val: u.query.unwrap(),
+            x_dot: (i > 0).then(|| qh_dot[..].into()),
+            b_dot: b.into(),
+        })
+        .collect();
+    let mut want = vec![f32::NAN; 4];
+    ghostgrad::Context::cpu().model_ghg(2, &gu, 0.3, &mut (&mut want[..]).into(), Accumulate::overwrite(), ghostgrad::ModelForms::default()).unwrap();
+    assert_eq!(out, want);
+    assert!(out.iter().all(|x| x.is_finite()), "{out:?}");
+    // All four uses: the embedding (no x_dot) is tied to the LM head (x_dot): not supported yet.
+    // SAFETY: as above.
+    let st = unsafe { gg_model_ghg(ctx.0, 2, uses.as_ptr(), x_dot.as_ptr(), b_dot.as_ptr(), 4, 0.3, tm(&mut out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, 0) };
+    expect(st, GG_STATUS_INVALID_ARGUMENT, &["param 0", "x_dot"]);
+    // SAFETY: a null derivative array must be detected.
+    let st = unsafe { gg_model_ghg(ctx.0, 2, uses.as_ptr(), ptr::null(), b_dot.as_ptr(), 3, 0.3, tm(&mut out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, 0) };
+    expect(st, GG_STATUS_NULL_POINTER, &["x_dot"]);
+    let short = [t(&qemb_dot[..15], GG_DTYPE_F32), b_dot[1], b_dot[2]];
+    // SAFETY: as above, with a short b_dot[0] on purpose.
+    let st = unsafe { gg_model_ghg(ctx.0, 2, uses.as_ptr(), x_dot.as_ptr(), short.as_ptr(), 3, 0.3, tm(&mut out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, 0) };
+    assert_ne!(st, GG_STATUS_OK, "a short b_dot must be rejected");
+}

@@ -8,8 +8,8 @@ mod common;
 use common::model::*;
 use common::*;
 use ghostgrad::{
-    Accumulate, Context, DType, EmbeddingForm, GhostError, LayerKind, LayerUse, ModelForms, Segments, Tensor, UseQuery,
-    UseTrain,
+    Accumulate, Context, DType, EmbeddingForm, GhgUse, GhostError, LayerKind, LayerUse, ModelForms, Segments, Tensor,
+    UseQuery, UseTrain,
 };
 use proptest::prelude::*;
 
@@ -275,6 +275,152 @@ fn embedding_form_follows_the_cost_model() {
 /// production launch plans (memcheck, initcheck, shared and global racecheck on; several
 /// schedule seeds; outputs poisoned with NaN when `beta = 0`).
 #[cfg(feature = "interp")]
+// ---------------------------------------------------------------------------------------------
+// model_ghg: In-Run first + second order over mixed layer kinds
+
+/// A random model with one validation segment per use, and the derivatives of the validation
+/// factors: `b_dot` for every use, `x_dot` for every non-embedding use (NaN in masked rows).
+struct GhgProblem {
+    m: ModelData,
+    b_dot: Vec<Buf>,
+    x_dot: Vec<Option<Buf>>,
+}
+
+fn ghg_problem(seed: u64, dtype: DType, masked: bool, tied_linear: bool) -> GhgProblem {
+    let mut r = rng(seed);
+    let mut m = ModelData::random(&mut r, Mix { linear: true, embedding: true, norm: true, tied: false }, dtype, masked);
+    if tied_linear {
+        // One Linear with bias applied twice (a tie where every use has an input derivative).
+        let k = LayerKind::linear(1 + seed % 7, 2 + seed % 5, true);
+        for _ in 0..2 {
+            m.uses.push(UseData::random(&mut r, 50, k, m.n, 1, dtype, masked, &[0]));
+        }
+    }
+    m.v = 1;
+    for u in &mut m.uses {
+        u.offsets = vec![0, u.query.rows as i32];
+    }
+    let mut b_dot = Vec::new();
+    let mut x_dot = Vec::new();
+    for u in &m.uses {
+        let (q, bw) = (u.query.rows, u.query.b.len() / u.query.rows);
+        let nan_masked = |mut b: Buf, w: usize| {
+            if let Some(mk) = &u.query.mask {
+                for row in (0..q).filter(|&row| mk[row] == 0) {
+                    (0..w).for_each(|c| b.set(row * w + c, f32::NAN));
+                }
+            }
+            b
+        };
+        b_dot.push(nan_masked(Buf::random(&mut r, dtype, q * bw), bw));
+        x_dot.push(match (&u.kind, &u.query.x) {
+            (LayerKind::Embedding { .. }, _) => None,
+            (_, XBuf::Float(x)) => {
+                let xw = x.len() / q;
+                Some(nan_masked(Buf::random(&mut r, dtype, q * xw), xw))
+            }
+            _ => unreachable!(),
+        });
+    }
+    GhgProblem { m, b_dot, x_dot }
+}
+
+/// `−η·<G_n, g_val> + (η²/2)·<G_n, H v>` from explicit gradients of three variants of the model
+/// (queries (x_val, b_val), (x_val, ḃ) and, without bias, (ẋ, b_val)), and its magnitude.
+fn ghg_expected(p: &GhgProblem, eta: f64) -> (Vec<f64>, Vec<f64>) {
+    let mut m2 = p.m.clone();
+    for (u, b) in m2.uses.iter_mut().zip(&p.b_dot) {
+        u.query.b = b.clone();
+    }
+    let mut m3 = p.m.clone();
+    m3.uses = p
+        .m
+        .uses
+        .iter()
+        .zip(&p.x_dot)
+        .filter_map(|(u, x)| {
+            let mut u = u.clone();
+            u.query.x = XBuf::Float(x.clone()?);
+            u.kind = match u.kind {
+                LayerKind::Linear { d_in, d_out, layout, .. } => LayerKind::Linear { d_in, d_out, has_bias: false, layout },
+                LayerKind::Norm { d, .. } => LayerKind::Norm { d, has_bias: false },
+                k => k,
+            };
+            Some(u)
+        })
+        .collect();
+    let (e1, e2) = (expected(&p.m).dot, expected(&m2).dot);
+    let e3 = if m3.uses.is_empty() { (vec![0.0; p.m.n], vec![0.0; p.m.n]) } else { expected(&m3).dot };
+    let w1 = 0.5 * eta * eta;
+    let want = (0..p.m.n).map(|i| -eta * e1.0[i] + w1 * (e2.0[i] + e3.0[i])).collect();
+    let mag = (0..p.m.n).map(|i| eta * e1.1[i] + w1 * (e2.1[i] + e3.1[i])).collect();
+    (want, mag)
+}
+
+fn ghg_uses<'a>(p: &'a GhgProblem, uses: &[LayerUse<'a>], b_dot: &[Tensor<'a>], x_dot: &[Option<Tensor<'a>>]) -> Vec<GhgUse<'a>> {
+    let _ = p;
+    uses.iter()
+        .zip(b_dot.iter().zip(x_dot))
+        .map(|(u, (b, x))| GhgUse { param: u.param, kind: u.kind, train: u.train, val: u.query.unwrap(), x_dot: *x, b_dot: *b })
+        .collect()
+}
+
+fn check_ghg(ctx: &Context, p: &GhgProblem, seed: u64, run: &dyn Fn(&[f32], Accumulate, f32) -> Vec<f32>) {
+    let mut r = rng(seed ^ 0x6e6);
+    let eta = 0.05f32 + (seed % 5) as f32 * 0.1;
+    let (want, mag) = ghg_expected(p, eta as f64);
+    let nonzero_beta = rng_bool(&mut r);
+    let acc = random_acc(&mut r, nonzero_beta);
+    let old = initial_out(&mut r, want.len(), acc);
+    let got = run(&old, acc, eta);
+    let mut want32 = old.clone();
+    ghostgrad::cpu::apply_accumulate(&mut want32, &want, acc);
+    // Three passes each rounded into out: a few more roundings than one model_dot.
+    assert_close(&format!("{} model_ghg", ctx.describe()), &got, &want32, &mag, &old, acc, Tol::for_depth(p.m.depth() + 8));
+}
+
+proptest! {
+    #![proptest_config(config(12))]
+    #[test]
+    fn model_ghg_matches_explicit_gradients_on_cpu(dt in 0usize..3, masked in any::<bool>(), tied in any::<bool>(), seed in any::<u64>()) {
+        let p = ghg_problem(seed, FLOAT_DTYPES[dt], masked, tied);
+        let uses = p.m.layer_uses();
+        let b_dot: Vec<Tensor<'_>> = p.b_dot.iter().map(|b| b.tensor()).collect();
+        let x_dot: Vec<Option<Tensor<'_>>> = p.x_dot.iter().map(|x| x.as_ref().map(|b| b.tensor())).collect();
+        let gu = ghg_uses(&p, &uses, &b_dot, &x_dot);
+        for ctx in [Context::cpu(), Context::cpu_reference()] {
+            check_ghg(&ctx, &p, seed, &|old, acc, eta| {
+                let mut out = old.to_vec();
+                ctx.model_ghg(p.m.n as u64, &gu, eta, &mut (&mut out[..]).into(), acc, ModelForms::default()).unwrap();
+                out
+            });
+        }
+    }
+}
+
+#[test]
+fn model_ghg_rejects_an_embedding_tied_to_a_linear_and_checks_eta() {
+    let mut r = rng(7);
+    let m = ModelData::random(&mut r, Mix { linear: false, embedding: false, norm: false, tied: true }, DType::F32, false);
+    let uses = m.layer_uses();
+    let gu: Vec<GhgUse<'_>> = uses
+        .iter()
+        .map(|u| GhgUse {
+            param: u.param,
+            kind: u.kind,
+            train: u.train,
+            val: u.query.unwrap(),
+            x_dot: (!matches!(u.kind, LayerKind::Embedding { .. })).then_some(u.query.unwrap().x),
+            b_dot: u.query.unwrap().b,
+        })
+        .collect();
+    let mut out = vec![0f32; m.n * m.v];
+    let e = Context::cpu().model_ghg(m.n as u64, &gu, 0.1, &mut (&mut out[..]).into(), Accumulate::overwrite(), ModelForms::default()).unwrap_err();
+    assert!(matches!(&e, GhostError::InvalidArgument { what: "uses", reason } if reason.contains("x_dot")), "{e:?}");
+    let e = Context::cpu().model_ghg(m.n as u64, &gu, f32::NAN, &mut (&mut out[..]).into(), Accumulate::overwrite(), ModelForms::default()).unwrap_err();
+    assert!(matches!(e, GhostError::InvalidArgument { what: "eta", .. }), "{e:?}");
+}
+
 mod gpu {
     use super::*;
     use ghostgrad::runtime::interp::{InterpBuffer, InterpRuntime};
@@ -348,6 +494,28 @@ mod gpu {
                 }),
             })
             .collect()
+    }
+
+    #[test]
+    fn model_ghg_on_the_interpreter_matches_explicit_gradients() {
+        for seed in 0..4u64 {
+            let p = ghg_problem(seed, FLOAT_DTYPES[seed as usize % 3], seed % 2 == 0, seed % 3 != 0);
+            let rt = runtime(seed);
+            let ctx = Context::with_runtime(rt.clone());
+            let dev = upload_model(&rt, &p.m);
+            let uses = dev_uses(&p.m, &dev);
+            let db: Vec<InterpBuffer> = p.b_dot.iter().map(|b| up_buf(&rt, b)).collect();
+            let dx: Vec<Option<InterpBuffer>> = p.x_dot.iter().map(|x| x.as_ref().map(|b| up_buf(&rt, b))).collect();
+            let b_dot: Vec<Tensor<'_>> = db.iter().map(|b| b.view().into()).collect();
+            let x_dot: Vec<Option<Tensor<'_>>> = dx.iter().map(|x| x.as_ref().map(|b| b.view().into())).collect();
+            let gu = ghg_uses(&p, &uses, &b_dot, &x_dot);
+            check_ghg(&ctx, &p, seed, &|old, acc, eta| {
+                let mut out = rt.upload(old, DType::F32).unwrap();
+                ctx.model_ghg(p.m.n as u64, &gu, eta, &mut out.view_mut().into(), acc, ModelForms::default())
+                    .unwrap_or_else(|e| panic!("interp model_ghg: {e}"));
+                rt.read_f32(&out).unwrap()
+            });
+        }
     }
 
     fn check_gpu(m: &ModelData, forms: ModelForms, seed: u64, sched: u64) {

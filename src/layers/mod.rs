@@ -580,6 +580,78 @@ impl Context {
     pub fn model_sqnorm(&self, n: u64, uses: &[LayerUse<'_>], out: &mut TensorMut<'_>, acc: Accumulate, forms: ModelForms) -> Result<Vec<TermChoice>> {
         self.model_call("model_sqnorm", n, uses, out, acc, forms, Mode::SelfNorm)
     }
+
+    /// In-Run Data Shapley, first + second order (MATH.md §2), over a whole model of mixed layer
+    /// kinds: `out[n] = beta·out + scale·(−η Σ_p <G^p_n, g_val^p> + (η²/2) Σ_p <G^p_n, (H_val v)^p>)`,
+    /// `out` f32 `[N]`. Each use gives its validation factors `val` (one segment) and their
+    /// derivatives along `v`: `b_dot` always, `x_dot` for uses whose input moves with the
+    /// weights (`None` for embeddings — ids do not move — and for inputs of the first layer).
+    /// A parameter's block of `H_val v` is `Σ_uses [Q(x_val, ḃ) + Q(ẋ, b_val)]`, the second
+    /// without bias (the constant 1 has no derivative); tied uses are summed exactly as in
+    /// [`model_dot`](Self::model_dot). Three `model_dot` passes; `out` is rounded after each.
+    ///
+    /// Not supported yet (typed error): a tied parameter whose uses mix `x_dot: None` and
+    /// `Some` (an embedding tied to an LM head): its `(ẋ, b_val)` pass needs the embedding's
+    /// training gradient with no query of its own.
+    #[allow(clippy::too_many_arguments)]
+    pub fn model_ghg(&self, n: u64, uses: &[GhgUse<'_>], eta: f32, out: &mut TensorMut<'_>, acc: Accumulate, forms: ModelForms) -> Result<Vec<TermChoice>> {
+        v::finite("eta", eta)?;
+        v::finite("scale", acc.scale)?;
+        v::finite("beta", acc.beta)?;
+        let (w0, w1) = (-eta, 0.5 * eta * eta);
+        v::finite("eta²/2", w1)?;
+        for u in uses {
+            let with = uses.iter().filter(|w| w.param == u.param && w.x_dot.is_some()).count();
+            let all = uses.iter().filter(|w| w.param == u.param).count();
+            if with != 0 && with != all {
+                return Err(GhostError::InvalidArgument {
+                    what: "uses",
+                    reason: format!(
+                        "param {} ties uses without x_dot (e.g. an embedding) to uses with x_dot: not supported by model_ghg yet",
+                        u.param
+                    ),
+                });
+            }
+        }
+        let first: Vec<LayerUse<'_>> =
+            uses.iter().map(|u| LayerUse { param: u.param, kind: u.kind, train: u.train, query: Some(u.val) }).collect();
+        let mut choices = self.model_dot(n, &first, out, Accumulate { scale: acc.scale * w0, beta: acc.beta }, forms)?;
+        let second_b: Vec<LayerUse<'_>> = uses
+            .iter()
+            .map(|u| LayerUse { param: u.param, kind: u.kind, train: u.train, query: Some(UseQuery { b: u.b_dot, ..u.val }) })
+            .collect();
+        choices.extend(self.model_dot(n, &second_b, out, Accumulate { scale: acc.scale * w1, beta: 1.0 }, forms)?);
+        let second_x: Vec<LayerUse<'_>> = uses
+            .iter()
+            .filter_map(|u| {
+                let x = u.x_dot?;
+                let kind = match u.kind {
+                    LayerKind::Linear { d_in, d_out, layout, .. } => LayerKind::Linear { d_in, d_out, has_bias: false, layout },
+                    LayerKind::Norm { d, .. } => LayerKind::Norm { d, has_bias: false },
+                    k @ LayerKind::Embedding { .. } => k,
+                };
+                Some(LayerUse { param: u.param, kind, train: u.train, query: Some(UseQuery { x, ..u.val }) })
+            })
+            .collect();
+        if !second_x.is_empty() {
+            choices.extend(self.model_dot(n, &second_x, out, Accumulate { scale: acc.scale * w1, beta: 1.0 }, forms)?);
+        }
+        Ok(choices)
+    }
+}
+
+/// One use of [`model_ghg`](crate::Context::model_ghg): a [`LayerUse`] whose query is the
+/// validation pass (`val`, one segment), plus the derivatives of the validation factors along
+/// the batch gradient `v` (same shapes as `val.x`, `val.b`).
+#[derive(Debug, Clone, Copy)]
+pub struct GhgUse<'a> {
+    pub param: u32,
+    pub kind: LayerKind,
+    pub train: UseTrain<'a>,
+    pub val: UseQuery<'a>,
+    /// `ẋ` (`None`: the input does not depend on the weights — embedding ids, the first layer).
+    pub x_dot: Option<Tensor<'a>>,
+    pub b_dot: Tensor<'a>,
 }
 
 /// Host row ranges of a use's query segments (`Mode::Dot`) or of its training samples.
