@@ -832,9 +832,8 @@ gg_status gg_model_sqnorm(const struct gg_context *ctx,
 // (eta²/2)·Σ_p <G^p_n, (H_val v)^p>)`, `out` f32 `[n]`. Each `uses[i].query` holds the
 // validation factors (one segment); `b_dot[i]` the derivative of its `b` along the batch
 // gradient `v`, `x_dot[i]` that of its `x` (absent — NULL pointer, length 0 — for embeddings
-// and inputs that do not depend on the weights). A tied parameter whose uses mix absent and
-// present `x_dot` (an embedding tied to an LM head) is not supported yet
-// (`GG_STATUS_INVALID_ARGUMENT`).
+// and inputs that do not depend on the weights). Tied parameters are exact, an embedding tied
+// to an LM head included.
 //
 // # Safety
 // As [`gg_model_dot`]; `x_dot` and `b_dot` point at `n_uses` readable `gg_tensor` each, whose

@@ -1783,7 +1783,7 @@ fn influence_scores_groups_match_the_rust_api_and_reject_bad_groups() {
 }
 
 #[test]
-fn model_ghg_matches_the_safe_api_and_rejects_an_embedding_tied_to_a_linear() {
+fn model_ghg_matches_the_safe_api_with_and_without_the_tied_lm_head() {
     let p = ModelProblem::new();
     let (uses, safe) = (p.uses(), p.safe_uses());
     let dots = |len: u64, seed: u32| vals(len, seed);
@@ -1814,10 +1814,26 @@ fn model_ghg_matches_the_safe_api_and_rejects_an_embedding_tied_to_a_linear() {
     ghostgrad::Context::cpu().model_ghg(2, &gu, 0.3, &mut (&mut want[..]).into(), Accumulate::overwrite(), ghostgrad::ModelForms::default()).unwrap();
     assert_eq!(out, want);
     assert!(out.iter().all(|x| x.is_finite()), "{out:?}");
-    // All four uses: the embedding (no x_dot) is tied to the LM head (x_dot): not supported yet.
+    // All four uses: the embedding (no x_dot) tied to the LM head (x_dot), as in GPT-2.
     // SAFETY: as above.
     let st = unsafe { gg_model_ghg(ctx.0, 2, uses.as_ptr(), x_dot.as_ptr(), b_dot.as_ptr(), 4, 0.3, tm(&mut out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, 0) };
-    expect(st, GG_STATUS_INVALID_ARGUMENT, &["param 0", "x_dot"]);
+    expect(st, GG_STATUS_OK, &[]);
+    let bd4: [&[f32]; 4] = [&qemb_dot, &qln_dot, &qlin_dot, &qlogit_dot];
+    let gu4: Vec<ghostgrad::GhgUse<'_>> = safe
+        .iter()
+        .zip(bd4)
+        .enumerate()
+        .map(|(i, (u, b))| ghostgrad::GhgUse {
+            param: u.param,
+            kind: u.kind,
+            train: u.train,
+            val: u.query.unwrap(),
+            x_dot: (i > 0).then(|| qh_dot[..].into()),
+            b_dot: b.into(),
+        })
+        .collect();
+    ghostgrad::Context::cpu().model_ghg(2, &gu4, 0.3, &mut (&mut want[..]).into(), Accumulate::overwrite(), ghostgrad::ModelForms::default()).unwrap();
+    assert_eq!(out, want);
     // SAFETY: a null derivative array must be detected.
     let st = unsafe { gg_model_ghg(ctx.0, 2, uses.as_ptr(), ptr::null(), b_dot.as_ptr(), 3, 0.3, tm(&mut out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, 0) };
     expect(st, GG_STATUS_NULL_POINTER, &["x_dot"]);

@@ -288,7 +288,10 @@ struct GhgProblem {
 
 fn ghg_problem(seed: u64, dtype: DType, masked: bool, tied_linear: bool) -> GhgProblem {
     let mut r = rng(seed);
-    let mut m = ModelData::random(&mut r, Mix { linear: true, embedding: true, norm: true, tied: false }, dtype, masked);
+    // Every other seed also carries the tied groups of tests/common/model.rs, among them an
+    // embedding tied to an LM head (uses with and without ẋ in one parameter).
+    let mix = Mix { linear: true, embedding: true, norm: true, tied: seed % 2 == 1 };
+    let mut m = ModelData::random(&mut r, mix, dtype, masked);
     if tied_linear {
         // One Linear with bias applied twice (a tie where every use has an input derivative).
         let k = LayerKind::linear(1 + seed % 7, 2 + seed % 5, true);
@@ -339,8 +342,17 @@ fn ghg_expected(p: &GhgProblem, eta: f64) -> (Vec<f64>, Vec<f64>) {
         .iter()
         .zip(&p.x_dot)
         .filter_map(|(u, x)| {
+            // A parameter takes part if one of its uses has ẋ; a use without ẋ then adds its
+            // training gradient and nothing on the query side (all its query rows masked here).
+            let group_has = p.m.uses.iter().zip(&p.x_dot).any(|(w, xw)| w.param == u.param && xw.is_some());
+            if !group_has {
+                return None;
+            }
             let mut u = u.clone();
-            u.query.x = XBuf::Float(x.clone()?);
+            match x {
+                Some(x) => u.query.x = XBuf::Float(x.clone()),
+                None => u.query.mask = Some(vec![0; u.query.rows]),
+            }
             u.kind = match u.kind {
                 LayerKind::Linear { d_in, d_out, layout, .. } => LayerKind::Linear { d_in, d_out, has_bias: false, layout },
                 LayerKind::Norm { d, .. } => LayerKind::Norm { d, has_bias: false },
@@ -399,26 +411,29 @@ proptest! {
 }
 
 #[test]
-fn model_ghg_rejects_an_embedding_tied_to_a_linear_and_checks_eta() {
-    let mut r = rng(7);
-    let m = ModelData::random(&mut r, Mix { linear: false, embedding: false, norm: false, tied: true }, DType::F32, false);
-    let uses = m.layer_uses();
-    let gu: Vec<GhgUse<'_>> = uses
-        .iter()
-        .map(|u| GhgUse {
-            param: u.param,
-            kind: u.kind,
-            train: u.train,
-            val: u.query.unwrap(),
-            x_dot: (!matches!(u.kind, LayerKind::Embedding { .. })).then_some(u.query.unwrap().x),
-            b_dot: u.query.unwrap().b,
-        })
-        .collect();
-    let mut out = vec![0f32; m.n * m.v];
-    let e = Context::cpu().model_ghg(m.n as u64, &gu, 0.1, &mut (&mut out[..]).into(), Accumulate::overwrite(), ModelForms::default()).unwrap_err();
-    assert!(matches!(&e, GhostError::InvalidArgument { what: "uses", reason } if reason.contains("x_dot")), "{e:?}");
-    let e = Context::cpu().model_ghg(m.n as u64, &gu, f32::NAN, &mut (&mut out[..]).into(), Accumulate::overwrite(), ModelForms::default()).unwrap_err();
+fn model_ghg_checks_eta_and_model_dot_takes_query_less_tied_uses_only() {
+    let p = ghg_problem(1, DType::F32, false, false);
+    let uses = p.m.layer_uses();
+    let b_dot: Vec<Tensor<'_>> = p.b_dot.iter().map(|b| b.tensor()).collect();
+    let x_dot: Vec<Option<Tensor<'_>>> = p.x_dot.iter().map(|x| x.as_ref().map(|b| b.tensor())).collect();
+    let gu = ghg_uses(&p, &uses, &b_dot, &x_dot);
+    let mut out = vec![0f32; p.m.n];
+    let e = Context::cpu().model_ghg(p.m.n as u64, &gu, f32::NAN, &mut (&mut out[..]).into(), Accumulate::overwrite(), ModelForms::default()).unwrap_err();
     assert!(matches!(e, GhostError::InvalidArgument { what: "eta", .. }), "{e:?}");
+    // model_dot: a use alone without a query side, or a tied norm use without one, is an error.
+    let mut lone = uses.clone();
+    lone[0].query = None;
+    let mut out = vec![0f32; p.m.n * p.m.v];
+    let e = Context::cpu().model_dot(p.m.n as u64, &lone, &mut (&mut out[..]).into(), Accumulate::overwrite(), ModelForms::default()).unwrap_err();
+    assert!(matches!(e, GhostError::InvalidArgument { what: "query", .. }), "{e:?}");
+    let shared_norm = p.m.uses.iter().enumerate().find(|(i, u)| {
+        matches!(u.kind, LayerKind::Norm { .. }) && p.m.uses.iter().enumerate().any(|(j, w)| j != *i && w.param == u.param)
+    });
+    let (i, _) = shared_norm.expect("seed 1 has a shared norm");
+    let mut tied_norm = uses.clone();
+    tied_norm[i].query = None;
+    let e = Context::cpu().model_dot(p.m.n as u64, &tied_norm, &mut (&mut out[..]).into(), Accumulate::overwrite(), ModelForms::default()).unwrap_err();
+    assert!(matches!(e, GhostError::InvalidArgument { what: "query", .. }), "{e:?}");
 }
 
 mod gpu {

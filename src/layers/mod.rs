@@ -159,7 +159,9 @@ pub struct LayerUse<'a> {
     pub param: u32,
     pub kind: LayerKind,
     pub train: UseTrain<'a>,
-    /// Needed by [`model_dot`](crate::Context::model_dot), ignored by the train×train calls.
+    /// Needed by [`model_dot`](crate::Context::model_dot) (ignored by the train×train calls),
+    /// except for a non-norm use tied to uses that have one: such a use then adds its training
+    /// gradient and nothing to the query side.
     pub query: Option<UseQuery<'a>>,
 }
 
@@ -339,7 +341,19 @@ impl Context {
             let mut ptrs = vec![("x", Some(&u.train.x)), ("b", Some(&u.train.b)), ("mask", u.train.mask.as_ref())];
             let query = match (mode, &u.query) {
                 (Mode::Dot, None) => {
-                    return Err(bad("query", format!("use of param {} has no query side (model_dot needs one)", u.param)))
+                    // Allowed only inside a tied group whose other uses give the query (checked
+                    // below): the use then adds its training gradient and nothing on the query side.
+                    let shared = uses.iter().any(|w| w.param == u.param && w.query.is_some());
+                    if !shared || matches!(u.kind, LayerKind::Norm { .. }) {
+                        return Err(bad(
+                            "query",
+                            format!(
+                                "use of param {} has no query side (model_dot needs one, except for a non-norm use tied to uses that have one)",
+                                u.param
+                            ),
+                        ));
+                    }
+                    None
                 }
                 (Mode::Dot, Some(q)) => {
                     v::nonzero("q", q.q)?;
@@ -424,6 +438,9 @@ impl Context {
                     let bias = u.kind.has_bias();
                     for &a in &group {
                         for &b in &group {
+                            if mode == Mode::Dot && uses[b].query.is_none() {
+                                continue; // a tied use without a query side adds nothing there
+                            }
                             let both_ids = matches!(uses[a].kind, LayerKind::Embedding { .. })
                                 && matches!(uses[b].kind, LayerKind::Embedding { .. });
                             if a == b && matches!(uses[a].kind, LayerKind::Linear { .. }) {
@@ -590,9 +607,9 @@ impl Context {
     /// without bias (the constant 1 has no derivative); tied uses are summed exactly as in
     /// [`model_dot`](Self::model_dot). Three `model_dot` passes; `out` is rounded after each.
     ///
-    /// Not supported yet (typed error): a tied parameter whose uses mix `x_dot: None` and
-    /// `Some` (an embedding tied to an LM head): its `(ẋ, b_val)` pass needs the embedding's
-    /// training gradient with no query of its own.
+    /// In a tied parameter whose uses mix `x_dot: None` and `Some` (an embedding tied to an LM
+    /// head), the `(ẋ, b_val)` pass takes the `None` uses' training gradients with no query of
+    /// their own (see [`LayerUse::query`]).
     #[allow(clippy::too_many_arguments)]
     pub fn model_ghg(&self, n: u64, uses: &[GhgUse<'_>], eta: f32, out: &mut TensorMut<'_>, acc: Accumulate, forms: ModelForms) -> Result<Vec<TermChoice>> {
         v::finite("eta", eta)?;
@@ -600,19 +617,6 @@ impl Context {
         v::finite("beta", acc.beta)?;
         let (w0, w1) = (-eta, 0.5 * eta * eta);
         v::finite("eta²/2", w1)?;
-        for u in uses {
-            let with = uses.iter().filter(|w| w.param == u.param && w.x_dot.is_some()).count();
-            let all = uses.iter().filter(|w| w.param == u.param).count();
-            if with != 0 && with != all {
-                return Err(GhostError::InvalidArgument {
-                    what: "uses",
-                    reason: format!(
-                        "param {} ties uses without x_dot (e.g. an embedding) to uses with x_dot: not supported by model_ghg yet",
-                        u.param
-                    ),
-                });
-            }
-        }
         let first: Vec<LayerUse<'_>> =
             uses.iter().map(|u| LayerUse { param: u.param, kind: u.kind, train: u.train, query: Some(u.val) }).collect();
         let mut choices = self.model_dot(n, &first, out, Accumulate { scale: acc.scale * w0, beta: acc.beta }, forms)?;
@@ -624,13 +628,18 @@ impl Context {
         let second_x: Vec<LayerUse<'_>> = uses
             .iter()
             .filter_map(|u| {
-                let x = u.x_dot?;
+                // A use without ẋ takes part only through its training gradient, when a tied use
+                // of the same parameter has ẋ (an embedding tied to the LM head).
+                let tied_with_dot = uses.iter().any(|w| w.param == u.param && w.x_dot.is_some());
+                if !tied_with_dot {
+                    return None;
+                }
                 let kind = match u.kind {
                     LayerKind::Linear { d_in, d_out, layout, .. } => LayerKind::Linear { d_in, d_out, has_bias: false, layout },
                     LayerKind::Norm { d, .. } => LayerKind::Norm { d, has_bias: false },
                     k @ LayerKind::Embedding { .. } => k,
                 };
-                Some(LayerUse { param: u.param, kind, train: u.train, query: Some(UseQuery { x, ..u.val }) })
+                Some(LayerUse { param: u.param, kind, train: u.train, query: u.x_dot.map(|x| UseQuery { x, ..u.val }) })
             })
             .collect();
         if !second_x.is_empty() {

@@ -98,7 +98,7 @@ fn grads(n: usize, uses: &[LayerUse<'_>], query: bool, abs: bool) -> Result<Vec<
         seen.push(u.param);
         let len = param_len(&u.kind);
         let mut items: Vec<Vec<f64>> = Vec::new();
-        for w in uses.iter().filter(|w| w.param == u.param) {
+        for w in uses.iter().filter(|w| w.param == u.param && (!query || w.query.is_some())) {
             let (x, b, mask, ranges) = if query {
                 let q = w.query.as_ref().expect("validated");
                 let qd = super::vo::segments(q.q, &q.segments, crate::validate::Space::Host, "reference")?;
