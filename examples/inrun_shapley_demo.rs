@@ -84,11 +84,11 @@ impl Device {
         })
     }
 
-    fn upload_i32(&self, x: &[i32]) -> ghostgrad::Result<(Vec<i32>, Option<Buf2>)> {
+    fn upload_i32(&self, x: &[i32]) -> ghostgrad::Result<(Vec<i32>, Option<IdsBuf>)> {
         Ok(match self {
             Device::Cpu => (x.to_vec(), None),
-            Device::Interp(rt) => (x.to_vec(), Some(Buf2::Interp(rt.upload(x, DType::I32)?))),
-            Device::Cuda(s) => (x.to_vec(), Some(Buf2::Cuda(s.clone_htod(x).map_err(cuda_err("cuMemcpyHtoD"))?))),
+            Device::Interp(rt) => (x.to_vec(), Some(IdsBuf::Interp(rt.upload(x, DType::I32)?))),
+            Device::Cuda(s) => (x.to_vec(), Some(IdsBuf::Cuda(s.clone_htod(x).map_err(cuda_err("cuMemcpyHtoD"))?))),
         })
     }
 
@@ -122,7 +122,7 @@ impl Device {
     }
 }
 
-enum Buf2 {
+enum IdsBuf {
     Interp(InterpBuffer),
     Cuda(CudaSlice<i32>),
 }
@@ -157,11 +157,11 @@ fn tensor<'a>(b: &'a Buf, stream: Option<&Arc<CudaStream>>) -> Tensor<'a> {
     }
 }
 
-fn tensor_i32<'a>(host: &'a [i32], dev: Option<&'a Buf2>, stream: Option<&Arc<CudaStream>>) -> Tensor<'a> {
+fn tensor_i32<'a>(host: &'a [i32], dev: Option<&'a IdsBuf>, stream: Option<&Arc<CudaStream>>) -> Tensor<'a> {
     match dev {
         None => Tensor::from(host),
-        Some(Buf2::Interp(x)) => x.view().into(),
-        Some(Buf2::Cuda(x)) => Tensor::Device(cuda_view(x, stream, DType::I32)),
+        Some(IdsBuf::Interp(x)) => x.view().into(),
+        Some(IdsBuf::Cuda(x)) => Tensor::Device(cuda_view(x, stream, DType::I32)),
     }
 }
 

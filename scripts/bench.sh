@@ -8,6 +8,25 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+
+# Puts the markdown in $2 under the heading $1 of the report: replaces that section when it is
+# there, else inserts it just before the modeled-GPU section.
+splice_before_model() {
+  python3 - "$GHOSTGRAD_BENCH_REPORT" "$1" "$2" <<'PY'
+import sys
+report, heading, body = sys.argv[1], sys.argv[2], open(sys.argv[3]).read()
+text = open(report).read()
+model = "## Modeled GPU metrics (PTX interpreter)"
+if heading in text:
+    pre, rest = text.split(heading, 1)
+    nxt = rest.find("\n## ")
+    text = pre + heading + "\n\n" + body + ("\n" + rest[nxt + 1:] if nxt >= 0 else "")
+else:
+    pre, rest = text.split(model, 1)
+    text = pre + heading + "\n\n" + body + "\n" + model + rest
+open(report, "w").write(text)
+PY
+}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target-bench}"
 export GHOSTGRAD_BENCH_MEASURE_S="${GHOSTGRAD_BENCH_MEASURE_S:-1}"
 export GHOSTGRAD_BENCH_REPORT="$root/BENCHMARKS.md"
@@ -67,10 +86,9 @@ for seed in 0 1 2; do
   echo "=== seed $seed" >> "$demo_out"
   "$CARGO_TARGET_DIR/release/examples/inrun_shapley_demo" --device cpu --seed "$seed" --repeats 5 --plot "$CARGO_TARGET_DIR/inrun_values_$seed.svg" 2>/dev/null >> "$demo_out"
 done
-python3 - "$GHOSTGRAD_BENCH_REPORT" "$demo_out" <<'PY'
+python3 - "$demo_out" "$demo_out.md" <<'PY'
 import re, sys
-report, demo = sys.argv[1], sys.argv[2]
-heading = "## In-Run Data Shapley demo: flipped-label AUC and overhead (CPU)"
+demo = sys.argv[1]
 rows, cfg = [], ""
 for block in open(demo).read().split("=== seed ")[1:]:
     seed = block.split("\n", 1)[0].strip()
@@ -85,17 +103,9 @@ body = (f"Command: `bash scripts/bench.sh` (runs `inrun_shapley_demo --device cp
         "(the framework's work) and ghostgrad's calls (uploads, ghg, accumulate_values). Goals: AUC ≥ 0.9, overhead ≤ 1.3×.\n\n"
         "| seed | AUC first order | AUC first + second order | overhead | validation pass + JVP | ghostgrad |\n|---|---|---|---|---|---|\n"
         + "\n".join(rows) + "\n")
-text = open(report).read()
-model = "## Modeled GPU metrics (PTX interpreter)"
-if heading in text:
-    pre, rest = text.split(heading, 1)
-    nxt = rest.find("\n## ")
-    text = pre + heading + "\n\n" + body + ("\n" + rest[nxt + 1:] if nxt >= 0 else "")
-else:
-    pre, rest = text.split(model, 1)
-    text = pre + heading + "\n\n" + body + "\n" + model + rest
-open(report, "w").write(text)
+open(sys.argv[2], "w").write(body)
 PY
+splice_before_model "## In-Run Data Shapley demo: flipped-label AUC and overhead (CPU)" "$demo_out.md"
 echo "bench.sh: spliced the In-Run demo results into $GHOSTGRAD_BENCH_REPORT"
 
 # Data value embedding (benches/dvemb.rs): the per-step reverse sweep (memory-bound) against the
@@ -103,10 +113,9 @@ echo "bench.sh: spliced the In-Run demo results into $GHOSTGRAD_BENCH_REPORT"
 # GPU plans; the tables it prints are spliced into the report's "Data value embedding" section.
 dvemb_out="$CARGO_TARGET_DIR/dvemb_bench.txt"
 cargo bench --bench dvemb > "$dvemb_out"
-python3 - "$GHOSTGRAD_BENCH_REPORT" "$dvemb_out" <<'PY'
+python3 - "$dvemb_out" "$dvemb_out.md" <<'PY'
 import sys
-report, out = sys.argv[1], sys.argv[2]
-heading = "## Data value embedding: per step vs blocked"
+out = sys.argv[1]
 lines = open(out).read().splitlines()
 keep, on = [], False
 for l in lines:
@@ -121,15 +130,7 @@ body = ("Command: `bash scripts/bench.sh` (runs `cargo bench --bench dvemb`). Ra
         "recursion's 4·R·k² flops, so they compare the algorithms as speed; the blocked form executes a "
         "few % more. CPU timings on the shared 2-core machine (compare with the GEMM rate at the top of this file); the H100 rows are a model from the "
         "interpreter's counters, not a measurement.\n\n" + "\n".join(keep).strip() + "\n")
-text = open(report).read()
-model = "## Modeled GPU metrics (PTX interpreter)"
-if heading in text:
-    pre, rest = text.split(heading, 1)
-    nxt = rest.find("\n## ")
-    text = pre + heading + "\n\n" + body + ("\n" + rest[nxt + 1:] if nxt >= 0 else "")
-else:
-    pre, rest = text.split(model, 1)
-    text = pre + heading + "\n\n" + body + "\n" + model + rest
-open(report, "w").write(text)
+open(sys.argv[2], "w").write(body)
 PY
+splice_before_model "## Data value embedding: per step vs blocked" "$dvemb_out.md"
 echo "bench.sh: spliced the DVEmb benchmarks into $GHOSTGRAD_BENCH_REPORT"

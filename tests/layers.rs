@@ -39,11 +39,8 @@ fn check_all(ctx: &Context, m: &ModelData, forms: ModelForms, seed: u64) {
         let old = initial_out(&mut rng, want.len(), acc);
         let mut out = old.clone();
         call(ctx, n, &uses, &mut (&mut out[..]).into(), acc, forms).unwrap_or_else(|e| panic!("{what}: {e}"));
-        let want32: Vec<f32> = want
-            .iter()
-            .zip(&old)
-            .map(|(&w, &o)| ((if acc.beta == 0.0 { 0.0 } else { acc.beta as f64 * o as f64 }) + acc.scale as f64 * w) as f32)
-            .collect();
+        let mut want32 = old.clone();
+        ghostgrad::cpu::apply_accumulate(&mut want32, want, acc);
         assert_close(&format!("{} {what}", ctx.describe()), &out, &want32, mag, &old, acc, tol);
     }
 }
@@ -369,8 +366,7 @@ fn ghg_expected(p: &GhgProblem, eta: f64) -> (Vec<f64>, Vec<f64>) {
     (want, mag)
 }
 
-fn ghg_uses<'a>(p: &'a GhgProblem, uses: &[LayerUse<'a>], b_dot: &[Tensor<'a>], x_dot: &[Option<Tensor<'a>>]) -> Vec<GhgUse<'a>> {
-    let _ = p;
+fn ghg_uses<'a>(uses: &[LayerUse<'a>], b_dot: &[Tensor<'a>], x_dot: &[Option<Tensor<'a>>]) -> Vec<GhgUse<'a>> {
     uses.iter()
         .zip(b_dot.iter().zip(x_dot))
         .map(|(u, (b, x))| GhgUse { param: u.param, kind: u.kind, train: u.train, val: u.query.unwrap(), x_dot: *x, b_dot: *b })
@@ -399,7 +395,7 @@ proptest! {
         let uses = p.m.layer_uses();
         let b_dot: Vec<Tensor<'_>> = p.b_dot.iter().map(|b| b.tensor()).collect();
         let x_dot: Vec<Option<Tensor<'_>>> = p.x_dot.iter().map(|x| x.as_ref().map(|b| b.tensor())).collect();
-        let gu = ghg_uses(&p, &uses, &b_dot, &x_dot);
+        let gu = ghg_uses(&uses, &b_dot, &x_dot);
         for ctx in [Context::cpu(), Context::cpu_reference()] {
             check_ghg(&ctx, &p, seed, &|old, acc, eta| {
                 let mut out = old.to_vec();
@@ -416,7 +412,7 @@ fn model_ghg_checks_eta_and_model_dot_takes_query_less_tied_uses_only() {
     let uses = p.m.layer_uses();
     let b_dot: Vec<Tensor<'_>> = p.b_dot.iter().map(|b| b.tensor()).collect();
     let x_dot: Vec<Option<Tensor<'_>>> = p.x_dot.iter().map(|x| x.as_ref().map(|b| b.tensor())).collect();
-    let gu = ghg_uses(&p, &uses, &b_dot, &x_dot);
+    let gu = ghg_uses(&uses, &b_dot, &x_dot);
     let mut out = vec![0f32; p.m.n];
     let e = Context::cpu().model_ghg(p.m.n as u64, &gu, f32::NAN, &mut (&mut out[..]).into(), Accumulate::overwrite(), ModelForms::default()).unwrap_err();
     assert!(matches!(e, GhostError::InvalidArgument { what: "eta", .. }), "{e:?}");
@@ -523,7 +519,7 @@ mod gpu {
             let dx: Vec<Option<InterpBuffer>> = p.x_dot.iter().map(|x| x.as_ref().map(|b| up_buf(&rt, b))).collect();
             let b_dot: Vec<Tensor<'_>> = db.iter().map(|b| b.view().into()).collect();
             let x_dot: Vec<Option<Tensor<'_>>> = dx.iter().map(|x| x.as_ref().map(|b| b.view().into())).collect();
-            let gu = ghg_uses(&p, &uses, &b_dot, &x_dot);
+            let gu = ghg_uses(&uses, &b_dot, &x_dot);
             check_ghg(&ctx, &p, seed, &|old, acc, eta| {
                 let mut out = rt.upload(old, DType::F32).unwrap();
                 ctx.model_ghg(p.m.n as u64, &gu, eta, &mut out.view_mut().into(), acc, ModelForms::default())
@@ -555,11 +551,8 @@ mod gpu {
             let mut out = rt.upload(&old, DType::F32).unwrap();
             call(&ctx, n, &uses, &mut out.view_mut().into(), acc, forms).unwrap_or_else(|e| panic!("{what}: {e}"));
             let got = rt.read_f32(&out).unwrap();
-            let want32: Vec<f32> = want
-                .iter()
-                .zip(&old)
-                .map(|(&w, &o)| ((if acc.beta == 0.0 { 0.0 } else { acc.beta as f64 * o as f64 }) + acc.scale as f64 * w) as f32)
-                .collect();
+            let mut want32 = old.clone();
+            ghostgrad::cpu::apply_accumulate(&mut want32, want, acc);
             assert_close(&format!("interp {what} {forms:?}"), &got, &want32, mag, &old, acc, tol);
         }
     }

@@ -109,11 +109,7 @@ fn spec<'a>(c: &Case, pi: Tensor<'a>, po: Tensor<'a>) -> ProjectionSpec<'a> {
 fn expected(exact: &[f64], old: &[f32], width: usize, ld: usize, offset: usize, acc: Accumulate) -> Vec<f32> {
     let mut want = old.to_vec();
     for (n, row) in exact.chunks_exact(width).enumerate() {
-        for (j, &x) in row.iter().enumerate() {
-            let o = &mut want[n * ld + offset + j];
-            let prev = if acc.beta == 0.0 { 0.0 } else { acc.beta as f64 * *o as f64 };
-            *o = (prev + acc.scale as f64 * x) as f32;
-        }
+        ghostgrad::cpu::apply_accumulate(&mut want[n * ld + offset..n * ld + offset + width], row, acc);
     }
     want
 }
@@ -481,11 +477,8 @@ fn check_scores(ctx: &Context, mode: ScoreMode, dims: (usize, usize, usize), see
     let got = run(&test, &train, ts, &old, acc);
     let exact = scores_reference(&test, &train, k, mode, ts, false);
     let mag = scores_reference(&test, &train, k, mode, ts, true);
-    let want: Vec<f32> = exact
-        .iter()
-        .zip(&old)
-        .map(|(x, o)| ((if acc.beta == 0.0 { 0.0 } else { acc.beta as f64 * *o as f64 }) + acc.scale as f64 * x) as f32)
-        .collect();
+    let mut want = old.clone();
+    ghostgrad::cpu::apply_accumulate(&mut want, &exact, acc);
     assert_close(&format!("scores {mode:?} {dims:?}"), &got, &want, &mag, &old, acc, Tol::for_depth(k + 10));
 }
 

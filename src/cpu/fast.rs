@@ -175,6 +175,11 @@ impl<'a> Side<'a> {
         }
         Side { a: Cow::Owned(a), b: Cow::Owned(b), segs }
     }
+
+    /// Kept query rows (all segments).
+    fn rows(&self) -> usize {
+        self.segs.last().map_or(0, |s| s.end)
+    }
 }
 
 /// `dst[m×n] (row stride dst_rs) = lhs · rhs` with `lhs[i, p] = lhs[i·lhs_rs + p·lhs_cs]` and
@@ -196,41 +201,14 @@ pub(crate) fn matmul(
     if m == 0 || n == 0 {
         return;
     }
-    assert!((m - 1) * dst_rs + n <= dst.len(), "matmul: dst too short");
     if k == 0 {
+        assert!((m - 1) * dst_rs + n <= dst.len(), "matmul: dst too short");
         for i in 0..m {
             dst[i * dst_rs..i * dst_rs + n].fill(0.0);
         }
         return;
     }
-    assert!((m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len(), "matmul: lhs too short");
-    assert!((k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len(), "matmul: rhs too short");
-    // SAFETY: the asserts above keep every element gemm reads (lhs, rhs) or writes (dst, column
-    // stride 1) inside its slice; dst is borrowed mutably and cannot alias the inputs;
-    // read_dst = false, so dst's previous contents are never read.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            false,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
-    }
+    gemm_checked(m, n, k, dst, dst_rs, lhs, (lhs_rs, lhs_cs), rhs, (rhs_rs, rhs_cs), None);
 }
 
 /// `dst[m×n] = dst + beta · lhs · rhs` (the update form of [`matmul`]: `dst` is read), same
@@ -253,11 +231,34 @@ pub(crate) fn matmul_update(
     if m == 0 || n == 0 || k == 0 {
         return;
     }
-    assert!((m - 1) * dst_rs + n <= dst.len(), "matmul_update: dst too short");
-    assert!((m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len(), "matmul_update: lhs too short");
-    assert!((k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len(), "matmul_update: rhs too short");
-    // SAFETY: the asserts above keep every element gemm reads (lhs, rhs, dst) or writes (dst,
-    // column stride 1) inside its slice; dst is borrowed mutably and cannot alias the inputs.
+    gemm_checked(m, n, k, dst, dst_rs, lhs, (lhs_rs, lhs_cs), rhs, (rhs_rs, rhs_cs), Some(beta));
+}
+
+/// The one call into `gemm` (`m, n, k ≥ 1`): `dst = lhs·rhs` (`update = None`, `dst` never
+/// read) or `dst = dst + beta·lhs·rhs` (`update = Some(beta)`), after checking every bound.
+#[allow(clippy::too_many_arguments)]
+fn gemm_checked(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+    update: Option<f32>,
+) {
+    assert!((m - 1) * dst_rs + n <= dst.len(), "matmul: dst too short");
+    assert!((m - 1) * lhs_rs + (k - 1) * lhs_cs < lhs.len(), "matmul: lhs too short");
+    assert!((k - 1) * rhs_rs + (n - 1) * rhs_cs < rhs.len(), "matmul: rhs too short");
+    let (read_dst, alpha, beta) = match update {
+        None => (false, 0.0f32, 1.0f32),
+        Some(beta) => (true, 1.0f32, beta),
+    };
+    // SAFETY: the asserts above keep every element gemm reads (lhs, rhs, and dst when
+    // read_dst) or writes (dst, column stride 1) inside its slice; dst is borrowed mutably and
+    // cannot alias the inputs; with read_dst = false dst's previous contents are never read.
     unsafe {
         gemm::gemm(
             m,
@@ -266,14 +267,14 @@ pub(crate) fn matmul_update(
             dst.as_mut_ptr(),
             1,
             dst_rs as isize,
-            true,
+            read_dst,
             lhs.as_ptr(),
             lhs_cs as isize,
             lhs_rs as isize,
             rhs.as_ptr(),
             rhs_cs as isize,
             rhs_rs as isize,
-            1.0f32,
+            alpha,
             beta,
             false,
             false,
@@ -430,7 +431,7 @@ fn gram_dot(train: &Train<'_>, q: &Side<'_>, d: Dims) -> Vec<f64> {
         // one GEMM of up to TRAIN_BLOCK rows instead of one tiny GEMM per sample.
         let per = TRAIN_BLOCK / train.t;
         let mut res = vec![0.0f64; train.n * nv];
-        let work = (train.n * train.t * q.a.len() / d.di.max(1)) as f64 * (d.di + d.d_out) as f64;
+        let work = (train.n * train.t * q.rows()) as f64 * (d.di + d.d_out) as f64;
         for_chunks(&mut res, per * nv, work, |s, g, acc| {
             let (bounds, a, b) = gather_samples(train, g * per, acc.len() / nv, d, &mut s.a, &mut s.b);
             gram_tile(a, b, &bounds, &q.a, &q.b, &q.segs, d, acc, &mut s.sa, &mut s.sb);
@@ -459,24 +460,7 @@ fn dense_dot(train: &Train<'_>, m: &[f32], nv: usize, d: Dims) -> Vec<f64> {
         let work = (train.n * train.t * nv * d.grad_len()) as f64;
         for_chunks(&mut res, per * nv, work, |s, g, acc| {
             let (bounds, a, b) = gather_samples(train, g * per, acc.len() / nv, d, &mut s.a, &mut s.b);
-            let tr = *bounds.last().unwrap();
-            if tr == 0 {
-                return;
-            }
-            let c = &mut s.sa;
-            for v in 0..nv {
-                let mv = &m[v * d.grad_len()..(v + 1) * d.grad_len()];
-                for c0 in (0..d.di).step_by(DENSE_COLS) {
-                    let w = DENSE_COLS.min(d.di - c0);
-                    c.resize(tr * w, 0.0);
-                    matmul(tr, w, d.d_out, c, w, b, d.d_out, 1, &mv[c0..], d.di, 1);
-                    for (k, rows) in bounds.windows(2).enumerate() {
-                        for t in rows[0]..rows[1] {
-                            acc[k * nv + v] += dot8(&c[t * w..(t + 1) * w], &a[t * d.di + c0..t * d.di + c0 + w]) as f64;
-                        }
-                    }
-                }
-            }
+            dense_tile(a, b, &bounds, m, nv, d, acc, &mut s.sa);
         });
         return res;
     }
@@ -487,23 +471,33 @@ fn dense_dot(train: &Train<'_>, m: &[f32], nv: usize, d: Dims) -> Vec<f64> {
         let rows = n * train.t + blk * DENSE_ROWS..n * train.t + train.t.min((blk + 1) * DENSE_ROWS);
         let (a, tr) = gather(train.a, train.mask, rows.clone(), d.d_in, d.ones, None, &mut s.a);
         let (b, _) = gather(train.b, train.mask, rows, d.d_out, false, None, &mut s.b);
-        if tr == 0 {
-            return;
-        }
-        let c = &mut s.sa;
-        for (v, accv) in acc.iter_mut().enumerate() {
-            let mv = &m[v * d.grad_len()..(v + 1) * d.grad_len()];
-            for c0 in (0..d.di).step_by(DENSE_COLS) {
-                let w = DENSE_COLS.min(d.di - c0);
-                c.resize(tr * w, 0.0);
-                matmul(tr, w, d.d_out, c, w, b, d.d_out, 1, &mv[c0..], d.di, 1);
-                for t in 0..tr {
-                    *accv += dot8(&c[t * w..(t + 1) * w], &a[t * d.di + c0..t * d.di + c0 + w]) as f64;
+        dense_tile(a, b, &[0, tr], m, nv, d, acc, &mut s.sa);
+    });
+    merge_blocks(&partial, train.n, blocks, nv)
+}
+
+/// `acc[g·V + v] += Σ_{t∈group g} b_tᵀ M_v a_t` for the training rows `a`, `b` split into groups
+/// by `bounds` (as in [`gram_tile`]): `B·M_v` one `rows × DENSE_COLS` strip at a time, then row
+/// dots in row order.
+#[allow(clippy::too_many_arguments)]
+fn dense_tile(a: &[f32], b: &[f32], bounds: &[usize], m: &[f32], nv: usize, d: Dims, acc: &mut [f64], c: &mut Vec<f32>) {
+    let tr = *bounds.last().expect("bounds end with the row count");
+    if tr == 0 {
+        return;
+    }
+    for v in 0..nv {
+        let mv = &m[v * d.grad_len()..(v + 1) * d.grad_len()];
+        for c0 in (0..d.di).step_by(DENSE_COLS) {
+            let w = DENSE_COLS.min(d.di - c0);
+            c.resize(tr * w, 0.0);
+            matmul(tr, w, d.d_out, c, w, b, d.d_out, 1, &mv[c0..], d.di, 1);
+            for (g, rows) in bounds.windows(2).enumerate() {
+                for t in rows[0]..rows[1] {
+                    acc[g * nv + v] += dot8(&c[t * w..(t + 1) * w], &a[t * d.di + c0..t * d.di + c0 + w]) as f64;
                 }
             }
         }
-    });
-    merge_blocks(&partial, train.n, blocks, nv)
+    }
 }
 
 /// `dst[o - o0, :] = Σ_r b[r, o] a[r, :]` for `o ∈ o0..o0 + rows` (`k` rows of `a` `[k, di]`,
@@ -522,8 +516,7 @@ fn factor_all(q: &Side<'_>, d: Dims) -> Vec<f32> {
     if m.is_empty() {
         return m;
     }
-    let rows = q.segs.last().map_or(0, |s| s.end);
-    if ((rows * d.grad_len()) as f64) < SERIAL_BELOW {
+    if ((q.rows() * d.grad_len()) as f64) < SERIAL_BELOW {
         for (mv, seg) in m.chunks_mut(d.grad_len()).zip(&q.segs) {
             let (a, b) = (&q.a[seg.start * d.di..seg.end * d.di], &q.b[seg.start * d.d_out..seg.end * d.d_out]);
             outer_sum(a, b, seg.len(), 0, d.d_out, d, mv);

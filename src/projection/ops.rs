@@ -348,26 +348,10 @@ impl Context {
         }
         v::input("test", test, space, &[DType::F32], v::mul("n_test*k", n_test, k)?, OPS)?;
         v::input("train_block", train_block, space, &[DType::F32], v::mul("n_block*k", n_block, k)?, OPS)?;
-        match (mode, train_self) {
-            (ScoreMode::Dot, Some(_)) => {
-                return Err(GhostError::InvalidArgument { what: "train_self", reason: "given but mode Dot does not use it".into() })
-            }
-            (ScoreMode::Cosine | ScoreMode::L2, None) => {
-                return Err(GhostError::InvalidArgument { what: "train_self", reason: format!("mode {mode:?} needs train_self [n_block]") })
-            }
-            (_, Some(s)) => {
-                v::input("train_self", s, space, &[DType::F32], n_block, OPS)?;
-            }
-            _ => {}
-        }
+        let mode_id = check_score_mode(mode, train_self, n_block, "[n_block]", space, OPS)?;
         v::output("out", out, space, v::mul("n_test*n_block", n_test, n_block)?, OPS)?;
         self.check_device_ptrs(&[("test", Some(test)), ("train_block", Some(train_block)), ("train_self", train_self)])?;
         self.check_out_ptr("out", out)?;
-        let mode_id = match mode {
-            ScoreMode::Dot => 0,
-            ScoreMode::Cosine => 1,
-            ScoreMode::L2 => 2,
-        };
         match &self.backend {
             Backend::Gpu(rt) => {
                 let plan = gpu::gemm_nt_plan(
@@ -441,30 +425,11 @@ impl Context {
         }
         v::input("test", test, space, &[DType::F32], v::mul("n_test*row_stride", n_test, row_stride)?, OPS)?;
         v::input("train_block", train_block, space, &[DType::F32], v::mul("n_block*row_stride", n_block, row_stride)?, OPS)?;
-        match (mode, train_self) {
-            (ScoreMode::Dot, Some(_)) => {
-                return Err(GhostError::InvalidArgument { what: "train_self", reason: "given but mode Dot does not use it".into() })
-            }
-            (ScoreMode::Cosine | ScoreMode::L2, None) => {
-                return Err(GhostError::InvalidArgument {
-                    what: "train_self",
-                    reason: format!("mode {mode:?} needs train_self [G, n_block]"),
-                })
-            }
-            (_, Some(s)) => {
-                v::input("train_self", s, space, &[DType::F32], v::mul("G*n_block", n_groups, n_block)?, OPS)?;
-            }
-            _ => {}
-        }
+        let mode_id = check_score_mode(mode, train_self, v::mul("G*n_block", n_groups, n_block)?, "[G, n_block]", space, OPS)?;
         let per = v::mul("n_test*n_block", n_test, n_block)?;
         v::output("out", out, space, v::mul("G*n_test*n_block", n_groups, per)?, OPS)?;
         self.check_device_ptrs(&[("test", Some(test)), ("train_block", Some(train_block)), ("train_self", train_self)])?;
         self.check_out_ptr("out", out)?;
-        let mode_id = match mode {
-            ScoreMode::Dot => 0,
-            ScoreMode::Cosine => 1,
-            ScoreMode::L2 => 2,
-        };
         match &self.backend {
             Backend::Gpu(rt) => {
                 let (te, tr) = (test.device("test")?.ptr(), train_block.device("train_block")?.ptr());
@@ -523,5 +488,27 @@ pub(super) fn token_train<'a>(t: &TokenFactors<'a>, d: &TrainDims) -> Result<cpu
         t: d.t as usize,
         vocab: d.d_in as usize,
         d_out: d.d_out as usize,
+    })
+}
+
+/// Checks `train_self` against the score mode (required with `len` f32 for Cosine and L2, shaped
+/// `shape` in the message; rejected for Dot) and returns the mode's kernel code.
+fn check_score_mode(mode: ScoreMode, train_self: Option<&Tensor<'_>>, len: u64, shape: &str, space: v::Space, op: &'static str) -> Result<u32> {
+    match (mode, train_self) {
+        (ScoreMode::Dot, Some(_)) => {
+            return Err(GhostError::InvalidArgument { what: "train_self", reason: "given but mode Dot does not use it".into() })
+        }
+        (ScoreMode::Cosine | ScoreMode::L2, None) => {
+            return Err(GhostError::InvalidArgument { what: "train_self", reason: format!("mode {mode:?} needs train_self {shape}") })
+        }
+        (_, Some(s)) => {
+            v::input("train_self", s, space, &[DType::F32], len, op)?;
+        }
+        _ => {}
+    }
+    Ok(match mode {
+        ScoreMode::Dot => 0,
+        ScoreMode::Cosine => 1,
+        ScoreMode::L2 => 2,
     })
 }
