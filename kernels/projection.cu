@@ -13,7 +13,12 @@
 //    unsigned d_out, unsigned k_i, unsigned k_o, unsigned tokens_per_split, unsigned flags)
 //   flags: bit0 bias; bit1 random (P entries generated in-kernel from key_*/scale_*, P_in and
 //   P_out unused, may be null); else dense P_in f32 [k_i, d_in+bias], P_out f32 [k_o, d_out];
-//   bit2 Rademacher (else the Irwin–Hall Gaussian), see gg_proj_random below.
+//   bit2 Rademacher (else the Irwin–Hall Gaussian), see gg_proj_random below;
+//   bit3 TRANSPOSE: store Ĝ_nᵀ, partial[(s*N + n)*K + i*k_o + o] (a use whose parameter is stored
+//   [d_in, d_out], or an embedding [V, d]: src/projection/model.rs sums such uses with the
+//   untransposed ones of the same parameter);
+//   bit4 IOTA (ids kernels only): token t of every sample has id t (`ids` is not read, may be
+//   null): projects per-sample columns stored as B [N, T, d] (a norm parameter [d, T]).
 //
 // Launch: grid = (N, S, ceil(k_o/64)*ceil(k_i/64)), blockIdx.z = to*ceil(k_i/64) + ti; block
 //   (256,1,1). The block owns a 64×64 tile (o0 = 64*to, i0 = 64*ti) of Ĝ_n for tokens of
@@ -94,7 +99,7 @@ __device__ __forceinline__ void kron_project_impl(
     const unsigned int o0 = (blockIdx.z / tiles_i) * KP_KT;
     const bool has_bias = (flags & GG_FLAG_BIAS) != 0u;
 
-    const AIn* An = A + (size_t)n * T * (kIds ? 1u : d_in);
+    const AIn* An = A ? A + (size_t)n * T * (kIds ? 1u : d_in) : A;  // null only with IOTA
     const Elem* Bn = B + (size_t)n * T * d_out;
     const unsigned char* maskn = mask ? mask + (size_t)n * T : nullptr;
 
@@ -119,7 +124,8 @@ __device__ __forceinline__ void kron_project_impl(
             const unsigned int t = t0 + threadIdx.x;
             const bool kept = t < t_end && keep_row(maskn, t);
             keep[threadIdx.x] = kept ? 1 : 0;
-            if constexpr (kIds) tok[threadIdx.x] = kept ? (int)An[t] : 0;  // masked: never read
+            if constexpr (kIds)  // masked: never read
+                tok[threadIdx.x] = !kept ? 0 : (flags & KP_FLAG_IOTA) ? (int)t : (int)An[t];
         }
         __syncthreads();
         if constexpr (kIds)
@@ -144,6 +150,7 @@ __device__ __forceinline__ void kron_project_impl(
     }
 
     const size_t K = (size_t)k_o * k_i;
+    const bool transpose = (flags & KP_FLAG_TRANSPOSE) != 0u;
     float* dst = partial + ((size_t)s * N + n) * K;
 #pragma unroll
     for (int a = 0; a < 4; ++a) {
@@ -151,7 +158,8 @@ __device__ __forceinline__ void kron_project_impl(
 #pragma unroll
         for (int b = 0; b < 4; ++b) {
             const unsigned int i = i0 + 4u * tx + b;
-            if (o < k_o && i < k_i) dst[(size_t)o * k_i + i] = g[a][b];
+            if (o < k_o && i < k_i)
+                dst[transpose ? (size_t)i * k_o + o : (size_t)o * k_i + i] = g[a][b];
         }
     }
 }

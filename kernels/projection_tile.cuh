@@ -33,6 +33,8 @@ template <> struct kp_is_int<int> { static constexpr bool value = true; };
 #define KP_DC 32
 #define KP_FLAG_RANDOM 2u
 #define KP_FLAG_RADEMACHER 4u
+#define KP_FLAG_TRANSPOSE 8u
+#define KP_FLAG_IOTA 16u
 #define GG_GOLDEN 0x9E3779B97F4A7C15ull
 
 __device__ __forceinline__ unsigned long long gg_mix64(unsigned long long z) {

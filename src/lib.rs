@@ -38,6 +38,6 @@ pub use ghost_dot::{
 };
 pub use layers::{EmbeddingForm, GhgUse, LayerKind, LayerUse, ModelForms, TermChoice, UseQuery, UseTrain, WeightLayout};
 pub use projection::{
-    ColumnGroup, Distribution, EmbeddingLayer, OutColumns, ProjectInput, ProjectLayer, ProjectionKind, ProjectionSpec, ScoreDims,
+    ColumnGroup, Distribution, EmbeddingLayer, OutColumns, ParamProjection, ProjectInput, ProjectLayer, ProjectionKind, ProjectionSpec, ScoreDims,
     ScoreMode, TokenFactors, Which,
 };

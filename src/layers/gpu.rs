@@ -214,7 +214,7 @@ fn gather_plans(uses: &[LayerUse<'_>], dims: &[UseDims], n: u64, mode: Mode, i: 
 }
 
 #[allow(clippy::too_many_arguments)]
-fn norm_grad_plan(dt: DType, x: u64, b: u64, mask: u64, seg_ptr: u64, seg_len: u64, rows: u64, groups: u64, d: u64, bias: bool, accumulate: bool, out: u64) -> Result<LaunchPlan> {
+pub(crate) fn norm_grad_plan(dt: DType, x: u64, b: u64, mask: u64, seg_ptr: u64, seg_len: u64, rows: u64, groups: u64, d: u64, bias: bool, accumulate: bool, out: u64) -> Result<LaunchPlan> {
     Ok(LaunchPlan {
         kernel: kname("norm_grad", dt),
         grid: [u32_of("d chunks", d.div_ceil(256))?, u32_of("groups (grid.y)", groups)?, 1],

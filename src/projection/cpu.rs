@@ -33,7 +33,7 @@ pub fn kron_project_reference(train: &Train<'_>, p_in: &[f32], p_out: &[f32], k_
 /// Appends `P_o G P_iᵀ` (row-major `[k_o, k_i]`, f64) of one materialized `G [d_out, di]`;
 /// with `abs`, of `|P_o| G |P_i|ᵀ` (`G` is then already the magnitude).
 #[allow(clippy::too_many_arguments)]
-fn sandwich(g: &[f64], di: usize, d_out: usize, p_in: &[f32], p_out: &[f32], k_i: usize, k_o: usize, abs: bool, res: &mut Vec<f64>) {
+pub(crate) fn sandwich(g: &[f64], di: usize, d_out: usize, p_in: &[f32], p_out: &[f32], k_i: usize, k_o: usize, abs: bool, res: &mut Vec<f64>) {
     let f = |x: f32| if abs { (x as f64).abs() } else { x as f64 };
     // tmp = G P_iᵀ  [d_out, k_i]
     let mut tmp = vec![0.0f64; d_out * k_i];

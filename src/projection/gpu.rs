@@ -16,6 +16,10 @@ use crate::validate::{fits_i32, mul, product};
 pub(crate) const K_TILE: u64 = 64;
 pub(crate) const FLAG_RANDOM: u32 = 2;
 pub(crate) const FLAG_RADEMACHER: u32 = 4;
+/// Store `Ĝ_nᵀ` (a use oriented against its parameter's storage).
+pub(crate) const FLAG_TRANSPOSE: u32 = 8;
+/// Ids kernels: token `t` has id `t` (the ids pointer is not read).
+pub(crate) const FLAG_IOTA: u32 = 16;
 
 /// Device side of a layer's projection.
 #[derive(Debug, Clone, Copy)]
@@ -50,57 +54,77 @@ pub(crate) fn kron_plans(layers: &[GpuProjectLayer], out: u64, ld: u64, acc: Acc
     let mut plans = Vec::new();
     let mut carve = Carve::default();
     for l in layers {
-        let d = &l.dims;
-        let tiles = mul("projection tiles", l.k_o.div_ceil(K_TILE), l.k_i.div_ceil(K_TILE))?;
-        let (s, tps) = token_split(d.t, mul("n*tiles", d.n, tiles)?);
+        let s = kron_splits(l)?;
         let width = mul("k_o*k_i", l.k_o, l.k_i)?;
-        let partial = ws + carve.take(product("projection partials", &[s, d.n, width, 4])?)?;
-        let flags = l.proj.flags | if d.has_bias { FLAG_BIAS } else { 0 };
-        plans.push(LaunchPlan {
-            kernel: format!("kron_project_{}{}", if l.ids { "ids_" } else { "" }, d.dtype.kernel_suffix()),
-            grid: [fits_i32("n (grid.x)", d.n)?, fits_i32("token splits", s)?, fits_i32("projection tiles (grid.z)", tiles)?],
-            block: BLOCK,
-            shared_bytes: 0,
-            args: vec![
-                KernelArg::Ptr(l.a),
-                KernelArg::Ptr(l.b),
-                KernelArg::Ptr(l.mask),
-                KernelArg::Ptr(l.proj.p_in),
-                KernelArg::Ptr(l.proj.p_out),
-                KernelArg::U64(l.proj.key_in),
-                KernelArg::U64(l.proj.key_out),
-                KernelArg::F32(l.proj.scale_in),
-                KernelArg::F32(l.proj.scale_out),
-                KernelArg::Ptr(partial),
-                KernelArg::U32(fits_i32("n", d.n)?),
-                KernelArg::U32(fits_i32("t", d.t)?),
-                KernelArg::U32(fits_i32("d_in", d.d_in)?),
-                KernelArg::U32(fits_i32("d_out", d.d_out)?),
-                KernelArg::U32(fits_i32("k_i", l.k_i)?),
-                KernelArg::U32(fits_i32("k_o", l.k_o)?),
-                KernelArg::U32(fits_i32("tokens per split", tps)?),
-                KernelArg::U32(flags),
-            ],
-        });
-        plans.push(LaunchPlan {
-            kernel: "kron_finalize_f32".into(),
-            grid: [fits_i32("finalize blocks", mul("n*k", d.n, width)?.div_ceil(256))?, 1, 1],
-            block: BLOCK,
-            shared_bytes: 0,
-            args: vec![
-                KernelArg::Ptr(partial),
-                KernelArg::Ptr(out),
-                KernelArg::U32(fits_i32("n", d.n)?),
-                KernelArg::U32(fits_i32("k_o*k_i", width)?),
-                KernelArg::U32(fits_i32("token splits", s)?),
-                KernelArg::U64(ld),
-                KernelArg::U64(l.offset),
-                KernelArg::F32(acc.scale),
-                KernelArg::F32(acc.beta),
-            ],
-        });
+        let partial = ws + carve.take(product("projection partials", &[s, l.dims.n, width, 4])?)?;
+        plans.push(kron_kernel_plan(l, partial, 0)?);
+        plans.push(kron_finalize_plan(partial, out, l.dims.n, width, s, ld, l.offset, acc)?);
     }
     Ok((plans, carve.bytes))
+}
+
+/// Partial slots (token splits) of a layer's kernel: a function of the shape only.
+pub(crate) fn kron_splits(l: &GpuProjectLayer) -> Result<u64> {
+    let tiles = mul("projection tiles", l.k_o.div_ceil(K_TILE), l.k_i.div_ceil(K_TILE))?;
+    Ok(token_split(l.dims.t, mul("n*tiles", l.dims.n, tiles)?).0)
+}
+
+/// `kron_project[_ids]_<dt>` of one layer writing `kron_splits(l)` slots of `[N, k_o·k_i]` at
+/// `partial`; `extra_flags`: [`FLAG_TRANSPOSE`] / [`FLAG_IOTA`].
+pub(crate) fn kron_kernel_plan(l: &GpuProjectLayer, partial: u64, extra_flags: u32) -> Result<LaunchPlan> {
+    let d = &l.dims;
+    let tiles = mul("projection tiles", l.k_o.div_ceil(K_TILE), l.k_i.div_ceil(K_TILE))?;
+    let (s, tps) = token_split(d.t, mul("n*tiles", d.n, tiles)?);
+    let flags = l.proj.flags | extra_flags | if d.has_bias { FLAG_BIAS } else { 0 };
+    Ok(LaunchPlan {
+        kernel: format!("kron_project_{}{}", if l.ids { "ids_" } else { "" }, d.dtype.kernel_suffix()),
+        grid: [fits_i32("n (grid.x)", d.n)?, fits_i32("token splits", s)?, fits_i32("projection tiles (grid.z)", tiles)?],
+        block: BLOCK,
+        shared_bytes: 0,
+        args: vec![
+            KernelArg::Ptr(l.a),
+            KernelArg::Ptr(l.b),
+            KernelArg::Ptr(l.mask),
+            KernelArg::Ptr(l.proj.p_in),
+            KernelArg::Ptr(l.proj.p_out),
+            KernelArg::U64(l.proj.key_in),
+            KernelArg::U64(l.proj.key_out),
+            KernelArg::F32(l.proj.scale_in),
+            KernelArg::F32(l.proj.scale_out),
+            KernelArg::Ptr(partial),
+            KernelArg::U32(fits_i32("n", d.n)?),
+            KernelArg::U32(fits_i32("t", d.t)?),
+            KernelArg::U32(fits_i32("d_in", d.d_in)?),
+            KernelArg::U32(fits_i32("d_out", d.d_out)?),
+            KernelArg::U32(fits_i32("k_i", l.k_i)?),
+            KernelArg::U32(fits_i32("k_o", l.k_o)?),
+            KernelArg::U32(fits_i32("tokens per split", tps)?),
+            KernelArg::U32(flags),
+        ],
+    })
+}
+
+/// `kron_finalize_f32`: `out[n·ld + offset + j] = beta·out + scale·Σ_{s < splits} partial[s][n][j]`
+/// (fixed order), `j < width`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn kron_finalize_plan(partial: u64, out: u64, n: u64, width: u64, splits: u64, ld: u64, offset: u64, acc: Accumulate) -> Result<LaunchPlan> {
+    Ok(LaunchPlan {
+        kernel: "kron_finalize_f32".into(),
+        grid: [fits_i32("finalize blocks", mul("n*k", n, width)?.div_ceil(256))?, 1, 1],
+        block: BLOCK,
+        shared_bytes: 0,
+        args: vec![
+            KernelArg::Ptr(partial),
+            KernelArg::Ptr(out),
+            KernelArg::U32(fits_i32("n", n)?),
+            KernelArg::U32(fits_i32("k_o*k_i", width)?),
+            KernelArg::U32(fits_i32("token splits", splits)?),
+            KernelArg::U64(ld),
+            KernelArg::U64(offset),
+            KernelArg::F32(acc.scale),
+            KernelArg::F32(acc.beta),
+        ],
+    })
 }
 
 /// `projection_materialize_f32` plan.

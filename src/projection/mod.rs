@@ -41,6 +41,7 @@
 
 mod covariance;
 pub mod cpu;
+pub mod model;
 pub mod generator;
 pub(crate) mod gpu;
 mod ops;
@@ -50,6 +51,7 @@ use crate::buffer::Tensor;
 use crate::ghost_dot::{LayerShape, TrainFactors};
 
 pub use generator::{materialize_projection, Distribution, Which};
+pub use model::{projected_storage, ParamProjection};
 
 /// Where the projection matrices come from.
 #[derive(Debug, Clone, Copy)]

@@ -22,6 +22,8 @@
 #![allow(dead_code)]
 
 pub mod model;
+#[cfg(feature = "interp")]
+pub mod model_dev;
 
 use ghostgrad::buffer::HostSlice;
 use ghostgrad::cpu::reference;

@@ -1,0 +1,347 @@
+//! Model-level projection: every parameter of a model — Linear (both weight layouts,
+//! convolutions as unfolded patches), embedding, LayerNorm/RMSNorm, and parameters tied across
+//! several uses — projected into one column block per parameter (MATH.md §3).
+//!
+//! A parameter is projected **in its storage layout**: its per-sample gradient `G_n`, summed
+//! over the parameter's uses, is a `[rows, cols]` matrix and
+//!
+//! ```text
+//! Ĝ_n = P_rows G_n P_colsᵀ ∈ R^{k_o×k_i},  ĝ_n = vec(Ĝ_n) (row-major),
+//! P_rows = P_o ∈ R^{k_o×rows} (Which::Out of a Random spec),  P_cols = P_i ∈ R^{k_i×cols} (Which::In)
+//! ```
+//!
+//! | [`LayerKind`] | `[rows, cols]` | a use's contribution to `G_n` |
+//! |---|---|---|
+//! | `Linear { layout: OutIn }` | `[d_out, d_in + bias]` | `Σ_t b_t [a_t; 1]ᵀ` |
+//! | `Linear { layout: InOut }` | `[d_in + bias, d_out]` (the bias is the last row) | `Σ_t [a_t; 1] b_tᵀ` |
+//! | `Embedding { vocab, d }` | `[vocab, d]` | `Σ_t e_{id_t} b_tᵀ` |
+//! | `Norm { d, has_bias }` | `[d, 1 + bias]` (column 0 `γ`, column 1 `β`) | `Σ_t [b_t ⊙ x̂_t, b_t]` |
+//!
+//! So an embedding tied to an LM head (`wte [vocab, d]` used as `E[id]` and as the
+//! `nn.Linear(d, vocab)` weight) gets *one* projection, consistent for both uses: the lookup's
+//! rows are gathered columns of `P_rows` and its `b` is projected by `P_cols`, the head's `b`
+//! (over the vocabulary) by `P_rows` and its `a` by `P_cols`. The sum over the uses is exact
+//! (it is linear), so `<ĝ_n, ĝ_m>` estimates the tied parameter's `<G_n, G_m>` including the
+//! cross terms. For a parameter used once as `Linear { OutIn }` the block is exactly
+//! [`kron_project`](crate::Context::kron_project)'s `ĝ` (bit for bit on every backend).
+//!
+//! For a norm parameter `cols = 1 + bias` is tiny: `k_i = 1 + bias` with a dense identity
+//! `P_cols` keeps `γ` and `β` apart (`ĝ = [P γ-grad, P β-grad]`), while `k_i = 1` with a random
+//! `P_cols` folds them into one JL projection.
+//!
+//! On a GPU each matrix use is one fused `kron_project[_ids]` launch (the transposed
+//! orientations store `Ĝᵀ`, with the roles of `P_i` / `P_o` swapped) into consecutive partial
+//! slots of its parameter, and one `kron_finalize_f32` sums all slots of the parameter in a fixed
+//! order; a norm parameter is materialized by `norm_grad` (uses summed) into the workspace, then
+//! projected by the ids kernel with `id(t) = t` over its `1 + bias` columns. Deterministic, no
+//! synchronization.
+
+use super::cpu;
+use super::gpu::{self, GpuProjectLayer, FLAG_IOTA, FLAG_TRANSPOSE};
+use super::ops::{check_spec, gpu_projection, host_matrices};
+use super::{ColumnGroup, ProjectionSpec};
+use crate::buffer::TensorMut;
+use crate::context::{cpu_train, dev_ptr, host_u8, Backend, Context};
+use crate::dtype::DType;
+use crate::error::{GhostError, Result};
+use crate::ghost_dot::gpu::{run_with_workspace, Carve};
+use crate::ghost_dot::validate_ops::TrainDims;
+use crate::ghost_dot::{Accumulate, LayerShape, TrainFactors};
+use crate::layers::{LayerKind, LayerUse, Mode, WeightLayout};
+use crate::runtime::LaunchPlan;
+use crate::validate::{self as v, mul, product};
+
+const OP: &str = "kron_project_model";
+
+/// The projection of one parameter (all uses with `LayerUse::param == param`): one block of
+/// `proj.k_o · proj.k_i` columns of [`kron_project_model`](Context::kron_project_model)'s output.
+/// A dense `proj` gives `p_out = P_rows [k_o, rows]` and `p_in = P_cols [k_i, cols]` (see the
+/// [module doc](self) for `[rows, cols]`).
+#[derive(Debug, Clone, Copy)]
+pub struct ParamProjection<'a> {
+    pub param: u32,
+    pub proj: ProjectionSpec<'a>,
+}
+
+/// `[rows, cols]` of the projected parameter matrix of a use (bias included).
+pub fn projected_storage(kind: &LayerKind) -> (u64, u64) {
+    match *kind {
+        LayerKind::Linear { d_in, d_out, has_bias, layout: WeightLayout::OutIn } => (d_out, d_in + has_bias as u64),
+        LayerKind::Linear { d_in, d_out, has_bias, layout: WeightLayout::InOut } => (d_in + has_bias as u64, d_out),
+        LayerKind::Embedding { vocab, d } => (vocab, d),
+        LayerKind::Norm { d, has_bias } => (d, 1 + has_bias as u64),
+    }
+}
+
+/// Whether the use's natural `Ĝ = (P b)(P a)ᵀ` is the transpose of its parameter's storage.
+fn transposed(kind: &LayerKind) -> bool {
+    matches!(kind, LayerKind::Linear { layout: WeightLayout::InOut, .. } | LayerKind::Embedding { .. })
+}
+
+/// A matrix use as the projection kernels see it: `(LayerShape, k_i, k_o)` of its natural
+/// orientation (`d_in` = the vocabulary for an embedding).
+fn natural(kind: &LayerKind, proj: &ProjectionSpec<'_>) -> (LayerShape, u64, u64) {
+    let (k_i, k_o) = if transposed(kind) { (proj.k_o, proj.k_i) } else { (proj.k_i, proj.k_o) };
+    let shape = match *kind {
+        LayerKind::Linear { d_in, d_out, has_bias, .. } => LayerShape { d_in, d_out, has_bias },
+        LayerKind::Embedding { vocab, d } => LayerShape { d_in: vocab, d_out: d, has_bias: false },
+        LayerKind::Norm { .. } => unreachable!("norm uses are not matrix uses"),
+    };
+    (shape, k_i, k_o)
+}
+
+/// One validated parameter.
+struct Param<'a> {
+    proj: ProjectionSpec<'a>,
+    uses: Vec<usize>,
+    rows: u64,
+    cols: u64,
+    offset: u64,
+}
+
+impl Context {
+    /// Projected per-sample gradients of every parameter of a model (see the
+    /// [module doc](self)): `out[n, offset_p + j] = beta·out + scale·ĝ^p_n[j]`, `out` f32
+    /// `[N, Σ_p k_o^p·k_i^p]` with the parameters' blocks in `params` order; `ĝ^p_n` projects
+    /// the sum of the gradients of all uses with `LayerUse::param == p` (tied uses: one block).
+    /// The uses follow [`model_dot`](Context::model_dot)'s rules (factors, masks, tie rules;
+    /// query sides are ignored). Every use's `param` must appear exactly once in `params`, and
+    /// every entry of `params` must have a use. Returns the column block of each parameter (in
+    /// `params` order), as [`influence_scores_groups`](Context::influence_scores_groups) and
+    /// [`dvemb_layers`](Context::dvemb_layers) take them.
+    pub fn kron_project_model(
+        &self,
+        n: u64,
+        uses: &[LayerUse<'_>],
+        params: &[ParamProjection<'_>],
+        out: &mut TensorMut<'_>,
+        acc: Accumulate,
+    ) -> Result<Vec<ColumnGroup>> {
+        v::finite("scale", acc.scale)?;
+        v::finite("beta", acc.beta)?;
+        let (dims, _) = self.validate_uses(OP, n, uses, Mode::SelfNorm)?;
+        if params.is_empty() {
+            return Err(GhostError::ZeroSize { what: "params" });
+        }
+        let space = self.space();
+        let mut checked: Vec<Param<'_>> = Vec::with_capacity(params.len());
+        let mut total = 0u64;
+        for (p, pp) in params.iter().enumerate() {
+            if params[..p].iter().any(|q| q.param == pp.param) {
+                return Err(GhostError::InvalidArgument { what: "params", reason: format!("param {} is listed twice", pp.param) });
+            }
+            let group: Vec<usize> = (0..uses.len()).filter(|&i| uses[i].param == pp.param).collect();
+            let Some(&first) = group.first() else {
+                return Err(GhostError::InvalidArgument { what: "params", reason: format!("param {} has no use", pp.param) });
+            };
+            let (rows, cols) = projected_storage(&uses[first].kind);
+            check_spec(space, &pp.proj, cols, rows, OP)?;
+            self.check_proj_ptrs(&pp.proj)?;
+            checked.push(Param { proj: pp.proj, uses: group, rows, cols, offset: total });
+            total = v::add("Σ k_o*k_i", total, pp.proj.width())?;
+        }
+        if let Some(u) = uses.iter().find(|u| !params.iter().any(|p| p.param == u.param)) {
+            return Err(GhostError::InvalidArgument { what: "params", reason: format!("param {} of a use has no projection", u.param) });
+        }
+        v::fits_i32("Σ k_o*k_i", total)?;
+        v::output("out", out, space, v::mul("n*Σ k_o*k_i", n, total)?, OP)?;
+        self.check_out_ptr("out", out)?;
+        let groups: Vec<ColumnGroup> = checked.iter().map(|p| ColumnGroup { offset: p.offset, width: p.proj.width() }).collect();
+        match &self.backend {
+            Backend::Gpu(rt) => {
+                let out_ptr = out.device("out")?.ptr();
+                run_with_workspace(rt.as_ref(), |ws| gpu_model_plans(n, uses, &dims, &checked, out_ptr, total, acc, ws))?;
+            }
+            backend => {
+                let reference = matches!(backend, Backend::CpuReference);
+                let out = out.host("out")?;
+                for p in &checked {
+                    let res = host_param(n, uses, p, reference)?;
+                    cpu::write_columns(out, &res, p.proj.width() as usize, total as usize, p.offset as usize, acc);
+                }
+            }
+        }
+        Ok(groups)
+    }
+}
+
+/// `ĝ` of one parameter on the CPU backends, f64 `[N, k_o·k_i]`: the uses' `Ĝ` (each rounded to
+/// f32 on the fast path, exact on the reference) summed in f64 in use order.
+fn host_param(n: u64, uses: &[LayerUse<'_>], p: &Param<'_>, reference: bool) -> Result<Vec<f64>> {
+    let (p_cols, p_rows) = host_matrices(&p.proj, p.cols, p.rows)?;
+    let (k_i, k_o) = (p.proj.k_i as usize, p.proj.k_o as usize);
+    let width = k_o * k_i;
+    let nn = n as usize;
+    let mut total: Option<Vec<f64>> = None;
+    if let LayerKind::Norm { d, has_bias } = uses[p.uses[0]].kind {
+        // G_n [d, 1 + bias] summed over the uses in f64, then P_rows G_n P_colsᵀ.
+        let (d, cols) = (d as usize, 1 + has_bias as usize);
+        let mut g = vec![0.0f64; nn * d * cols];
+        for &u in &p.uses {
+            let tr = &uses[u].train;
+            let (x, b, mask) = (tr.x.host("x")?, tr.b.host("b")?, host_u8("mask", tr.mask.as_ref())?);
+            let t = tr.t as usize;
+            for r in 0..nn * t {
+                if mask.is_some_and(|m| m[r] == 0) {
+                    continue;
+                }
+                let gn = &mut g[(r / t) * d * cols..][..d * cols];
+                for k in 0..d {
+                    let bk = b.get_f64(r * d + k);
+                    gn[k * cols] += bk * x.get_f64(r * d + k);
+                    if has_bias {
+                        gn[k * cols + 1] += bk;
+                    }
+                }
+            }
+        }
+        let mut res = Vec::with_capacity(nn * width);
+        for gn in g.chunks_exact(d * cols) {
+            cpu::sandwich(gn, cols, d, &p_cols, &p_rows, k_i, k_o, false, &mut res);
+        }
+        return Ok(res);
+    }
+    for &u in &p.uses {
+        let use_ = &uses[u];
+        let (shape, ki, ko) = natural(&use_.kind, &p.proj);
+        let tr = use_.train;
+        let t = transposed(&use_.kind);
+        let (kp_in, kp_out) = if t { (&p_rows, &p_cols) } else { (&p_cols, &p_rows) };
+        let (ki, ko) = (ki as usize, ko as usize);
+        let dims = TrainDims { n, t: tr.t, d_in: shape.d_in, d_out: shape.d_out, has_bias: shape.has_bias, dtype: tr.b.dtype() };
+        let res = match use_.kind {
+            LayerKind::Embedding { .. } => {
+                let tt = cpu::TokenTrain {
+                    ids: super::ops::host_ids(&tr.x)?,
+                    b: tr.b.host("b")?,
+                    mask: host_u8("mask", tr.mask.as_ref())?,
+                    n: nn,
+                    t: tr.t as usize,
+                    vocab: shape.d_in as usize,
+                    d_out: shape.d_out as usize,
+                };
+                if reference {
+                    cpu::kron_project_ids_reference(&tt, kp_in, kp_out, ki, ko, false)
+                } else {
+                    cpu::kron_project_ids_fast(&tt, kp_in, kp_out, ki, ko)
+                }
+            }
+            _ => {
+                let tf = TrainFactors { a: tr.x, b: tr.b, n, t: tr.t, mask: tr.mask };
+                let ct = cpu_train(shape, &tf, &dims)?;
+                if reference {
+                    cpu::kron_project_reference(&ct, kp_in, kp_out, ki, ko, false)
+                } else {
+                    cpu::kron_project_fast(&ct, kp_in, kp_out, ki, ko)
+                }
+            }
+        };
+        if total.is_none() && !t {
+            total = Some(res); // exactly this use's result (no `0 + x`, which would turn −0 into +0)
+            continue;
+        }
+        let total = total.get_or_insert_with(|| vec![0.0f64; nn * width]);
+        for (dst, src) in total.chunks_exact_mut(width).zip(res.chunks_exact(width)) {
+            if t {
+                // src is [ko, ki] (natural), dst [ki, ko] (storage): dst[i·ko + o] = src[o·ki + i].
+                for o in 0..ko {
+                    for i in 0..ki {
+                        dst[i * ko + o] += src[o * ki + i];
+                    }
+                }
+            } else {
+                dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+            }
+        }
+    }
+    Ok(total.expect("a parameter has at least one use"))
+}
+
+/// Launch plans of [`Context::kron_project_model`] on a GPU (partials carved from `ws`).
+#[allow(clippy::too_many_arguments)]
+fn gpu_model_plans(
+    n: u64,
+    uses: &[LayerUse<'_>],
+    dims: &[crate::layers::UseDims],
+    params: &[Param<'_>],
+    out: u64,
+    ld: u64,
+    acc: Accumulate,
+    ws: u64,
+) -> Result<(Vec<LaunchPlan>, u64)> {
+    let mut plans = Vec::new();
+    let mut carve = Carve::default();
+    for p in params {
+        let width = p.proj.width();
+        let base = gpu_projection(&p.proj)?;
+        // Every matrix use as a kernel layer in its natural orientation, with the parameter's
+        // matrices in the matching roles.
+        let mut layers: Vec<(GpuProjectLayer, u32)> = Vec::new();
+        if let LayerKind::Norm { d, has_bias } = uses[p.uses[0]].kind {
+            let cols = 1 + has_bias as u64;
+            let g = ws + carve.take(product("norm grads", &[n, d, cols, 4])?)?;
+            for (k, &u) in p.uses.iter().enumerate() {
+                let tr = &uses[u].train;
+                plans.push(crate::layers::gpu::norm_grad_plan(
+                    dims[u].dtype,
+                    tr.x.device("x")?.ptr(),
+                    tr.b.device("b")?.ptr(),
+                    dev_ptr(tr.mask.as_ref(), "mask")?,
+                    0,
+                    tr.t,
+                    mul("n*t", n, tr.t)?,
+                    n,
+                    d,
+                    has_bias,
+                    k > 0,
+                    g,
+                )?);
+            }
+            // g is [N, 1 + bias, d] f32: sample n's "tokens" c = 0 (γ), 1 (β) with b = column c
+            // of G_n and id c, so Ĝ_n = Σ_c (P_rows g_c)(P_cols[:, c])ᵀ = P_rows G_n P_colsᵀ.
+            let dims = TrainDims { n, t: cols, d_in: cols, d_out: d, has_bias: false, dtype: DType::F32 };
+            let l = GpuProjectLayer { dims, a: 0, b: g, mask: 0, ids: true, proj: base, k_i: p.proj.k_i, k_o: p.proj.k_o, offset: p.offset };
+            layers.push((l, FLAG_IOTA));
+        } else {
+            for &u in &p.uses {
+                let use_ = &uses[u];
+                let (shape, k_i, k_o) = natural(&use_.kind, &p.proj);
+                let t = transposed(&use_.kind);
+                let mut proj = base;
+                if t {
+                    std::mem::swap(&mut proj.p_in, &mut proj.p_out);
+                    std::mem::swap(&mut proj.key_in, &mut proj.key_out);
+                    std::mem::swap(&mut proj.scale_in, &mut proj.scale_out);
+                }
+                let tr = &use_.train;
+                let dims = TrainDims { n, t: tr.t, d_in: shape.d_in, d_out: shape.d_out, has_bias: shape.has_bias, dtype: dims[u].dtype };
+                let l = GpuProjectLayer {
+                    dims,
+                    a: tr.x.device("x")?.ptr(),
+                    b: tr.b.device("b")?.ptr(),
+                    mask: dev_ptr(tr.mask.as_ref(), "mask")?,
+                    ids: matches!(use_.kind, LayerKind::Embedding { .. }),
+                    proj,
+                    k_i,
+                    k_o,
+                    offset: p.offset,
+                };
+                layers.push((l, if t { FLAG_TRANSPOSE } else { 0 }));
+            }
+        }
+        // Consecutive partial slots for all uses, one finalize over all of them.
+        let mut splits = Vec::with_capacity(layers.len());
+        for (l, _) in &layers {
+            splits.push(gpu::kron_splits(l)?);
+        }
+        let slots = splits.iter().try_fold(0u64, |a, &s| v::add("partial slots", a, s))?;
+        let partial = ws + carve.take(product("projection partials", &[slots, n, width, 4])?)?;
+        let mut at = partial;
+        for ((l, flags), s) in layers.iter().zip(&splits) {
+            plans.push(gpu::kron_kernel_plan(l, at, *flags)?);
+            at += product("partial bytes", &[*s, n, width, 4])?;
+        }
+        plans.push(gpu::kron_finalize_plan(partial, out, n, width, slots, ld, p.offset, acc)?);
+    }
+    Ok((plans, carve.bytes))
+}
