@@ -276,6 +276,22 @@ typedef struct gg_layer_use {
 // Embedding × embedding algorithm: by cost (0), masked Gram (1) or scatter/gather (2).
 typedef uint32_t gg_embedding_form_request;
 
+// The projection of one parameter of [`gg_kron_project_model`]: every use with
+// `gg_layer_use.param == param` is projected into one block of `proj.k_o·proj.k_i` columns. A
+// dense `proj` gives `p_out = P_rows [k_o, rows]` and `p_in = P_cols [k_i, cols]` of the
+// parameter's projected storage (Linear `[d_out, d_in + bias]`, Conv1D layout
+// `[d_in + bias, d_out]`, embedding `[vocab, d]`, norm `[d, 1 + bias]`).
+typedef struct gg_param_projection {
+    uint32_t param;
+    struct gg_projection proj;
+} gg_param_projection;
+
+// One group of columns of [`gg_influence_scores_groups`]: columns `offset .. offset + width`.
+typedef struct gg_column_group {
+    uint64_t offset;
+    uint64_t width;
+} gg_column_group;
+
 // One layer of [`gg_dvemb_layers`]: columns `offset .. offset + k` of `grads` / `e_out`, and its
 // `k×k` row-major f32 `M` (read and updated in place; zeros before the latest step).
 typedef struct gg_dvemb_layer {
@@ -302,12 +318,6 @@ typedef struct gg_token_train {
     uint64_t t;
     struct gg_tensor mask;
 } gg_token_train;
-
-// One group of columns of [`gg_influence_scores_groups`]: columns `offset .. offset + width`.
-typedef struct gg_column_group {
-    uint64_t offset;
-    uint64_t width;
-} gg_column_group;
 
 #define GG_DTYPE_F32 0
 
@@ -850,6 +860,29 @@ gg_status gg_model_ghg(const struct gg_context *ctx,
                        float beta,
                        gg_form_request linear_form,
                        gg_embedding_form_request embedding_form);
+
+// LoGra projection of a whole model (MATH.md §3; Rust `Context::kron_project_model`): for every
+// parameter of `params` (in array order) the projected per-sample gradient
+// `P_rows (Σ_uses G_n) P_colsᵀ` of all its uses — tied ones (an embedding and its LM head, one
+// weight in both orientations, a shared norm) summed into one block — written
+// `out = beta·out + scale·[ĝ^0_n | ĝ^1_n | …]`, `out` f32 `[n, Σ_p k_o·k_i]`. Query sides of the
+// uses are ignored. When `groups_out` is not NULL it receives the `n_params` column blocks
+// (`gg_column_group`), as [`gg_influence_scores_groups`] and [`gg_dvemb_layers`] take them.
+//
+// # Safety
+// As [`gg_model_dot`] for `ctx`, `uses` and `out`; `params` points at `n_params` readable
+// `gg_param_projection` whose dense matrices follow the [`gg_tensor`] contract; `groups_out` is
+// NULL or points at `n_params` writable `gg_column_group`.
+gg_status gg_kron_project_model(const struct gg_context *ctx,
+                                uint64_t n,
+                                const struct gg_layer_use *uses,
+                                size_t n_uses,
+                                const struct gg_param_projection *params,
+                                size_t n_params,
+                                struct gg_tensor_mut out,
+                                float scale,
+                                float beta,
+                                struct gg_column_group *groups_out);
 
 // Data value embedding reverse sweep (MATH.md §5) of `n_layers` layers over `n_steps` training
 // steps: for every layer and every step t from the LAST down to the first,

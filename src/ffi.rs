@@ -2485,6 +2485,86 @@ pub unsafe extern "C" fn gg_model_ghg(
     // SAFETY: forwarded from this function's contract.
     unsafe { model_call(ModelCall::Ghg { eta, x_dot, b_dot }, ctx, n, uses, n_uses, out, scale, beta, linear_form, embedding_form) }
 }
+/// The projection of one parameter of [`gg_kron_project_model`]: every use with
+/// `gg_layer_use.param == param` is projected into one block of `proj.k_o·proj.k_i` columns. A
+/// dense `proj` gives `p_out = P_rows [k_o, rows]` and `p_in = P_cols [k_i, cols]` of the
+/// parameter's projected storage (Linear `[d_out, d_in + bias]`, Conv1D layout
+/// `[d_in + bias, d_out]`, embedding `[vocab, d]`, norm `[d, 1 + bias]`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct gg_param_projection {
+    pub param: u32,
+    pub proj: gg_projection,
+}
+
+/// LoGra projection of a whole model (MATH.md §3; Rust `Context::kron_project_model`): for every
+/// parameter of `params` (in array order) the projected per-sample gradient
+/// `P_rows (Σ_uses G_n) P_colsᵀ` of all its uses — tied ones (an embedding and its LM head, one
+/// weight in both orientations, a shared norm) summed into one block — written
+/// `out = beta·out + scale·[ĝ^0_n | ĝ^1_n | …]`, `out` f32 `[n, Σ_p k_o·k_i]`. Query sides of the
+/// uses are ignored. When `groups_out` is not NULL it receives the `n_params` column blocks
+/// (`gg_column_group`), as [`gg_influence_scores_groups`] and [`gg_dvemb_layers`] take them.
+///
+/// # Safety
+/// As [`gg_model_dot`] for `ctx`, `uses` and `out`; `params` points at `n_params` readable
+/// `gg_param_projection` whose dense matrices follow the [`gg_tensor`] contract; `groups_out` is
+/// NULL or points at `n_params` writable `gg_column_group`.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn gg_kron_project_model(
+    ctx: *const gg_context,
+    n: u64,
+    uses: *const gg_layer_use,
+    n_uses: usize,
+    params: *const gg_param_projection,
+    n_params: usize,
+    out: gg_tensor_mut,
+    scale: f32,
+    beta: f32,
+    groups_out: *mut gg_column_group,
+) -> gg_status {
+    guard(|| {
+        // SAFETY: forwarded from this function's contract.
+        let (ctx, descs, pdescs) =
+            unsafe { (context_ref(ctx)?, read_array(uses, n_uses, "uses")?, read_array(params, n_params, "params")?) };
+        if !groups_out.is_null() && (groups_out as usize) % std::mem::align_of::<gg_column_group>() != 0 {
+            return Err(Failure::new(GG_STATUS_MISALIGNED, "`groups_out` is misaligned for gg_column_group"));
+        }
+        let mut bufs = Buffers::new(ctx);
+        let mut raw = Vec::with_capacity(n_uses);
+        for (i, u) in descs.iter().enumerate() {
+            bufs.prefix = format!("uses[{i}].");
+            raw.push(bufs.layer_use(u).map_err(|f| if f.message.contains("uses[") { f } else { f.context(&format!("uses[{i}]")) })?);
+        }
+        let mut rawp = Vec::with_capacity(n_params);
+        for (i, p) in pdescs.iter().enumerate() {
+            bufs.prefix = format!("params[{i}].");
+            rawp.push((p.param, bufs.projection(&p.proj)?));
+        }
+        bufs.prefix.clear();
+        let raw_out = bufs.output("out", &out)?;
+        bufs.check_overlaps()?;
+        let space = bufs.space;
+        // SAFETY: checked buffers, valid for the call by this function's contract.
+        let views: Vec<crate::layers::LayerUse<'_>> = raw.iter().map(|r| unsafe { r.view(space) }).collect();
+        let specs: Vec<crate::projection::ParamProjection<'_>> = rawp
+            .iter()
+            // SAFETY: as above.
+            .map(|(param, p)| crate::projection::ParamProjection { param: *param, proj: unsafe { p.view(space) } })
+            .collect();
+        // SAFETY: checked output, no aliasing (check_overlaps), exclusive by the contract.
+        let mut out = unsafe { raw_out.view_mut(space) };
+        let groups = ctx.kron_project_model(n, &views, &specs, &mut out, Accumulate { scale, beta })?;
+        if !groups_out.is_null() {
+            // SAFETY: non-null, aligned, n_params writable entries (caller's contract); one per param.
+            let dst = unsafe { std::slice::from_raw_parts_mut(groups_out, n_params) };
+            for (d, g) in dst.iter_mut().zip(&groups) {
+                *d = gg_column_group { offset: g.offset, width: g.width };
+            }
+        }
+        Ok(())
+    })
+}
 // ================================ end of the model-level section =============================
 
 // =============================================================================================

@@ -1403,6 +1403,68 @@ fn model_level_errors_name_the_use() {
     expect(st, GG_STATUS_NULL_POINTER, &["uses"]);
 }
 
+/// `gg_kron_project_model` on the tied model (embedding + LM head in one block, a LayerNorm with
+/// bias, a Conv1D-layout Linear with bias) equals the safe API bit for bit, fills the column
+/// blocks, and names its errors.
+#[test]
+fn kron_project_model_matches_the_safe_api() {
+    use ghostgrad::{ParamProjection, ProjectionKind, ProjectionSpec};
+    let p = ModelProblem::new();
+    let uses = p.uses();
+    let safe = p.safe_uses();
+    // Param 0 (wte [6, 4]) random 3×2, param 1 (norm [4, 2]) dense identity columns, param 2
+    // (Conv1D [4 + 1, 3]) random 4×3.
+    let p_rows1: Vec<f32> = (0..3 * 4).map(|i| ((i * 7 % 11) as f32 - 5.0) / 4.0).collect();
+    let p_cols1 = vec![1.0f32, 0.0, 0.0, 1.0];
+    let descs = [
+        gg_param_projection { param: 0, proj: gg_projection { k_i: 2, k_o: 3, ..random_proj(5, 0) } },
+        gg_param_projection {
+            param: 1,
+            proj: gg_projection { k_i: 2, k_o: 3, kind: GG_PROJECTION_DENSE, p_in: t(&p_cols1, GG_DTYPE_F32), p_out: t(&p_rows1, GG_DTYPE_F32), ..random_proj(0, 0) },
+        },
+        gg_param_projection { param: 2, proj: gg_projection { k_i: 3, k_o: 4, ..random_proj(5, 2) } },
+    ];
+    let spec = |d: &gg_projection, layer| ProjectionSpec { k_i: d.k_i, k_o: d.k_o, kind: ProjectionKind::Random { seed: 5, layer, dist: ghostgrad::Distribution::Gaussian } };
+    let safe_params = [
+        ParamProjection { param: 0, proj: spec(&descs[0].proj, 0) },
+        ParamProjection { param: 1, proj: ProjectionSpec { k_i: 2, k_o: 3, kind: ProjectionKind::Dense { p_in: p_cols1[..].into(), p_out: p_rows1[..].into() } } },
+        ParamProjection { param: 2, proj: spec(&descs[2].proj, 2) },
+    ];
+    let width = 6 + 6 + 12;
+    for (ctx, safe_ctx) in [(Ctx::cpu(), ghostgrad::Context::cpu()), (Ctx::reference(), ghostgrad::Context::cpu_reference())] {
+        let mut out = vec![f32::NAN; 2 * width];
+        let mut groups = [gg_column_group { offset: 99, width: 99 }; 3];
+        // SAFETY: descriptors point at live memory of this test.
+        let st = unsafe { gg_kron_project_model(ctx.0, 2, uses.as_ptr(), uses.len(), descs.as_ptr(), descs.len(), tm(&mut out), -1.25, 0.0, groups.as_mut_ptr()) };
+        expect(st, GG_STATUS_OK, &[]);
+        let offs: Vec<(u64, u64)> = groups.iter().map(|g| (g.offset, g.width)).collect();
+        assert_eq!(offs, [(0, 6), (6, 6), (12, 12)]);
+        let mut want = vec![f32::NAN; 2 * width];
+        safe_ctx.kron_project_model(2, &safe, &safe_params, &mut (&mut want[..]).into(), ghostgrad::Accumulate { scale: -1.25, beta: 0.0 }).unwrap();
+        assert!(want.iter().all(|x| x.is_finite() && *x != 0.0), "{want:?}");
+        assert_eq!(out, want);
+        // groups_out may be NULL.
+        let mut again = vec![f32::NAN; 2 * width];
+        // SAFETY: as above.
+        let st = unsafe { gg_kron_project_model(ctx.0, 2, uses.as_ptr(), uses.len(), descs.as_ptr(), descs.len(), tm(&mut again), -1.25, 0.0, ptr::null_mut()) };
+        expect(st, GG_STATUS_OK, &[]);
+        assert_eq!(again, out);
+    }
+    let ctx = Ctx::cpu();
+    let mut out = vec![0f32; 2 * width];
+    // SAFETY: null / invalid descriptors are detected.
+    unsafe {
+        let st = gg_kron_project_model(ctx.0, 2, uses.as_ptr(), uses.len(), ptr::null(), 3, tm(&mut out), 1.0, 0.0, ptr::null_mut());
+        expect(st, GG_STATUS_NULL_POINTER, &["params"]);
+        let mut bad = descs;
+        bad[1].proj.p_in = t(&p_cols1[..3], GG_DTYPE_F32);
+        let st = gg_kron_project_model(ctx.0, 2, uses.as_ptr(), uses.len(), bad.as_ptr(), bad.len(), tm(&mut out), 1.0, 0.0, ptr::null_mut());
+        expect(st, GG_STATUS_LENGTH_MISMATCH, &["p_in"]);
+        let st = gg_kron_project_model(ctx.0, 2, uses.as_ptr(), uses.len(), descs.as_ptr(), 2, tm(&mut out[..36]), 1.0, 0.0, ptr::null_mut());
+        expect(st, GG_STATUS_INVALID_ARGUMENT, &["param 2"]);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Data value embedding (gg_dvemb_layers)
 // ---------------------------------------------------------------------------------------------

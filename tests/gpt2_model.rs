@@ -4,7 +4,9 @@
 //! an `nn.Linear` projection), an MLP (`nn.Linear` fc, `Conv1D` projection), ragged sequence
 //! lengths with NaN-poisoned, masked padding. `model_dot`, `model_gram` and `model_sqnorm`
 //! must equal the dot products of the explicit flattened per-sample gradients of *all*
-//! parameters, on the fast CPU path, the f64 reference and the CUDA kernels (PTX interpreter).
+//! parameters, on the fast CPU path, the f64 reference and the CUDA kernels (PTX interpreter);
+//! `kron_project_model` must equal the projections of those explicit gradients, parameter by
+//! parameter (wte once, for the lookup and the LM head together).
 
 mod common;
 #[path = "common/gpt2.rs"]
@@ -272,5 +274,137 @@ fn model_level_calls_equal_explicit_per_sample_gradient_dot_products() {
             ctx.model_sqnorm(n as u64, &dev_uses, &mut out.view_mut().into(), Accumulate::overwrite(), forms).unwrap();
             check("interp model_sqnorm", &rt.read_f32(&out).unwrap(), &want_sq, &mag_sq);
         }
+    }
+}
+
+/// `[rows, cols]` projected storage (`projected_storage`) of parameter `p` of the tiny GPT-2,
+/// filled from the flat gradient `g` (the model's own parameter layout).
+fn param_matrix(m: &Gpt2, kind: &LayerKind, p: u32, g: &[f64]) -> Vec<f64> {
+    let o = m.offsets();
+    let (w, b) = match p {
+        0 => (o.wte, None),
+        1 => (o.wpe, None),
+        2 => (o.ln1_g, Some(o.ln1_b)),
+        3 => (o.attn_w, Some(o.attn_b)),
+        4 => (o.proj_w, Some(o.proj_b)),
+        5 => (o.ln2_g, Some(o.ln2_b)),
+        6 => (o.fc_w, Some(o.fc_b)),
+        7 => (o.mp_w, Some(o.mp_b)),
+        _ => (o.lnf_g, Some(o.lnf_b)),
+    };
+    let (rows, cols) = ghostgrad::projection::projected_storage(kind);
+    let (rows, cols) = (rows as usize, cols as usize);
+    let mut x = vec![0.0f64; rows * cols];
+    match *kind {
+        // Weight [d_out, d_in] then the bias as the last column.
+        LayerKind::Linear { d_in, layout: WeightLayout::OutIn, .. } => {
+            let di = d_in as usize;
+            for r in 0..rows {
+                x[r * cols..r * cols + di].copy_from_slice(&g[w + r * di..w + (r + 1) * di]);
+                if let Some(b) = b {
+                    x[r * cols + di] = g[b + r];
+                }
+            }
+        }
+        // Weight [d_in, d_out] then the bias as the last row: the flat layout itself.
+        LayerKind::Linear { d_in, d_out, .. } => {
+            let nw = (d_in * d_out) as usize;
+            x[..nw].copy_from_slice(&g[w..w + nw]);
+            if let Some(b) = b {
+                x[nw..].copy_from_slice(&g[b..b + d_out as usize]);
+            }
+        }
+        LayerKind::Embedding { .. } => x.copy_from_slice(&g[w..w + rows * cols]),
+        LayerKind::Norm { .. } => {
+            for r in 0..rows {
+                x[r * cols] = g[w + r];
+                x[r * cols + 1] = g[b.expect("GPT-2 norms have a bias") + r];
+            }
+        }
+    }
+    x
+}
+
+/// LoGra over the whole tiny GPT-2: `kron_project_model` with one random projection per
+/// parameter (wte projected once for the lookup and the LM head together) equals
+/// `P_rows G_n P_colsᵀ` of the explicit per-sample gradient of every parameter (from the hand
+/// backward, itself checked by finite differences), on the CPU backends and the interpreter.
+#[test]
+fn kron_project_model_equals_explicit_projected_gradients_of_every_parameter() {
+    use ghostgrad::projection::materialize_projection;
+    use ghostgrad::{Distribution, ParamProjection, ProjectionKind, ProjectionSpec, Which};
+    let m = model(5);
+    let mut r = rng(6);
+    let n = 3usize;
+    let tr = samples(&mut r, n);
+    let (tg, tf): (Vec<Vec<f64>>, Vec<Factors>) = tr
+        .iter()
+        .map(|s| {
+            let (_, g, f) = m.run(&m.w, &s.ids, &s.targets, s.len, true);
+            (g, f)
+        })
+        .unzip();
+    let tside = side(&tf, &tr.iter().map(|s| s.len).collect::<Vec<_>>());
+    let tb: Vec<Tensor<'_>> = tside.bufs.iter().map(|b| Tensor::from(b.as_slice())).collect();
+    let host_uses = uses(
+        (&tb, tside.ids[..].into(), tside.pos[..].into(), tside.mask[..].into()),
+        (&tb, tside.ids[..].into(), tside.pos[..].into(), tside.mask[..].into(), Segments::Uniform(T as u64)),
+        (n * T) as u64,
+    );
+    let lay = layout();
+    let kinds: Vec<LayerKind> = (0..9u32).map(|p| lay.iter().find(|u| u.0 == p).unwrap().1).collect();
+    let dist = Distribution::Rademacher;
+    let (k_o, k_i) = (5u64, 3u64);
+    let params: Vec<ParamProjection<'_>> =
+        (0..9u32).map(|p| ParamProjection { param: p, proj: ProjectionSpec { k_i, k_o, kind: ProjectionKind::Random { seed: 9, layer: p, dist } } }).collect();
+    let w = (k_o * k_i) as usize;
+    // Expected rows [n, 9·w] and magnitudes.
+    let (mut want, mut mag) = (Vec::new(), Vec::new());
+    for g in &tg {
+        for (p, kind) in kinds.iter().enumerate() {
+            let (rows, cols) = ghostgrad::projection::projected_storage(kind);
+            let pr = materialize_projection(9, p as u32, Which::Out, k_o, rows, dist);
+            let pc = materialize_projection(9, p as u32, Which::In, k_i, cols, dist);
+            let x = param_matrix(&m, kind, p as u32, g);
+            let (rows, cols) = (rows as usize, cols as usize);
+            for o in 0..k_o as usize {
+                for i in 0..k_i as usize {
+                    let terms = (0..rows).flat_map(|a| (0..cols).map(move |c| (a, c))).map(|(a, c)| pr[o * rows + a] as f64 * x[a * cols + c] * pc[i * cols + c] as f64);
+                    let (s, sa) = terms.fold((0.0, 0.0), |(s, sa), v| (s + v, sa + v.abs()));
+                    want.push(s as f32);
+                    mag.push(sa);
+                }
+            }
+        }
+    }
+    assert!(want.iter().any(|x| x.abs() > 1e-3), "projections must not vanish");
+    // f32 factors from an f64 backward (one rounding each), the projections' reductions and the
+    // token sums; the magnitude is of the f64 gradient (a lower bound of the factor products).
+    let tol = Tol { rel: 1e-4, tiny: 1e-6 };
+    let check = |what: &str, got: &[f32]| assert_close(what, got, &want, &mag, &vec![0.0; got.len()], Accumulate::overwrite(), tol);
+    for ctx in [Context::cpu(), Context::cpu_reference()] {
+        let mut out = poisoned(n * 9 * w);
+        ctx.kron_project_model(n as u64, &host_uses, &params, &mut (&mut out[..]).into(), Accumulate::overwrite()).unwrap();
+        check(&format!("{} kron_project_model", ctx.describe()), &out);
+    }
+    #[cfg(feature = "interp")]
+    {
+        use ghostgrad::runtime::interp::InterpRuntime;
+        use std::sync::Arc;
+        let rt = Arc::new(InterpRuntime::new().unwrap());
+        let ctx = Context::with_runtime(rt.clone());
+        let tdb: Vec<_> = tside.bufs.iter().map(|v| rt.upload(v, DType::F32).unwrap()).collect();
+        let up_i = |v: &Vec<i32>| rt.upload(v, DType::I32).unwrap();
+        let (tids, tpos) = (up_i(&tside.ids), up_i(&tside.pos));
+        let tmask = rt.upload(&tside.mask, DType::U8).unwrap();
+        let tt: Vec<Tensor<'_>> = tdb.iter().map(|b| b.view().into()).collect();
+        let dev_uses = uses(
+            (&tt, tids.view().into(), tpos.view().into(), tmask.view().into()),
+            (&tt, tids.view().into(), tpos.view().into(), tmask.view().into(), Segments::Uniform(T as u64)),
+            (n * T) as u64,
+        );
+        let mut out = rt.alloc_f32((n * 9 * w) as u64, f32::NAN).unwrap();
+        ctx.kron_project_model(n as u64, &dev_uses, &params, &mut out.view_mut().into(), Accumulate::overwrite()).unwrap();
+        check("interp kron_project_model", &rt.read_f32(&out).unwrap());
     }
 }

@@ -324,6 +324,40 @@ fn errors_are_typed_and_name_the_problem() {
     assert!(e.contains("scale"), "{e}");
 }
 
+/// Data value embedding over a model with tied parameters: the blocks of `kron_project_model`
+/// (one per parameter, the embedding/LM-head tie summed into one) feed `dvemb_layers` directly;
+/// each block's embeddings equal the f64 recursion run on the explicit projected gradients.
+#[test]
+fn dvemb_runs_on_the_tied_blocks_of_kron_project_model() {
+    use ghostgrad::dvemb::cpu::{reference, Layout};
+    use ghostgrad::{Blocking, DvembLayer, DvembSteps, LossReduction};
+    let mut r = rng(77);
+    let m = ModelData::random_n(&mut r, Mix { linear: true, embedding: false, norm: true, tied: true }, DType::F32, true, 7);
+    let ps = param_projs(&mut r, &m, 6);
+    let uses = m.layer_uses();
+    let specs: Vec<ParamProjection<'_>> = ps.iter().map(|p| p.host_spec()).collect();
+    let width: u64 = ps.iter().map(|p| p.k_o * p.k_i).sum();
+    let ctx = Context::cpu();
+    let mut g = poisoned(7 * width as usize);
+    let groups = ctx.kron_project_model(7, &uses, &specs, &mut (&mut g[..]).into(), Accumulate { scale: 1.0, beta: 0.0 }).unwrap();
+    let explicit: Vec<f32> = expected_rows(&m, &ps).0.iter().map(|&x| x as f32).collect();
+    let steps = DvembSteps { rows: &[3, 2, 2], etas: &[0.3, 0.2, 0.1], loss: LossReduction::Mean };
+    let mut ms: Vec<Vec<f32>> = groups.iter().map(|c| vec![0.0f32; (c.width * c.width) as usize]).collect();
+    let mut mts: Vec<ghostgrad::TensorMut<'_>> = ms.iter_mut().map(|x| (&mut x[..]).into()).collect();
+    let mut layers: Vec<DvembLayer<'_, '_>> = groups.iter().zip(mts.iter_mut()).map(|(c, m)| DvembLayer { offset: c.offset, k: c.width, m }).collect();
+    let mut e = poisoned(7 * width as usize);
+    ctx.dvemb_layers(&(&g[..]).into(), width, &mut layers, &steps, &mut (&mut e[..]).into(), Blocking::Auto).unwrap();
+    for (p, c) in groups.iter().enumerate() {
+        let layout = Layout { row_stride: width as usize, offset: c.offset as usize, k: c.width as usize };
+        let mut m64 = vec![0.0f64; (c.width * c.width) as usize];
+        let want = reference(&explicit, layout, &steps, Blocking::PerStep, &mut m64, false);
+        let got: Vec<f64> = (0..7).flat_map(|row| e[row * width as usize + c.offset as usize..][..c.width as usize].iter().map(|&x| x as f64)).collect();
+        let (num, den) = got.iter().zip(&want).fold((0.0f64, 0.0f64), |(a, b), (x, y)| (a + (x - y) * (x - y), b + y * y));
+        assert!(den > 0.0 && got.iter().all(|x| x.is_finite()), "param {}: {got:?}", ps[p].param);
+        assert!((num / den).sqrt() < 1e-4, "param {}: normwise relative error {:e}", ps[p].param, (num / den).sqrt());
+    }
+}
+
 #[cfg(feature = "interp")]
 mod gpu {
     use super::*;

@@ -152,6 +152,11 @@ impl ModelData {
     /// the tied groups listed in the module doc.
     pub fn random(rng: &mut TestRng, mix: Mix, dtype: DType, masked: bool) -> Self {
         let n = rng.random_range(1..4);
+        Self::random_n(rng, mix, dtype, masked, n)
+    }
+
+    /// [`ModelData::random`] with `n` training samples.
+    pub fn random_n(rng: &mut TestRng, mix: Mix, dtype: DType, masked: bool, n: usize) -> Self {
         let v = rng.random_range(1..4);
         let vocab = rng.random_range(3..40u64);
         let pool: Vec<i32> = (0..rng.random_range(1..5)).map(|_| rng.random_range(0..vocab as i32)).collect();
