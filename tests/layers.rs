@@ -58,10 +58,6 @@ fn embedding_forms() -> [ModelForms; 3] {
     ]
 }
 
-fn mix_strategy() -> impl Strategy<Value = Mix> {
-    any::<[bool; 4]>().prop_map(|[linear, embedding, norm, tied]| Mix { linear, embedding, norm: norm || !(linear || embedding || tied), tied })
-}
-
 proptest! {
     #![proptest_config(config(48))]
 
@@ -78,14 +74,8 @@ proptest! {
 
 #[test]
 fn every_kind_alone_and_the_tied_groups_on_fixed_seeds() {
-    let mixes = [
-        Mix { linear: true, embedding: false, norm: false, tied: false },
-        Mix { linear: false, embedding: true, norm: false, tied: false },
-        Mix { linear: false, embedding: false, norm: true, tied: false },
-        Mix { linear: false, embedding: false, norm: false, tied: true },
-        Mix { linear: true, embedding: true, norm: true, tied: true },
-    ];
-    for (i, mix) in mixes.into_iter().enumerate() {
+    let all = Mix { linear: true, embedding: true, norm: true, tied: true };
+    for (i, mix) in Mix::EACH_KIND_AND_TIED.into_iter().chain([all]).enumerate() {
         for seed in 0..6u64 {
             let mut r = rng(seed * 31 + i as u64);
             let m = ModelData::random(&mut r, mix, DType::F32, seed % 2 == 0);
@@ -519,13 +509,7 @@ mod gpu {
 
     #[test]
     fn every_kind_alone_and_the_tied_groups_on_the_interpreter() {
-        let mixes = [
-            Mix { linear: true, embedding: false, norm: false, tied: false },
-            Mix { linear: false, embedding: true, norm: false, tied: false },
-            Mix { linear: false, embedding: false, norm: true, tied: false },
-            Mix { linear: false, embedding: false, norm: false, tied: true },
-        ];
-        for (i, mix) in mixes.into_iter().enumerate() {
+        for (i, mix) in Mix::EACH_KIND_AND_TIED.into_iter().enumerate() {
             for seed in 0..2u64 {
                 let mut r = rng(seed * 17 + i as u64);
                 let m = ModelData::random(&mut r, mix, FLOAT_DTYPES[(seed as usize + i) % 3], seed == 0);

@@ -21,10 +21,6 @@ fn config(cases: u32) -> ProptestConfig {
     ProptestConfig { cases, failure_persistence: None, max_shrink_iters: 16, ..ProptestConfig::default() }
 }
 
-fn mix_strategy() -> impl Strategy<Value = Mix> {
-    any::<[bool; 4]>().prop_map(|[linear, embedding, norm, tied]| Mix { linear, embedding, norm: norm || !(linear || embedding || tied), tied })
-}
-
 /// One parameter's projection as the test holds it: sizes and host matrices (random ones
 /// materialized by the crate's generator, which the kernels reproduce bit for bit).
 #[derive(Debug, Clone)]
@@ -223,13 +219,7 @@ proptest! {
 
 #[test]
 fn every_kind_and_the_tied_groups_on_fixed_seeds_with_more_than_one_tile() {
-    let mixes = [
-        Mix { linear: true, embedding: false, norm: false, tied: false },
-        Mix { linear: false, embedding: true, norm: false, tied: false },
-        Mix { linear: false, embedding: false, norm: true, tied: false },
-        Mix { linear: false, embedding: false, norm: false, tied: true },
-    ];
-    for (i, mix) in mixes.into_iter().enumerate() {
+    for (i, mix) in Mix::EACH_KIND_AND_TIED.into_iter().enumerate() {
         for seed in 0..4u64 {
             let mut r = rng(seed * 13 + i as u64);
             let m = ModelData::random(&mut r, mix, FLOAT_DTYPES[(seed as usize + i) % 3], seed % 2 == 0);

@@ -32,6 +32,8 @@
 //! Operations (on [`Context`](crate::Context)): [`kron_project`](crate::Context::kron_project),
 //! [`kron_project_embedding`](crate::Context::kron_project_embedding),
 //! [`kron_project_layers`](crate::Context::kron_project_layers) (linear and embedding layers),
+//! [`kron_project_model`](crate::Context::kron_project_model) (whole models per parameter: every
+//! layer kind, tied parameters in one block; see [`model`]),
 //! [`projection_matrix`](crate::Context::projection_matrix),
 //! [`influence_scores`](crate::Context::influence_scores); second moments for the
 //! preconditioners, accumulated on any backend: [`projected_fisher`](crate::Context::projected_fisher),

@@ -147,6 +147,22 @@ pub struct Mix {
     pub tied: bool,
 }
 
+impl Mix {
+    /// Each kind alone, then all tied groups: the fixed-seed sweeps of the model-level tests.
+    pub const EACH_KIND_AND_TIED: [Mix; 4] = [
+        Mix { linear: true, embedding: false, norm: false, tied: false },
+        Mix { linear: false, embedding: true, norm: false, tied: false },
+        Mix { linear: false, embedding: false, norm: true, tied: false },
+        Mix { linear: false, embedding: false, norm: false, tied: true },
+    ];
+}
+
+/// Random mixes with at least one parameter.
+pub fn mix_strategy() -> impl proptest::strategy::Strategy<Value = Mix> {
+    use proptest::prelude::*;
+    any::<[bool; 4]>().prop_map(|[linear, embedding, norm, tied]| Mix { linear, embedding, norm: norm || !(linear || embedding || tied), tied })
+}
+
 impl ModelData {
     /// A random model: a few independent parameters of the kinds in `mix`, and with `mix.tied`
     /// the tied groups listed in the module doc.
