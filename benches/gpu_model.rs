@@ -20,7 +20,7 @@ use std::sync::Arc;
 use ghostgrad::runtime::interp::{InterpBuffer, InterpRuntime, LaunchRecord};
 use ghostgrad::{
     Accumulate, Blocking, Context, DType, Distribution, DvembLayer, DvembSteps, EmbeddingForm, Form, FormChoice,
-    FormRequest, GhgLayer, LayerKind, LayerShape, LayerUse, LossReduction, ModelForms, OutColumns, ProjectionKind,
+    FormRequest, GhgLayer, LayerKind, LayerShape, LayerUse, LossReduction, ModelForms, OutColumns, ParamProjection, ProjectionKind,
     ProjectionSpec, QueryFactors, ScoreDims, ScoreMode, Segments, Tensor, TensorMut, TokenFactors, TrainFactors, UseQuery, UseTrain,
     Which,
 };
@@ -343,6 +343,21 @@ fn model_ops(m: &Model, s: &ModelShape) -> Vec<OpRun> {
     let mut sq = m.rt.alloc_f32(s.n, 0.0).unwrap();
     ops.push(m.run("model_sqnorm (same model)".into(), 0.0, min_bytes, |ctx| {
         ctx.model_sqnorm(s.n, &uses, &mut sq.view_mut().into(), Accumulate::overwrite(), ModelForms::default()).unwrap();
+    }));
+    // LoGra over the same parameters: wte projected once for both uses (64×64), the LayerNorm
+    // [d, 2] onto 64×2. FLOPs (MATH.md §3 per use): lookup 2·NT·(d·k + k²) (the vocabulary side
+    // is a gather), LM head 2·NT·(d·k + vocab·k + k²), norm 4·NT·d + 2·N·(2·d·k + 2·k·2).
+    let k = 64u64;
+    let kf = k as f64;
+    let params = [
+        ParamProjection { param: 0, proj: ProjectionSpec { k_i: k, k_o: k, kind: ProjectionKind::Random { seed: 3, layer: 0, dist: Distribution::Rademacher } } },
+        ParamProjection { param: 1, proj: ProjectionSpec { k_i: 2, k_o: k, kind: ProjectionKind::Random { seed: 3, layer: 1, dist: Distribution::Rademacher } } },
+    ];
+    let proj_flops = 2.0 * ntf * (df * kf + kf * kf) + 2.0 * ntf * (df * kf + vf * kf + kf * kf) + 4.0 * ntf * df + 2.0 * s.n as f64 * (2.0 * df * kf + 4.0 * kf);
+    let proj_bytes = 4.0 * ntf + 2.0 * ntf * (df + df + vf + 2.0 * df) + 4.0 * s.n as f64 * (kf * kf + 2.0 * kf);
+    let mut g = m.rt.alloc_f32(s.n * (k * k + 2 * k), 0.0).unwrap();
+    ops.push(m.run("kron_project_model (same model, wte 64×64 once for both uses, LayerNorm 64×2)".into(), proj_flops, proj_bytes, |ctx| {
+        ctx.kron_project_model(s.n, &uses, &params, &mut g.view_mut().into(), Accumulate::overwrite()).unwrap();
     }));
     ops
 }

@@ -348,6 +348,145 @@ fn dvemb_runs_on_the_tied_blocks_of_kron_project_model() {
     }
 }
 
+/// Per kept training token of every use of `p`: the vectors `(r_t, c_t)` of its outer product
+/// on the projected storage `[rows, cols]` (`nn.Linear`: `(b, [a; 1])`, Conv1D `([a; 1], b)`,
+/// embedding `(e_id, b)`), in f64.
+fn token_sides(m: &ModelData, p: &ParamProj) -> Vec<(Vec<f64>, Vec<f64>)> {
+    let mut out = Vec::new();
+    for u in m.uses.iter().filter(|u| u.param == p.param) {
+        let s = &u.train;
+        for r in 0..s.rows {
+            if s.mask.as_ref().is_some_and(|mk| mk[r] == 0) {
+                continue;
+            }
+            let row = |b: &Buf, w: usize, one: bool| -> Vec<f64> {
+                let mut v: Vec<f64> = (0..w).map(|k| b.get(r * w + k)).collect();
+                if one {
+                    v.push(1.0);
+                }
+                v
+            };
+            let pair = match (u.kind, &s.x) {
+                (LayerKind::Linear { d_in, d_out, has_bias, layout }, XBuf::Float(x)) => {
+                    let (a, b) = (row(x, d_in as usize, has_bias), row(&s.b, d_out as usize, false));
+                    if layout == WeightLayout::OutIn {
+                        (b, a)
+                    } else {
+                        (a, b)
+                    }
+                }
+                (LayerKind::Embedding { vocab, d }, XBuf::Ids(ids)) => {
+                    let mut e = vec![0.0; vocab as usize];
+                    e[ids[r] as usize] = 1.0;
+                    (e, row(&s.b, d as usize, false))
+                }
+                _ => unreachable!("matrix uses only"),
+            };
+            out.push(pair);
+        }
+    }
+    out
+}
+
+/// `Σ (P y)(P y)ᵀ` over `ys` (`P [k, w]`), with `abs` on absolute values: `[k, k]`.
+fn cov(pm: &[f32], k: usize, ys: &[&Vec<f64>], abs: bool) -> Vec<f64> {
+    let f = |x: f64| if abs { x.abs() } else { x };
+    let mut c = vec![0.0f64; k * k];
+    for y in ys {
+        let w = y.len();
+        let py: Vec<f64> = (0..k).map(|i| (0..w).map(|j| f(pm[i * w + j] as f64) * f(y[j])).sum()).collect();
+        for i in 0..k {
+            for j in 0..k {
+                c[i * k + j] += py[i] * py[j];
+            }
+        }
+    }
+    c
+}
+
+fn matrix_params(r: &mut TestRng, m: &ModelData, max_k: u64) -> Vec<ParamProj> {
+    param_projs(r, m, max_k).into_iter().filter(|p| !m.uses.iter().any(|u| u.param == p.param && matches!(u.kind, LayerKind::Norm { .. }))).collect()
+}
+
+fn check_kfac(what: &str, m: &ModelData, ps: &[ParamProj], seed: u64, call: &dyn Fn(&[Vec<f32>], &[Vec<f32>], Accumulate) -> (Vec<Vec<f32>>, Vec<Vec<f32>>)) {
+    let mut r = rng(seed ^ 0xfac);
+    for beta_nonzero in [false, true] {
+        let acc = random_acc(&mut r, beta_nonzero);
+        let olds: Vec<(Vec<f32>, Vec<f32>)> = ps.iter().map(|p| (initial_out(&mut r, (p.k_o * p.k_o) as usize, acc), initial_out(&mut r, (p.k_i * p.k_i) as usize, acc))).collect();
+        let (old_r, old_c): (Vec<Vec<f32>>, Vec<Vec<f32>>) = olds.into_iter().unzip();
+        let (got_r, got_c) = call(&old_r, &old_c, acc);
+        for (i, p) in ps.iter().enumerate() {
+            let toks = token_sides(m, p);
+            let rs: Vec<&Vec<f64>> = toks.iter().map(|t| &t.0).collect();
+            let cs: Vec<&Vec<f64>> = toks.iter().map(|t| &t.1).collect();
+            let depth = (p.rows + p.cols) as usize + toks.len() + 16;
+            for (name, pm, k, ys, got, old) in [("c_rows", &p.p_rows, p.k_o, &rs, &got_r[i], &old_r[i]), ("c_cols", &p.p_cols, p.k_i, &cs, &got_c[i], &old_c[i])] {
+                let (want, mag) = (cov(pm, k as usize, ys, false), cov(pm, k as usize, ys, true));
+                let mut want32 = old.clone();
+                ghostgrad::cpu::apply_accumulate(&mut want32, &want, acc);
+                assert_close(&format!("{what} param {} {name}", p.param), got, &want32, &mag, old, acc, Tol::for_depth(depth));
+            }
+        }
+    }
+}
+
+fn run_kfac_host(ctx: &Context, m: &ModelData, ps: &[ParamProj], old_r: &[Vec<f32>], old_c: &[Vec<f32>], acc: Accumulate) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let uses = m.layer_uses();
+    let specs: Vec<ParamProjection<'_>> = ps.iter().map(|p| p.host_spec()).collect();
+    let (mut cr, mut cc) = (old_r.to_vec(), old_c.to_vec());
+    {
+        let mut tr: Vec<ghostgrad::TensorMut<'_>> = cr.iter_mut().map(|x| (&mut x[..]).into()).collect();
+        let mut tc: Vec<ghostgrad::TensorMut<'_>> = cc.iter_mut().map(|x| (&mut x[..]).into()).collect();
+        ctx.kfac_covariances_model(m.n as u64, &uses, &specs, &mut tr, &mut tc, acc).unwrap_or_else(|e| panic!("{e}"));
+    }
+    (cr, cc)
+}
+
+proptest! {
+    #![proptest_config(config(32))]
+
+    #[test]
+    fn kfac_factors_of_every_matrix_parameter_match_the_token_sums(mix in mix_strategy(), dt in 0usize..3, masked in any::<bool>(), seed in any::<u64>()) {
+        let mut r = rng(seed);
+        let m = ModelData::random(&mut r, mix, FLOAT_DTYPES[dt], masked);
+        let ps = matrix_params(&mut r, &m, 20);
+        prop_assume!(!ps.is_empty());
+        // Norm uses are dropped from the model (their params have no projection here).
+        let mm = ModelData { uses: m.uses.iter().filter(|u| ps.iter().any(|p| p.param == u.param)).cloned().collect(), ..m.clone() };
+        for ctx in [Context::cpu(), Context::cpu_reference()] {
+            check_kfac(&ctx.describe(), &mm, &ps, seed, &|or, oc, acc| run_kfac_host(&ctx, &mm, &ps, or, oc, acc));
+        }
+    }
+}
+
+#[test]
+fn kfac_model_of_a_single_linear_is_kfac_covariances_and_norms_are_rejected() {
+    let (m, ps) = untied_linear(3);
+    let uses = m.layer_uses();
+    let n = m.n as u64;
+    let (ko, ki) = ((ps[0].k_o * ps[0].k_o) as usize, (ps[0].k_i * ps[0].k_i) as usize);
+    for ctx in [Context::cpu(), Context::cpu_reference()] {
+        let acc = Accumulate { scale: 0.5, beta: 0.0 };
+        let (cr, cc) = run_kfac_host(&ctx, &m, &ps, &[poisoned(ko)], &[poisoned(ki)], acc);
+        let (mut ca, mut cb) = (poisoned(ki), poisoned(ko));
+        let dense = Some((ps[0].p_rows.as_slice().into(), ps[0].p_cols.as_slice().into()));
+        ctx.kfac_covariances(layer_of(&uses[0], n, &ps[0], dense), &mut (&mut ca[..]).into(), &mut (&mut cb[..]).into(), acc).unwrap();
+        assert_bitwise_eq("c_rows = c_b", &cr[0], &cb);
+        assert_bitwise_eq("c_cols = c_a", &cc[0], &ca);
+    }
+    let mut r = rng(8);
+    let m = ModelData::random(&mut r, Mix { linear: false, embedding: false, norm: true, tied: false }, DType::F32, false);
+    let ps = param_projs(&mut r, &m, 4);
+    let uses = m.layer_uses();
+    let specs: Vec<ParamProjection<'_>> = ps.iter().map(|p| p.host_spec()).collect();
+    let (mut a, mut b) = (vec![0f32; 16], vec![0f32; 16]);
+    let e = Context::cpu()
+        .kfac_covariances_model(m.n as u64, &uses, &specs, &mut [(&mut a[..]).into()], &mut [(&mut b[..]).into()], Accumulate { scale: 1.0, beta: 0.0 })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("norm"), "{e}");
+}
+
 #[cfg(feature = "interp")]
 mod gpu {
     use super::*;
@@ -413,6 +552,34 @@ mod gpu {
             let mut out = rt.upload(&poisoned(m.n * w), DType::F32).unwrap();
             ctx.kron_project(&l.shape, &l.train, &l.proj, &mut out.view_mut().into(), OutColumns { offset: 0, row_stride: w as u64 }, acc).unwrap();
             assert_bitwise_eq("interp", &a, &rt.read_f32(&out).unwrap());
+        }
+    }
+
+    #[test]
+    fn kfac_factors_on_the_interpreter_match_the_token_sums() {
+        for seed in 0..3u64 {
+            let mut r = rng(seed * 5 + 2);
+            let m = ModelData::random(&mut r, Mix { linear: true, embedding: true, norm: false, tied: true }, FLOAT_DTYPES[seed as usize], seed != 1);
+            let ps = matrix_params(&mut r, &m, 70);
+            let m = ModelData { uses: m.uses.iter().filter(|u| ps.iter().any(|p| p.param == u.param)).cloned().collect(), ..m.clone() };
+            check_kfac("interp", &m, &ps, seed, &|old_r, old_c, acc| {
+                let rt = runtime(seed);
+                let ctx = Context::with_runtime(rt.clone());
+                let dev = upload_model(&rt, &m);
+                let uses = dev_uses(&m, &dev);
+                let mats: Vec<(InterpBuffer, InterpBuffer)> =
+                    ps.iter().map(|p| (rt.upload(&p.p_rows, DType::F32).unwrap(), rt.upload(&p.p_cols, DType::F32).unwrap())).collect();
+                let specs: Vec<ParamProjection<'_>> =
+                    ps.iter().zip(&mats).map(|(p, (pr, pc))| p.spec(Some((pr.view().into(), pc.view().into())))).collect();
+                let mut br: Vec<InterpBuffer> = old_r.iter().map(|x| rt.upload(x, DType::F32).unwrap()).collect();
+                let mut bc: Vec<InterpBuffer> = old_c.iter().map(|x| rt.upload(x, DType::F32).unwrap()).collect();
+                {
+                    let mut tr: Vec<ghostgrad::TensorMut<'_>> = br.iter_mut().map(|b| b.view_mut().into()).collect();
+                    let mut tc: Vec<ghostgrad::TensorMut<'_>> = bc.iter_mut().map(|b| b.view_mut().into()).collect();
+                    ctx.kfac_covariances_model(m.n as u64, &uses, &specs, &mut tr, &mut tc, acc).unwrap_or_else(|e| panic!("interp: {e}"));
+                }
+                (br.iter().map(|b| rt.read_f32(b).unwrap()).collect(), bc.iter().map(|b| rt.read_f32(b).unwrap()).collect())
+            });
         }
     }
 }

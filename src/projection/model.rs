@@ -119,30 +119,8 @@ impl Context {
     ) -> Result<Vec<ColumnGroup>> {
         v::finite("scale", acc.scale)?;
         v::finite("beta", acc.beta)?;
-        let (dims, _) = self.validate_uses(OP, n, uses, Mode::SelfNorm)?;
-        if params.is_empty() {
-            return Err(GhostError::ZeroSize { what: "params" });
-        }
+        let (dims, checked, total) = self.check_params(OP, n, uses, params)?;
         let space = self.space();
-        let mut checked: Vec<Param<'_>> = Vec::with_capacity(params.len());
-        let mut total = 0u64;
-        for (p, pp) in params.iter().enumerate() {
-            if params[..p].iter().any(|q| q.param == pp.param) {
-                return Err(GhostError::InvalidArgument { what: "params", reason: format!("param {} is listed twice", pp.param) });
-            }
-            let group: Vec<usize> = (0..uses.len()).filter(|&i| uses[i].param == pp.param).collect();
-            let Some(&first) = group.first() else {
-                return Err(GhostError::InvalidArgument { what: "params", reason: format!("param {} has no use", pp.param) });
-            };
-            let (rows, cols) = projected_storage(&uses[first].kind);
-            check_spec(space, &pp.proj, cols, rows, OP)?;
-            self.check_proj_ptrs(&pp.proj)?;
-            checked.push(Param { proj: pp.proj, uses: group, rows, cols, offset: total });
-            total = v::add("Σ k_o*k_i", total, pp.proj.width())?;
-        }
-        if let Some(u) = uses.iter().find(|u| !params.iter().any(|p| p.param == u.param)) {
-            return Err(GhostError::InvalidArgument { what: "params", reason: format!("param {} of a use has no projection", u.param) });
-        }
         v::fits_i32("Σ k_o*k_i", total)?;
         v::output("out", out, space, v::mul("n*Σ k_o*k_i", n, total)?, OP)?;
         self.check_out_ptr("out", out)?;
@@ -162,6 +140,46 @@ impl Context {
             }
         }
         Ok(groups)
+    }
+}
+
+impl Context {
+    /// Validates the uses (as [`model_dot`](Context::model_dot)'s, tie rules included) and the
+    /// parameter projections: every use's `param` listed exactly once, every listed param used,
+    /// dense matrices `[k, rows]` / `[k, cols]`. Returns the use dims, the parameters with their
+    /// column offsets, and `Σ k_o·k_i`.
+    fn check_params<'p>(
+        &self,
+        op: &'static str,
+        n: u64,
+        uses: &[LayerUse<'_>],
+        params: &[ParamProjection<'p>],
+    ) -> Result<(Vec<crate::layers::UseDims>, Vec<Param<'p>>, u64)> {
+        let (dims, _) = self.validate_uses(op, n, uses, Mode::SelfNorm)?;
+        if params.is_empty() {
+            return Err(GhostError::ZeroSize { what: "params" });
+        }
+        let space = self.space();
+        let mut checked: Vec<Param<'p>> = Vec::with_capacity(params.len());
+        let mut total = 0u64;
+        for (p, pp) in params.iter().enumerate() {
+            if params[..p].iter().any(|q| q.param == pp.param) {
+                return Err(GhostError::InvalidArgument { what: "params", reason: format!("param {} is listed twice", pp.param) });
+            }
+            let group: Vec<usize> = (0..uses.len()).filter(|&i| uses[i].param == pp.param).collect();
+            let Some(&first) = group.first() else {
+                return Err(GhostError::InvalidArgument { what: "params", reason: format!("param {} has no use", pp.param) });
+            };
+            let (rows, cols) = projected_storage(&uses[first].kind);
+            check_spec(space, &pp.proj, cols, rows, op)?;
+            self.check_proj_ptrs(&pp.proj)?;
+            checked.push(Param { proj: pp.proj, uses: group, rows, cols, offset: total });
+            total = v::add("Σ k_o*k_i", total, pp.proj.width())?;
+        }
+        if let Some(u) = uses.iter().find(|u| !params.iter().any(|p| p.param == u.param)) {
+            return Err(GhostError::InvalidArgument { what: "params", reason: format!("param {} of a use has no projection", u.param) });
+        }
+        Ok((dims, checked, total))
     }
 }
 
@@ -344,4 +362,175 @@ fn gpu_model_plans(
         plans.push(gpu::kron_finalize_plan(partial, out, n, width, slots, ld, p.offset, acc)?);
     }
     Ok((plans, carve.bytes))
+}
+
+/// One side of a matrix use for the K-FAC factors: the per-token vectors that the rows
+/// (`P_rows`) or the columns (`P_cols`) of the parameter see.
+enum SideRows {
+    /// Dense rows `[N·T, width]` (plus a trailing 1 with `ones`).
+    Dense { ones: bool, width: u64, b_side: bool },
+    /// Token ids into `vocab`.
+    Ids { vocab: u64 },
+}
+
+/// `(rows side, cols side)` of a matrix use: `nn.Linear` `(b, [a; 1])`, Conv1D `([a; 1], b)`,
+/// embedding `(e_id, b)`.
+fn use_sides(kind: &LayerKind) -> (SideRows, SideRows) {
+    match *kind {
+        LayerKind::Linear { d_in, d_out, has_bias, layout: WeightLayout::OutIn } => {
+            (SideRows::Dense { ones: false, width: d_out, b_side: true }, SideRows::Dense { ones: has_bias, width: d_in, b_side: false })
+        }
+        LayerKind::Linear { d_in, d_out, has_bias, layout: WeightLayout::InOut } => {
+            (SideRows::Dense { ones: has_bias, width: d_in, b_side: false }, SideRows::Dense { ones: false, width: d_out, b_side: true })
+        }
+        LayerKind::Embedding { vocab, d } => (SideRows::Ids { vocab }, SideRows::Dense { ones: false, width: d, b_side: true }),
+        LayerKind::Norm { .. } => unreachable!("rejected before"),
+    }
+}
+
+impl Context {
+    /// K-FAC factors of every parameter (MATH.md §4) in the storage layout of
+    /// [`kron_project_model`](Context::kron_project_model), over every kept token of every use
+    /// of the parameter: with each use's per-token gradient an outer product `r_t c_tᵀ` on
+    /// `[rows, cols]` (`nn.Linear`: `r = b`, `c = [a; 1]`; Conv1D: `r = [a; 1]`, `c = b`;
+    /// embedding: `r = e_id`, `c = b`),
+    /// `c_rows[p] = beta·c_rows[p] + scale·Σ_uses Σ_{n,t} (P_rows r_t)(P_rows r_t)ᵀ` (f32
+    /// `[k_o, k_o]`) and `c_cols[p] = beta·c_cols[p] + scale·Σ (P_cols c_t)(P_cols c_t)ᵀ`
+    /// (`[k_i, k_i]`), `p` in `params` order — the token statistics of tied uses are summed
+    /// (K-FAC "expand" for shared weights). Fit with
+    /// [`Kfac::from_covariances_f32`](super::precondition::Kfac::from_covariances_f32)`(c_cols,
+    /// c_rows)` and apply to the parameter's block of `kron_project_model`'s rows. Norm
+    /// parameters are not Kronecker-factored (a token's `γ`/`β` gradient is not one outer
+    /// product): a typed error; precondition their few columns with the raw Fisher
+    /// ([`projected_fisher`](Context::projected_fisher)). On a GPU: one `kfac_cov_*` launch per
+    /// use side into consecutive partial slots and one fixed-order finalize per factor.
+    pub fn kfac_covariances_model(
+        &self,
+        n: u64,
+        uses: &[LayerUse<'_>],
+        params: &[ParamProjection<'_>],
+        c_rows: &mut [TensorMut<'_>],
+        c_cols: &mut [TensorMut<'_>],
+        acc: Accumulate,
+    ) -> Result<()> {
+        const OPK: &str = "kfac_covariances_model";
+        v::finite("scale", acc.scale)?;
+        v::finite("beta", acc.beta)?;
+        let (dims, checked, _) = self.check_params(OPK, n, uses, params)?;
+        if let Some(p) = checked.iter().find(|p| matches!(uses[p.uses[0]].kind, LayerKind::Norm { .. })) {
+            return Err(GhostError::InvalidArgument {
+                what: "params",
+                reason: format!(
+                    "param {} is a norm parameter, which K-FAC does not factor (use projected_fisher on its columns)",
+                    uses[p.uses[0]].param
+                ),
+            });
+        }
+        if c_rows.len() != checked.len() || c_cols.len() != checked.len() {
+            return Err(GhostError::InvalidArgument {
+                what: "c_rows / c_cols",
+                reason: format!("need one factor per param ({}), got {} and {}", checked.len(), c_rows.len(), c_cols.len()),
+            });
+        }
+        let space = self.space();
+        for ((p, cr), cc) in checked.iter().zip(c_rows.iter()).zip(c_cols.iter()) {
+            v::output("c_rows", cr, space, v::fits_i32("k_o*k_o", mul("k_o*k_o", p.proj.k_o, p.proj.k_o)?)? as u64, OPK)?;
+            v::output("c_cols", cc, space, v::fits_i32("k_i*k_i", mul("k_i*k_i", p.proj.k_i, p.proj.k_i)?)? as u64, OPK)?;
+            self.check_out_ptr("c_rows", cr)?;
+            self.check_out_ptr("c_cols", cc)?;
+        }
+        match &self.backend {
+            Backend::Gpu(rt) => {
+                let outs: Vec<(u64, u64)> =
+                    c_rows.iter().zip(c_cols.iter()).map(|(r, c)| Ok((r.device("c_rows")?.ptr(), c.device("c_cols")?.ptr()))).collect::<Result<_>>()?;
+                run_with_workspace(rt.as_ref(), |ws| {
+                    let mut carve = Carve::default();
+                    let mut plans = Vec::new();
+                    for (p, &(cr, cc)) in checked.iter().zip(&outs) {
+                        let gp = gpu_projection(&p.proj)?;
+                        // (projection of the rows, of the columns): (P_out, P_in) of the spec.
+                        let mats = [(gp.p_out, gp.key_out, gp.scale_out, p.proj.k_o, cr), (gp.p_in, gp.key_in, gp.scale_in, p.proj.k_i, cc)];
+                        for (which, &(pm, key, scale, k, out)) in mats.iter().enumerate() {
+                            let mut sides = Vec::new();
+                            for &u in &p.uses {
+                                let use_ = &uses[u];
+                                let tr = &use_.train;
+                                let (rs, cs) = use_sides(&use_.kind);
+                                let side = if which == 0 { rs } else { cs };
+                                let (x, ids, width, ones) = match side {
+                                    SideRows::Ids { vocab } => (tr.x.device("x")?.ptr(), true, vocab, false),
+                                    SideRows::Dense { ones, width, b_side } => {
+                                        (if b_side { tr.b.device("b")?.ptr() } else { tr.x.device("x")?.ptr() }, false, width, ones)
+                                    }
+                                };
+                                sides.push(gpu::CovSide {
+                                    x,
+                                    ids,
+                                    dtype: dims[u].dtype,
+                                    mask: dev_ptr(tr.mask.as_ref(), "mask")?,
+                                    p: pm,
+                                    key,
+                                    scale,
+                                    flags: gp.flags | if ones { crate::ghost_dot::gpu::FLAG_BIAS } else { 0 },
+                                    rows: mul("n*t", n, tr.t)?,
+                                    width,
+                                    k,
+                                });
+                            }
+                            // The sides' slots lie back to back in one region (no padding between
+                            // them), so one finalize sums them all in side order.
+                            let kk = mul("k*k", k, k)?;
+                            let mut splits = Vec::with_capacity(sides.len());
+                            for sd in &sides {
+                                splits.push(gpu::kfac_cov_plan(sd, 0, &mut Carve::default())?.2);
+                            }
+                            let slots = splits.iter().try_fold(0u64, |a, &s| v::add("partial slots", a, s))?;
+                            let region = carve.take(product("covariance partials", &[slots, kk, 4])?)?;
+                            let mut at = region;
+                            for (sd, &s) in sides.iter().zip(&splits) {
+                                let (plan, _, s2) = gpu::kfac_cov_plan(sd, ws, &mut Carve { bytes: at })?;
+                                debug_assert_eq!(s, s2);
+                                plans.push(plan);
+                                at += product("partial bytes", &[s, kk, 4])?;
+                            }
+                            plans.push(crate::ghost_dot::gpu::finalize_plan(ws + region, out, kk, slots, acc)?);
+                        }
+                    }
+                    Ok((plans, carve.bytes))
+                })
+            }
+            backend => {
+                let reference = matches!(backend, Backend::CpuReference);
+                for ((p, cr), cc) in checked.iter().zip(c_rows.iter_mut()).zip(c_cols.iter_mut()) {
+                    let (p_cols, p_rows) = host_matrices(&p.proj, p.cols, p.rows)?;
+                    let mut sum_rows = vec![0.0f64; (p.proj.k_o * p.proj.k_o) as usize];
+                    let mut sum_cols = vec![0.0f64; (p.proj.k_i * p.proj.k_i) as usize];
+                    for &u in &p.uses {
+                        let use_ = &uses[u];
+                        let tr = &use_.train;
+                        let (rs, cs) = use_sides(&use_.kind);
+                        let mask = host_u8("mask", tr.mask.as_ref())?;
+                        let nrows = (n * tr.t) as usize;
+                        for (sum, side, pm, k) in [(&mut sum_rows, rs, &p_rows, p.proj.k_o), (&mut sum_cols, cs, &p_cols, p.proj.k_i)] {
+                            let rows = match side {
+                                SideRows::Ids { vocab } => cpu::CovRows::Ids { ids: super::ops::host_ids(&tr.x)?, vocab: vocab as usize },
+                                SideRows::Dense { ones, width, b_side } => {
+                                    cpu::CovRows::Dense { x: if b_side { tr.b.host("b")? } else { tr.x.host("x")? }, width: width as usize, ones }
+                                }
+                            };
+                            let res = if reference {
+                                cpu::kfac_cov_reference(&rows, mask, nrows, pm, k as usize, false)
+                            } else {
+                                cpu::kfac_cov_fast(&rows, mask, nrows, pm, k as usize)
+                            };
+                            sum.iter_mut().zip(&res).for_each(|(s, r)| *s += r);
+                        }
+                    }
+                    crate::cpu::apply_accumulate(cr.host("c_rows")?, &sum_rows, acc);
+                    crate::cpu::apply_accumulate(cc.host("c_cols")?, &sum_cols, acc);
+                }
+                Ok(())
+            }
+        }
+    }
 }
