@@ -884,6 +884,28 @@ gg_status gg_kron_project_model(const struct gg_context *ctx,
                                 float beta,
                                 struct gg_column_group *groups_out);
 
+// K-FAC factors of every matrix parameter of a model (Rust `Context::kfac_covariances_model`),
+// in the storage layout of [`gg_kron_project_model`], token statistics of tied uses summed:
+// `c_rows[p] = beta·c_rows[p] + scale·Σ (P_rows r_t)(P_rows r_t)ᵀ` (f32 `[k_o, k_o]`),
+// `c_cols[p] = beta·c_cols[p] + scale·Σ (P_cols c_t)(P_cols c_t)ᵀ` (f32 `[k_i, k_i]`), `p` in
+// `params` order (`nn.Linear`: `r = b`, `c = [a; 1]`; Conv1D: `r = [a; 1]`, `c = b`; embedding:
+// `r = e_id`, `c = b`). Fit with [`gg_kfac_from_covariances`] (`c_a = c_cols`, `c_b = c_rows`).
+// Norm parameters: `GG_STATUS_INVALID_ARGUMENT` (use [`gg_projected_fisher`] on their columns).
+//
+// # Safety
+// As [`gg_kron_project_model`] for `ctx`, `uses` and `params`; `c_rows` and `c_cols` point at
+// `n_params` readable `gg_tensor_mut` each, whose buffers follow the [`gg_tensor_mut`] contract.
+gg_status gg_kfac_covariances_model(const struct gg_context *ctx,
+                                    uint64_t n,
+                                    const struct gg_layer_use *uses,
+                                    size_t n_uses,
+                                    const struct gg_param_projection *params,
+                                    size_t n_params,
+                                    const struct gg_tensor_mut *c_rows,
+                                    const struct gg_tensor_mut *c_cols,
+                                    float scale,
+                                    float beta);
+
 // Data value embedding reverse sweep (MATH.md §5) of `n_layers` layers over `n_steps` training
 // steps: for every layer and every step t from the LAST down to the first,
 // `E_t = eta_t (G_t − G_t Mᵀ)` into `e_out`'s rows of step t, then `M ← M + c_t E_tᵀ G_t`.

@@ -2531,27 +2531,12 @@ pub unsafe extern "C" fn gg_kron_project_model(
             return Err(Failure::new(GG_STATUS_MISALIGNED, "`groups_out` is misaligned for gg_column_group"));
         }
         let mut bufs = Buffers::new(ctx);
-        let mut raw = Vec::with_capacity(n_uses);
-        for (i, u) in descs.iter().enumerate() {
-            bufs.prefix = format!("uses[{i}].");
-            raw.push(bufs.layer_use(u).map_err(|f| if f.message.contains("uses[") { f } else { f.context(&format!("uses[{i}]")) })?);
-        }
-        let mut rawp = Vec::with_capacity(n_params);
-        for (i, p) in pdescs.iter().enumerate() {
-            bufs.prefix = format!("params[{i}].");
-            rawp.push((p.param, bufs.projection(&p.proj)?));
-        }
-        bufs.prefix.clear();
+        let (raw, rawp) = bufs.model_params(&descs, &pdescs)?;
         let raw_out = bufs.output("out", &out)?;
         bufs.check_overlaps()?;
         let space = bufs.space;
         // SAFETY: checked buffers, valid for the call by this function's contract.
-        let views: Vec<crate::layers::LayerUse<'_>> = raw.iter().map(|r| unsafe { r.view(space) }).collect();
-        let specs: Vec<crate::projection::ParamProjection<'_>> = rawp
-            .iter()
-            // SAFETY: as above.
-            .map(|(param, p)| crate::projection::ParamProjection { param: *param, proj: unsafe { p.view(space) } })
-            .collect();
+        let (views, specs) = unsafe { model_param_views(&raw, &rawp, space) };
         // SAFETY: checked output, no aliasing (check_overlaps), exclusive by the contract.
         let mut out = unsafe { raw_out.view_mut(space) };
         let groups = ctx.kron_project_model(n, &views, &specs, &mut out, Accumulate { scale, beta })?;
@@ -2563,6 +2548,94 @@ pub unsafe extern "C" fn gg_kron_project_model(
             }
         }
         Ok(())
+    })
+}
+impl Buffers {
+    /// Checks the uses and parameter projections of the model-level projection calls; errors
+    /// name `uses[i]` / `params[i]`.
+    fn model_params(&mut self, uses: &[gg_layer_use], params: &[gg_param_projection]) -> FfiResult<(Vec<RawUse>, Vec<(u32, RawProj)>)> {
+        let mut raw = Vec::with_capacity(uses.len());
+        for (i, u) in uses.iter().enumerate() {
+            self.prefix = format!("uses[{i}].");
+            raw.push(self.layer_use(u).map_err(|f| if f.message.contains("uses[") { f } else { f.context(&format!("uses[{i}]")) })?);
+        }
+        let mut rawp = Vec::with_capacity(params.len());
+        for (i, p) in params.iter().enumerate() {
+            self.prefix = format!("params[{i}].");
+            rawp.push((p.param, self.projection(&p.proj)?));
+        }
+        self.prefix.clear();
+        Ok((raw, rawp))
+    }
+}
+
+/// # Safety
+/// As [`RawBuf::view`] for every buffer of `raw` and `rawp`.
+unsafe fn model_param_views<'a>(
+    raw: &[RawUse],
+    rawp: &[(u32, RawProj)],
+    space: Space,
+) -> (Vec<crate::layers::LayerUse<'a>>, Vec<crate::projection::ParamProjection<'a>>) {
+    // SAFETY: forwarded from this function's contract.
+    let views = raw.iter().map(|r| unsafe { r.view(space) }).collect();
+    // SAFETY: as above.
+    let specs = rawp.iter().map(|(param, p)| crate::projection::ParamProjection { param: *param, proj: unsafe { p.view(space) } }).collect();
+    (views, specs)
+}
+
+/// K-FAC factors of every matrix parameter of a model (Rust `Context::kfac_covariances_model`),
+/// in the storage layout of [`gg_kron_project_model`], token statistics of tied uses summed:
+/// `c_rows[p] = beta·c_rows[p] + scale·Σ (P_rows r_t)(P_rows r_t)ᵀ` (f32 `[k_o, k_o]`),
+/// `c_cols[p] = beta·c_cols[p] + scale·Σ (P_cols c_t)(P_cols c_t)ᵀ` (f32 `[k_i, k_i]`), `p` in
+/// `params` order (`nn.Linear`: `r = b`, `c = [a; 1]`; Conv1D: `r = [a; 1]`, `c = b`; embedding:
+/// `r = e_id`, `c = b`). Fit with [`gg_kfac_from_covariances`] (`c_a = c_cols`, `c_b = c_rows`).
+/// Norm parameters: `GG_STATUS_INVALID_ARGUMENT` (use [`gg_projected_fisher`] on their columns).
+///
+/// # Safety
+/// As [`gg_kron_project_model`] for `ctx`, `uses` and `params`; `c_rows` and `c_cols` point at
+/// `n_params` readable `gg_tensor_mut` each, whose buffers follow the [`gg_tensor_mut`] contract.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn gg_kfac_covariances_model(
+    ctx: *const gg_context,
+    n: u64,
+    uses: *const gg_layer_use,
+    n_uses: usize,
+    params: *const gg_param_projection,
+    n_params: usize,
+    c_rows: *const gg_tensor_mut,
+    c_cols: *const gg_tensor_mut,
+    scale: f32,
+    beta: f32,
+) -> gg_status {
+    guard(|| {
+        // SAFETY: forwarded from this function's contract.
+        let (ctx, descs, pdescs, crd, ccd) = unsafe {
+            (
+                context_ref(ctx)?,
+                read_array(uses, n_uses, "uses")?,
+                read_array(params, n_params, "params")?,
+                read_array(c_rows, n_params, "c_rows")?,
+                read_array(c_cols, n_params, "c_cols")?,
+            )
+        };
+        let mut bufs = Buffers::new(ctx);
+        let (raw, rawp) = bufs.model_params(&descs, &pdescs)?;
+        let mut outs = Vec::with_capacity(2 * n_params);
+        for (i, t) in crd.iter().enumerate() {
+            outs.push(bufs.output(&format!("c_rows[{i}]"), t)?);
+        }
+        for (i, t) in ccd.iter().enumerate() {
+            outs.push(bufs.output(&format!("c_cols[{i}]"), t)?);
+        }
+        bufs.check_overlaps()?;
+        let space = bufs.space;
+        // SAFETY: checked buffers, valid for the call by this function's contract.
+        let (views, specs) = unsafe { model_param_views(&raw, &rawp, space) };
+        // SAFETY: checked outputs, no aliasing (check_overlaps), exclusive by the contract.
+        let mut mats: Vec<TensorMut<'_>> = outs.iter().map(|o| unsafe { o.view_mut(space) }).collect();
+        let (cr, cc) = mats.split_at_mut(n_params);
+        Ok(ctx.kfac_covariances_model(n, &views, &specs, cr, cc, Accumulate { scale, beta })?)
     })
 }
 // ================================ end of the model-level section =============================

@@ -1465,6 +1465,52 @@ fn kron_project_model_matches_the_safe_api() {
     }
 }
 
+/// `gg_kfac_covariances_model` on the tied embedding / LM head and the Conv1D Linear (the norm
+/// is rejected) equals the safe API bit for bit.
+#[test]
+fn kfac_covariances_model_matches_the_safe_api() {
+    use ghostgrad::{ParamProjection, ProjectionKind, ProjectionSpec};
+    let p = ModelProblem::new();
+    let all = p.uses();
+    let uses = [all[0], all[2], all[3]];
+    let all_safe = p.safe_uses();
+    let safe = [all_safe[0], all_safe[2], all_safe[3]];
+    let descs = [
+        gg_param_projection { param: 0, proj: gg_projection { k_i: 2, k_o: 3, ..random_proj(5, 0) } },
+        gg_param_projection { param: 2, proj: gg_projection { k_i: 3, k_o: 4, ..random_proj(5, 2) } },
+    ];
+    let spec = |d: &gg_projection, layer| ProjectionSpec { k_i: d.k_i, k_o: d.k_o, kind: ProjectionKind::Random { seed: 5, layer, dist: ghostgrad::Distribution::Gaussian } };
+    let safe_params = [ParamProjection { param: 0, proj: spec(&descs[0].proj, 0) }, ParamProjection { param: 2, proj: spec(&descs[1].proj, 2) }];
+    for (ctx, safe_ctx) in [(Ctx::cpu(), ghostgrad::Context::cpu()), (Ctx::reference(), ghostgrad::Context::cpu_reference())] {
+        let (mut r0, mut r1, mut c0, mut c1) = (vec![f32::NAN; 9], vec![f32::NAN; 16], vec![f32::NAN; 4], vec![f32::NAN; 9]);
+        let rows = [tm(&mut r0), tm(&mut r1)];
+        let cols = [tm(&mut c0), tm(&mut c1)];
+        // SAFETY: descriptors point at live memory of this test.
+        let st = unsafe { gg_kfac_covariances_model(ctx.0, 2, uses.as_ptr(), uses.len(), descs.as_ptr(), 2, rows.as_ptr(), cols.as_ptr(), 2.0, 0.0) };
+        expect(st, GG_STATUS_OK, &[]);
+        let (mut w0, mut w1, mut v0, mut v1) = (vec![f32::NAN; 9], vec![f32::NAN; 16], vec![f32::NAN; 4], vec![f32::NAN; 9]);
+        {
+            let mut wr: Vec<ghostgrad::TensorMut<'_>> = vec![(&mut w0[..]).into(), (&mut w1[..]).into()];
+            let mut wc: Vec<ghostgrad::TensorMut<'_>> = vec![(&mut v0[..]).into(), (&mut v1[..]).into()];
+            safe_ctx.kfac_covariances_model(2, &safe, &safe_params, &mut wr, &mut wc, ghostgrad::Accumulate { scale: 2.0, beta: 0.0 }).unwrap();
+        }
+        assert!(w0.iter().chain(&v1).all(|x| x.is_finite()) && w0[0] > 0.0, "{w0:?}");
+        assert_eq!((r0, r1, c0, c1), (w0, w1, v0, v1));
+    }
+    // The LayerNorm cannot be K-FAC factored: a typed error naming it.
+    let ctx = Ctx::cpu();
+    let norm = [gg_param_projection { param: 1, proj: gg_projection { k_i: 2, k_o: 3, ..random_proj(5, 1) } }];
+    let (mut a, mut b) = (vec![0f32; 9], vec![0f32; 4]);
+    let (rows, cols) = ([tm(&mut a)], [tm(&mut b)]);
+    let one = [all[1]];
+    // SAFETY: as above.
+    let st = unsafe { gg_kfac_covariances_model(ctx.0, 2, one.as_ptr(), 1, norm.as_ptr(), 1, rows.as_ptr(), cols.as_ptr(), 1.0, 0.0) };
+    expect(st, GG_STATUS_INVALID_ARGUMENT, &["norm"]);
+    // SAFETY: a null factor array is detected.
+    let st = unsafe { gg_kfac_covariances_model(ctx.0, 2, one.as_ptr(), 1, norm.as_ptr(), 1, ptr::null(), cols.as_ptr(), 1.0, 0.0) };
+    expect(st, GG_STATUS_NULL_POINTER, &["c_rows"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Data value embedding (gg_dvemb_layers)
 // ---------------------------------------------------------------------------------------------
