@@ -1,6 +1,6 @@
 //! `Context::ghg` and `Context::accumulate_values` on the fast CPU path and on the PTX
-//! interpreter (the production launch plans, `finalize_groups_f32` and `accumulate_values_f64`
-//! of kernels/inrun.cu included) against the f64 reference `inrun::reference_ghg`, on seeded
+//! interpreter (the production launch plans, `ghg_query_*`, `finalize_groups_f32` and
+//! `accumulate_values_f64` of kernels/inrun.cu included) against the f64 reference `inrun::reference_ghg`, on seeded
 //! ragged shapes, every factor dtype, masks, bias, every form, NaN-poisoned outputs for
 //! `beta == 0` and random outputs for `beta != 0`. Tolerance: the derived bound of
 //! `common/mod.rs` with the depth grown by the pseudo-layer and group sums.
