@@ -9,6 +9,7 @@
 //   shuffles with a full mask and barriers): kernels never return early per thread.
 // * `segment_rows(...)`: the query-row range of segment / batch item v (see ghost_gram.cu).
 // * `keep_row(mask, idx)`: nonzero mask byte = keep; a null mask keeps everything.
+// * `gg_same_type<A, B>::value`: type equality, for `if constexpr` over element types.
 //
 // Conventions shared by all kernels: block = 256 threads, 1-D; static shared memory only;
 // every element offset is computed in 64-bit (size_t); no atomics; no fast-math.
@@ -28,6 +29,16 @@
 __device__ __forceinline__ float to_f32(float x) { return x; }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+
+// gg_same_type<A, B>::value: whether A and B are one type (for `if constexpr` on element types).
+template <typename A, typename B>
+struct gg_same_type {
+    static constexpr bool value = false;
+};
+template <typename A>
+struct gg_same_type<A, A> {
+    static constexpr bool value = true;
+};
 
 __device__ __forceinline__ bool keep_row(const unsigned char* mask, size_t idx) {
     return mask == nullptr || mask[idx] != 0;

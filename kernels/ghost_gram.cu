@@ -1,14 +1,19 @@
 // ghost_dot_gram_{f32,bf16,f16}: fused Gram-form ghost dot products (MATH.md §1, K-A1; the
 // SELF mode gives the per-sample squared norm of K-A4).
+// ghost_dot_gram_qf32_{bf16,f16}: the same with f32 query factors Aq, Bq beside bf16 / f16
+// training factors A, B (the combined query of In-Run ghg, see inrun.cu); every other argument,
+// the tiling and the summation order are those of ghost_dot_gram_*, so the result equals
+// ghost_dot_gram_f32 on the exactly widened training factors, bit for bit.
 //
 //   partial[s*N*V + n*V + v] = Σ_{t in split s, mask[n*T+t]} Σ_{u in segment v, qmask[u]}
 //                                (a_{n,t}·aq_u [+1 if bias]) * (b_{n,t}·bq_u)
 //
 // Signature (element type Elem = float | __nv_bfloat16 | __half, suffix _f32 | _bf16 | _f16):
-//   (const Elem* A, const Elem* B, const Elem* Aq, const Elem* Bq, const int* seg_offsets,
+//   (const Elem* A, const Elem* B, const QElem* Aq, const QElem* Bq, const int* seg_offsets,
 //    unsigned seg_len, const unsigned char* mask, const unsigned char* qmask, float* partial,
 //    unsigned N, unsigned T, unsigned d_in, unsigned d_out, unsigned Q, unsigned V,
 //    unsigned tokens_per_split, unsigned flags)
+//   (QElem = Elem, or float for the _qf32 variants.)
 //   A [N,T,d_in], B [N,T,d_out], Aq [Q,d_in], Bq [Q,d_out], row-major. mask [N*T] / qmask [Q]
 //   may be null (keep all). flags bit0 = has_bias, bit1 = SELF.
 //   Split s holds train tokens [s*tps, min(T,(s+1)*tps)); tokens_per_split == 0 means T.
@@ -16,6 +21,8 @@
 //   empty; seg_offsets has V+1 entries) : V == 1 ? [0,Q) : [v*seg_len, min(Q,(v+1)*seg_len)).
 //   SELF (bit1): Aq/Bq/qmask/seg_offsets/seg_len/Q/V are ignored; block n's query is sample n's
 //   own T rows (Aq = A + n*T*d_in, Bq = B + n*T*d_out, qmask = mask + n*T), V is taken as 1.
+//   The _qf32 variants have no SELF mode (their query type is not the training type): with
+//   bit1 set they write NaN to their partial slots.
 //
 // Launch: grid = (N*V, S, 1), S = ceil(T / tokens_per_split), blockIdx.x = n*V + v,
 //         blockIdx.y = s; block = (256,1,1); no dynamic shared memory. (SELF: grid = (N, S, 1).)
@@ -41,9 +48,9 @@
 #include "common.cuh"
 #include "gram_tile.cuh"
 
-template <typename Elem>
+template <typename Elem, typename QElem>
 __device__ __forceinline__ void ghost_dot_gram_impl(
-    const Elem* A, const Elem* B, const Elem* Aq, const Elem* Bq, const int* seg_offsets,
+    const Elem* A, const Elem* B, const QElem* Aq, const QElem* Bq, const int* seg_offsets,
     unsigned int seg_len, const unsigned char* mask, const unsigned char* qmask, float* partial,
     unsigned int N, unsigned int T, unsigned int d_in, unsigned int d_out, unsigned int Q,
     unsigned int V, unsigned int tokens_per_split, unsigned int flags) {
@@ -65,20 +72,23 @@ __device__ __forceinline__ void ghost_dot_gram_impl(
     const Elem* Bn = B + (size_t)n * T * d_out;
     const unsigned char* maskn = mask ? mask + (size_t)n * T : nullptr;
 
-    unsigned int u_begin, u_end;
-    const Elem* Aqv;
-    const Elem* Bqv;
-    const unsigned char* qm;
+    unsigned int u_begin = 0, u_end = 0;
+    const QElem* Aqv = Aq;
+    const QElem* Bqv = Bq;
+    const unsigned char* qm = qmask;
     if (self_mode) {
-        Aqv = An;
-        Bqv = Bn;
-        qm = maskn;
-        u_begin = 0;
-        u_end = T;
+        if constexpr (gg_same_type<Elem, QElem>::value) {
+            Aqv = An;
+            Bqv = Bn;
+            qm = maskn;
+            u_end = T;
+        } else {
+            // SELF needs the query in the training type: the _qf32 variants write NaN instead
+            // (loud, never a plausible number); the host never asks for it. Uniform over the block.
+            if (threadIdx.x == 0) partial[(size_t)s * N + blockIdx.x] = __int_as_float(0x7fc00000);
+            return;
+        }
     } else {
-        Aqv = Aq;
-        Bqv = Bq;
-        qm = qmask;
         segment_rows(seg_offsets, seg_len, v, V, Q, &u_begin, &u_end);
     }
 
@@ -106,8 +116,8 @@ __device__ __forceinline__ void ghost_dot_gram_impl(
             __syncthreads();
 
             float da[4][4], db[4][4];
-            gram_tile_dots<Elem>(An, Aqv, d_in, t0, u0, keepT, keepU, Xs, Qs, da);
-            gram_tile_dots<Elem>(Bn, Bqv, d_out, t0, u0, keepT, keepU, Xs, Qs, db);
+            gram_tile_dots<Elem, QElem>(An, Aqv, d_in, t0, u0, keepT, keepU, Xs, Qs, da);
+            gram_tile_dots<Elem, QElem>(Bn, Bqv, d_out, t0, u0, keepT, keepU, Xs, Qs, db);
 
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
@@ -125,17 +135,20 @@ __device__ __forceinline__ void ghost_dot_gram_impl(
     if (threadIdx.x == 0) partial[(size_t)s * N * Veff + blockIdx.x] = total;
 }
 
-#define GG_GRAM_INSTANTIATE(SUFFIX, ELEM)                                                          \
-    extern "C" __global__ void GG_LAUNCH_BOUNDS ghost_dot_gram_##SUFFIX(                           \
-        const ELEM* __restrict__ A, const ELEM* __restrict__ B, const ELEM* __restrict__ Aq,       \
-        const ELEM* __restrict__ Bq, const int* __restrict__ seg_offsets, unsigned int seg_len,    \
+#define GG_GRAM_INSTANTIATE(NAME, ELEM, QELEM)                                                     \
+    extern "C" __global__ void GG_LAUNCH_BOUNDS NAME(                                              \
+        const ELEM* __restrict__ A, const ELEM* __restrict__ B, const QELEM* __restrict__ Aq,      \
+        const QELEM* __restrict__ Bq, const int* __restrict__ seg_offsets, unsigned int seg_len,   \
         const unsigned char* __restrict__ mask, const unsigned char* __restrict__ qmask,           \
         float* partial, unsigned int N, unsigned int T, unsigned int d_in, unsigned int d_out,     \
         unsigned int Q, unsigned int V, unsigned int tokens_per_split, unsigned int flags) {       \
-        ghost_dot_gram_impl<ELEM>(A, B, Aq, Bq, seg_offsets, seg_len, mask, qmask, partial, N,     \
-                                  T, d_in, d_out, Q, V, tokens_per_split, flags);                  \
+        ghost_dot_gram_impl<ELEM, QELEM>(A, B, Aq, Bq, seg_offsets, seg_len, mask, qmask,          \
+                                         partial, N, T, d_in, d_out, Q, V, tokens_per_split,       \
+                                         flags);                                                   \
     }
 
-GG_GRAM_INSTANTIATE(f32, float)
-GG_GRAM_INSTANTIATE(bf16, __nv_bfloat16)
-GG_GRAM_INSTANTIATE(f16, __half)
+GG_GRAM_INSTANTIATE(ghost_dot_gram_f32, float, float)
+GG_GRAM_INSTANTIATE(ghost_dot_gram_bf16, __nv_bfloat16, __nv_bfloat16)
+GG_GRAM_INSTANTIATE(ghost_dot_gram_f16, __half, __half)
+GG_GRAM_INSTANTIATE(ghost_dot_gram_qf32_bf16, __nv_bfloat16, float)
+GG_GRAM_INSTANTIATE(ghost_dot_gram_qf32_f16, __half, float)

@@ -12,10 +12,12 @@
 #define GR_LD (GR_TT + 4)  // transposed tile row stride: 16-byte aligned rows, see the loader
 
 // acc[i][j] = Σ_k X[t0+4ty+i][k] * Xq[u0+4tx+j][k] over k < d, for rows kept in keepT/keepU
-// (others read as 0). X and Xq point at row 0 of their matrices (row stride d).
-template <typename Elem>
+// (others read as 0). X and Xq point at row 0 of their matrices (row stride d); their element
+// types may differ (the ghg combined query is f32 beside bf16 / f16 training factors): both are
+// widened to f32 in shared memory, so the arithmetic does not depend on them.
+template <typename Elem, typename QElem>
 __device__ __forceinline__ void gram_tile_dots(const Elem* __restrict__ X,
-                                               const Elem* __restrict__ Xq, unsigned int d,
+                                               const QElem* __restrict__ Xq, unsigned int d,
                                                unsigned int t0, unsigned int u0,
                                                const unsigned char* keepT,
                                                const unsigned char* keepU,

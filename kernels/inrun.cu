@@ -1,5 +1,24 @@
-// In-Run Data Shapley (MATH.md §2): the grouped finalize of the fused first + second order
-// value, and the float64 value accumulator.
+// In-Run Data Shapley (MATH.md §2): the combined query of the fused first + second order
+// value, its grouped finalize, and the float64 value accumulator.
+//
+// ghg_query_{f32,bf16,f16}(const Elem* b_val, const Elem* b_dot, float* comb,
+//                          unsigned long long count_b, const Elem* a_val, float* a_f32,
+//                          unsigned long long count_a, float w0, float w1)
+//   The first-order query (a_val, b_val) and the (a_val, ḃ) half of H·v share a_val, so ghg
+//   evaluates them as ONE ghost-dot query (a_val, comb) with
+//     comb[i]  = (float)fma((double)w0, (double)b_val[i], (double)w1 * (double)b_dot[i])
+//                                                              for i < count_b
+//   (w0 = -eta, w1 = eta^2/2): both products are exact in f64 (24-bit × 24-bit significands),
+//   so this is the exact value rounded once to f64 and then to f32, bit for bit what the fast
+//   CPU path forms. comb is always f32, whatever Elem is.
+//     a_f32[i] = (float)a_val[i]                                   for i < count_a
+//   is an exact widening, done only when a_f32 != null (bf16 / f16 inputs), so that the query
+//   is homogeneously f32: the Gram pass then runs ghost_dot_gram_qf32_<Elem> (ghost_gram.cu) and
+//   the dense / materialize passes build the query side with factored_grad_f32.
+//   Every row is formed, masked validation rows included (the ghost-dot kernels skip them; NaN
+//   there stays there). Assumes element alignment only; comb / a_f32 do not alias the inputs.
+//   Launch: grid = (ceil(max(count_b, count_a)/256), 1, 1), block = (256,1,1); one thread per
+//   element; no shared memory.
 //
 // finalize_groups_f32(const float* partial, float* out, unsigned count, unsigned end0,
 //                     unsigned end1, float w0, float w1, float scale, float beta)
@@ -26,6 +45,32 @@
 //   reads: meant for one training batch per call (n up to a few thousand).
 
 #include "common.cuh"
+
+template <typename Elem>
+__device__ __forceinline__ void ghg_query_impl(const Elem* __restrict__ b_val,
+                                               const Elem* __restrict__ b_dot, float* comb,
+                                               unsigned long long count_b,
+                                               const Elem* __restrict__ a_val, float* a_f32,
+                                               unsigned long long count_a, float w0, float w1) {
+    const unsigned long long i = (unsigned long long)blockIdx.x * GG_BLOCK + threadIdx.x;
+    if (i < count_b) {
+        const double dot_term = (double)w1 * (double)to_f32(b_dot[i]);  // exact
+        comb[i] = (float)fma((double)w0, (double)to_f32(b_val[i]), dot_term);
+    }
+    if (a_f32 != nullptr && i < count_a) a_f32[i] = to_f32(a_val[i]);
+}
+
+#define GG_GHG_QUERY_INSTANTIATE(SUFFIX, ELEM)                                                     \
+    extern "C" __global__ void GG_LAUNCH_BOUNDS ghg_query_##SUFFIX(                                \
+        const ELEM* __restrict__ b_val, const ELEM* __restrict__ b_dot, float* comb,               \
+        unsigned long long count_b, const ELEM* __restrict__ a_val, float* a_f32,                  \
+        unsigned long long count_a, float w0, float w1) {                                          \
+        ghg_query_impl<ELEM>(b_val, b_dot, comb, count_b, a_val, a_f32, count_a, w0, w1);          \
+    }
+
+GG_GHG_QUERY_INSTANTIATE(f32, float)
+GG_GHG_QUERY_INSTANTIATE(bf16, __nv_bfloat16)
+GG_GHG_QUERY_INSTANTIATE(f16, __half)
 
 extern "C" __global__ void GG_LAUNCH_BOUNDS
     finalize_groups_f32(const float* __restrict__ partial, float* out, unsigned int count,

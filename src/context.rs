@@ -244,7 +244,7 @@ impl Context {
                         bq: l.query.bq.device("bq")?.ptr(),
                         qmask: dev_ptr(l.query.mask.as_ref(), "query mask")?,
                     };
-                    gl.push(GpuDotLayer { dims: *d, query: q.clone(), ptrs, form: c.form, pairwise: false, self_only: false });
+                    gl.push(GpuDotLayer { dims: *d, query: q.clone(), query_dtype: d.dtype, ptrs, form: c.form, pairwise: false, self_only: false });
                 }
                 let out_ptr = out.device("out")?.ptr();
                 gpu::run_with_workspace(rt.as_ref(), |ws| gpu::ghost_dot_plans(&gl, n, nseg, out_ptr, acc, ws))?;
@@ -498,7 +498,7 @@ impl Context {
                     qmask: dev_ptr(train.mask.as_ref(), "mask")?,
                 };
                 let q = QueryDims { q: d.n * d.t, v: d.n, seg: SegKind::Uniform(d.t) };
-                let layer = GpuDotLayer { dims: d, query: q, ptrs, form: choice.form, pairwise: true, self_only: false };
+                let layer = GpuDotLayer { dims: d, query: q, query_dtype: d.dtype, ptrs, form: choice.form, pairwise: true, self_only: false };
                 let out_ptr = out.device("out")?.ptr();
                 gpu::run_with_workspace(rt.as_ref(), |ws| gpu::ghost_dot_plans(std::slice::from_ref(&layer), d.n, d.n, out_ptr, acc, ws))?;
             }
@@ -541,7 +541,7 @@ impl Context {
                     qmask: 0,
                 };
                 let q = QueryDims { q: d.t, v: 1, seg: SegKind::Single };
-                let layer = GpuDotLayer { dims: d, query: q, ptrs, form: choice.form, pairwise: false, self_only: true };
+                let layer = GpuDotLayer { dims: d, query: q, query_dtype: d.dtype, ptrs, form: choice.form, pairwise: false, self_only: true };
                 let out_ptr = out.device("out")?.ptr();
                 gpu::run_with_workspace(rt.as_ref(), |ws| gpu::ghost_dot_plans(std::slice::from_ref(&layer), d.n, 1, out_ptr, acc, ws))?;
             }

@@ -1,6 +1,6 @@
 //! `Context::ghg` and `Context::accumulate_values` on the fast CPU path and on the PTX
-//! interpreter (the production launch plans, `finalize_groups_f32` and `accumulate_values_f64`
-//! of kernels/inrun.cu included) against the f64 reference `inrun::reference_ghg`, on seeded
+//! interpreter (the production launch plans, `ghg_query_*`, `finalize_groups_f32` and
+//! `accumulate_values_f64` of kernels/inrun.cu included) against the f64 reference `inrun::reference_ghg`, on seeded
 //! ragged shapes, every factor dtype, masks, bias, every form, NaN-poisoned outputs for
 //! `beta == 0` and random outputs for `beta != 0`. Tolerance: the derived bound of
 //! `common/mod.rs` with the depth grown by the pseudo-layer and group sums.
@@ -176,21 +176,88 @@ fn ghg_matches_reference_on_cpu_and_interpreter() {
 }
 
 #[test]
-fn ghg_plans_end_with_one_grouped_finalize() {
+fn ghg_runs_two_passes_per_layer_after_forming_the_combined_queries() {
+    // Per layer: one ghg_query_<dt> (comb = −η·b_val + (η²/2)·ḃ, and a_val widened for bf16 /
+    // f16), then the combined pass (a_val, comb) with an f32 query, then (ȧ, b_val) in the factor
+    // dtype; one grouped finalize at the end.
     let rt = interp();
     let gpu = Context::with_runtime(rt.clone());
     let mut rng = rng(7);
-    let layers: Vec<LayerData> = (0..3).map(|_| LayerData::random(&mut rng, 3, DType::F32, false)).collect();
-    let dev: Vec<DevLayer> = layers.iter().map(|l| DevLayer::new(&rt, l)).collect();
-    let dl: Vec<GhgLayer<'_>> = dev.iter().map(DevLayer::layer).collect();
-    let mut out = rt.alloc_f32(3, f32::NAN).unwrap();
-    rt.take_records().unwrap();
-    gpu.ghg(&dl, 0.3, &mut TensorMut::from(out.view_mut()), Accumulate::overwrite(), FormRequest::Force(Form::Gram)).unwrap();
-    let rec = rt.take_records().unwrap();
-    let names: Vec<&str> = rec.iter().map(|r| r.plan.kernel.as_str()).collect();
-    assert_eq!(names.len(), 9 + 1, "{names:?}");
-    assert_eq!(names.iter().filter(|k| **k == "finalize_groups_f32").count(), 1, "{names:?}");
-    assert_eq!(*names.last().unwrap(), "finalize_groups_f32");
+    for dtype in FLOAT_DTYPES {
+        let layers: Vec<LayerData> = (0..3).map(|_| LayerData::random(&mut rng, 3, dtype, false)).collect();
+        let dev: Vec<DevLayer> = layers.iter().map(|l| DevLayer::new(&rt, l)).collect();
+        let dl: Vec<GhgLayer<'_>> = dev.iter().map(DevLayer::layer).collect();
+        let mut out = rt.alloc_f32(3, f32::NAN).unwrap();
+        rt.take_records().unwrap();
+        let choices =
+            gpu.ghg(&dl, 0.3, &mut TensorMut::from(out.view_mut()), Accumulate::overwrite(), FormRequest::Force(Form::Gram)).unwrap();
+        assert_eq!(choices.len(), 9, "the API still reports all three pseudo-layers per layer");
+        let rec = rt.take_records().unwrap();
+        let names: Vec<&str> = rec.iter().map(|r| r.plan.kernel.as_str()).collect();
+        let sfx = dtype.kernel_suffix();
+        let combined = if dtype == DType::F32 { "ghost_dot_gram_f32".to_string() } else { format!("ghost_dot_gram_qf32_{sfx}") };
+        let mut want = vec![format!("ghg_query_{sfx}"); 3];
+        want.extend(std::iter::repeat_n(combined, 3));
+        want.extend(std::iter::repeat_n(format!("ghost_dot_gram_{sfx}"), 3));
+        want.push("finalize_groups_f32".into());
+        assert_eq!(names, want, "{dtype}");
+        assert!(rt.read_f32(&out).unwrap().iter().all(|x| x.is_finite()), "{dtype}: every output written");
+    }
+}
+
+/// `ghg_query_<dt>` launched directly with `count_b`, `count_a`: comb and (when widening) a_f32.
+fn run_ghg_query(rt: &InterpRuntime, dtype: DType, b_val: &Buf, b_dot: &Buf, a_val: &Buf, widen: bool, w: (f32, f32)) -> (Vec<f32>, Vec<f32>) {
+    use ghostgrad::runtime::{KernelArg, KernelRuntime, LaunchPlan};
+    let (db, dd, da) = (upload(rt, b_val), upload(rt, b_dot), upload(rt, a_val));
+    let comb = rt.alloc_f32(b_val.len() as u64, f32::NAN).unwrap();
+    let a_f32 = rt.alloc_f32(a_val.len() as u64, f32::NAN).unwrap();
+    let blocks = b_val.len().max(if widen { a_val.len() } else { 0 }).div_ceil(256) as u32;
+    let plan = LaunchPlan {
+        kernel: format!("ghg_query_{}", dtype.kernel_suffix()),
+        grid: [blocks, 1, 1],
+        block: [256, 1, 1],
+        shared_bytes: 0,
+        args: vec![
+            KernelArg::Ptr(db.ptr),
+            KernelArg::Ptr(dd.ptr),
+            KernelArg::Ptr(comb.ptr),
+            KernelArg::U64(b_val.len() as u64),
+            KernelArg::Ptr(da.ptr),
+            KernelArg::Ptr(if widen { a_f32.ptr } else { 0 }),
+            KernelArg::U64(if widen { a_val.len() as u64 } else { 0 }),
+            KernelArg::F32(w.0),
+            KernelArg::F32(w.1),
+        ],
+    };
+    rt.launch(&plan).unwrap();
+    (rt.read_f32(&comb).unwrap(), rt.read_f32(&a_f32).unwrap())
+}
+
+#[test]
+fn ghg_query_forms_the_fast_cpu_combination_bit_for_bit() {
+    // The fast CPU path forms comb in f64 and rounds once to f32; the kernel must give the same
+    // bits (both products are exact in f64, so one fma in f64 is that same single rounding).
+    let rt = interp();
+    let mut rng = rng(0xc0b);
+    for (case, dtype) in FLOAT_DTYPES.into_iter().cycle().take(6).enumerate() {
+        // Lengths straddle the 256-thread block; either count may be the larger one.
+        let (len_b, len_a) = if case % 2 == 0 { (300, 517) } else { (611, 40) };
+        let (b_val, b_dot, a_val) =
+            (Buf::random(&mut rng, dtype, len_b), Buf::random(&mut rng, dtype, len_b), Buf::random(&mut rng, dtype, len_a));
+        let eta = 0.05 + rng.random::<f32>() * 3.0;
+        let w = (-eta, 0.5 * eta * eta);
+        let widen = dtype != DType::F32;
+        let (comb, a_f32) = run_ghg_query(&rt, dtype, &b_val, &b_dot, &a_val, widen, w);
+        let want: Vec<f32> =
+            (0..len_b).map(|i| (w.0 as f64 * b_val.get(i) + w.1 as f64 * b_dot.get(i)) as f32).collect();
+        assert_bitwise_eq(&format!("comb, case {case} ({dtype})"), &comb, &want);
+        if widen {
+            let want: Vec<f32> = (0..len_a).map(|i| a_val.get(i) as f32).collect();
+            assert_bitwise_eq(&format!("widened a_val, case {case} ({dtype})"), &a_f32, &want);
+        } else {
+            assert!(a_f32.iter().all(|x| x.is_nan()), "case {case}: a_f32 written without being asked");
+        }
+    }
 }
 
 #[test]

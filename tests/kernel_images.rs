@@ -79,6 +79,15 @@ fn interpreter_ptx_targets_sm80_and_names_every_dtype_instantiation() {
             assert!(names.contains(&k), "missing kernel {k}; have {names:?}");
         }
     }
+    // ghg's combined query: formed per factor dtype, read by the Gram pass as an f32 query.
+    for dt in ["f32", "bf16", "f16"] {
+        let k = format!("ghg_query_{dt}");
+        assert!(names.contains(&k), "missing kernel {k}; have {names:?}");
+    }
+    for dt in ["bf16", "f16"] {
+        let k = format!("ghost_dot_gram_qf32_{dt}");
+        assert!(names.contains(&k), "missing kernel {k}; have {names:?}");
+    }
     for k in ["finalize_partials_f32", "rows_dot_f32"] {
         assert!(names.iter().any(|n| n == k), "missing kernel {k}");
     }

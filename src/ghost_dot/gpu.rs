@@ -10,7 +10,7 @@
 use super::cost::Form;
 use super::validate_ops::{QueryDims, SegKind, TrainDims};
 use crate::dtype::DType;
-use crate::error::Result;
+use crate::error::{GhostError, Result};
 use crate::ghost_dot::Accumulate;
 use crate::runtime::{KernelArg, KernelRuntime, LaunchPlan};
 
@@ -84,10 +84,23 @@ impl Carve {
     }
 }
 
-/// `ghost_dot_gram_<dt>` plan: partial[s][n·V + v].
+/// Gram kernel for training factors of `train` and query factors of `query`: the same type, or
+/// an f32 query beside bf16 / f16 training factors (`ghost_dot_gram_qf32_<dt>`, the ghg combined
+/// query).
+fn gram_kernel(train: DType, query: DType) -> Result<String> {
+    match (train, query) {
+        (t, q) if t == q => Ok(kname("ghost_dot_gram", t)),
+        (DType::BF16 | DType::F16, DType::F32) => Ok(kname("ghost_dot_gram_qf32", train)),
+        _ => Err(GhostError::Internal(format!("no Gram kernel for {train} training factors with a {query} query"))),
+    }
+}
+
+/// `ghost_dot_gram_<dt>` plan (`ghost_dot_gram_qf32_<dt>` when `query_dtype` is f32 and the
+/// training factors are not): partial[s][n·V + v].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gram_plan(
     d: &TrainDims,
+    query_dtype: DType,
     p: &LayerPtrs,
     seg_ptr: u64,
     seg_len: u64,
@@ -99,7 +112,7 @@ pub(crate) fn gram_plan(
     let nv = crate::validate::mul("n*V", d.n, v)?;
     let (s, tps) = token_split(d.t, nv);
     let plan = LaunchPlan {
-        kernel: kname("ghost_dot_gram", d.dtype),
+        kernel: gram_kernel(d.dtype, query_dtype)?,
         grid: [u32_of("n*V (grid.x)", nv)?, u32_of("token splits", s)?, 1],
         block: BLOCK,
         shared_bytes: 0,
@@ -249,9 +262,13 @@ pub(crate) fn finalize_plan(partial: u64, out: u64, count: u64, splits: u64, acc
 }
 
 /// One layer of a GPU ghost dot-product, validated.
+#[derive(Clone)]
 pub(crate) struct GpuDotLayer {
     pub dims: TrainDims,
     pub query: QueryDims,
+    /// Element type of `aq`, `bq`: `dims.dtype`, or f32 beside bf16 / f16 training factors
+    /// (ghg's combined query, formed on the device in f32); not with `pairwise` / `self_only`.
+    pub query_dtype: DType,
     pub ptrs: LayerPtrs,
     pub form: Form,
     /// Pairwise train×train (query = the training samples themselves, `V = N`).
@@ -296,10 +313,13 @@ pub(crate) fn partial_plans(layers: &[GpuDotLayer], n: u64, v: u64, ws: u64) -> 
     let mut carve = Carve::default();
     let mut layer_splits = Vec::new();
     for l in layers {
+        if l.query_dtype != l.dims.dtype && (l.pairwise || l.self_only) {
+            return Err(GhostError::Internal("a pairwise / self ghost dot has no query of its own type".into()));
+        }
         let s = match l.form {
             Form::Gram => {
                 let (seg, seg_len) = if l.pairwise { (0, l.dims.t) } else { seg_args(&l.query) };
-                gram_plan(&l.dims, &l.ptrs, seg, seg_len, l.query.q, v, l.self_only, 0)?.1
+                gram_plan(&l.dims, l.query_dtype, &l.ptrs, seg, seg_len, l.query.q, v, l.self_only, 0)?.1
             }
             Form::DenseQuery => dense_plan(&l.dims, &l.ptrs, 0, 0, v, 0)?.1,
             Form::Materialize => {
@@ -324,7 +344,7 @@ pub(crate) fn partial_plans(layers: &[GpuDotLayer], n: u64, v: u64, ws: u64) -> 
         match l.form {
             Form::Gram => {
                 let (seg, seg_len) = if l.pairwise { (0, d.t) } else { seg_args(&l.query) };
-                plans.push(gram_plan(d, &l.ptrs, seg, seg_len, l.query.q, v, l.self_only, part)?.0);
+                plans.push(gram_plan(d, l.query_dtype, &l.ptrs, seg, seg_len, l.query.q, v, l.self_only, part)?.0);
             }
             Form::DenseQuery => {
                 let mut c = Carve { bytes: scratch_base };
@@ -334,7 +354,7 @@ pub(crate) fn partial_plans(layers: &[GpuDotLayer], n: u64, v: u64, ws: u64) -> 
                 scratch_max = scratch_max.max(c.bytes - scratch_base);
                 let (seg, seg_len) = seg_args(&l.query);
                 plans.push(factored_grad_plan(
-                    d.dtype,
+                    l.query_dtype,
                     l.ptrs.aq,
                     l.ptrs.bq,
                     0,
@@ -383,7 +403,7 @@ pub(crate) fn partial_plans(layers: &[GpuDotLayer], n: u64, v: u64, ws: u64) -> 
                         if d.has_bias { ws + c.take(crate::validate::product("materialized Gq bias", &[v, d.d_out, 4])?)? } else { 0 };
                     let (seg, seg_len) = seg_args(&l.query);
                     plans.push(factored_grad_plan(
-                        d.dtype,
+                        l.query_dtype,
                         l.ptrs.aq,
                         l.ptrs.bq,
                         0,

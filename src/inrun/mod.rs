@@ -19,17 +19,22 @@
 //! Algorithm: three ghost-dot *pseudo-layers* per model layer, each choosing its form
 //! (Gram / dense-query / materialize) by the cost model:
 //! `(a_val, b_val)` (first order), `(a_val, ḃ)` and `(ȧ, b_val)` (second order, the latter
-//! without bias). On a GPU the pseudo-layer kernels write partial slots ordered
-//! `[all first-order | all second-order]` and one `finalize_groups_f32` (kernels/inrun.cu)
-//! weights the two groups by `−η` and `η²/2` in a fixed order: deterministic, one finalize
-//! whatever the number of layers.
+//! without bias). The first two share `a_val` and the bias column, so the fast CPU path and the
+//! GPU evaluate them as **one** query `(a_val, comb)`, `comb = −η·b_val + (η²/2)·ḃ` (formed in
+//! f64 and rounded once to f32), in the first-order pseudo-layer's form: two ghost-dot passes
+//! per layer, `(a_val, comb)` and `(ȧ, b_val)`. On a GPU, `ghg_query_<dt>` (kernels/inrun.cu)
+//! forms `comb` (and `a_val` widened to f32 for bf16 / f16 factors, so that the query is all
+//! f32) in the op's workspace; the pass kernels write partial slots ordered
+//! `[all combined passes | all (ȧ, b_val) passes]` and one `finalize_groups_f32` weights the two
+//! groups by `1` and `η²/2` in a fixed order: deterministic, one finalize whatever the number of
+//! layers. The float64 reference materializes all three pseudo-layers' gradients.
 
 use crate::buffer::{HostSlice, Tensor, TensorMut};
 use crate::context::{cpu_query, cpu_train, dev_ptr, host_u8, Backend, Context};
 use crate::cpu::{self, apply_accumulate, reference};
 use crate::dtype::DType;
 use crate::error::{GhostError, Result};
-use crate::ghost_dot::gpu::{self, GpuDotLayer, LayerPtrs, BLOCK};
+use crate::ghost_dot::gpu::{self, Carve, GpuDotLayer, LayerPtrs, BLOCK};
 use crate::ghost_dot::{Accumulate, FormChoice, FormRequest, LayerShape, QueryFactors, Segments, TrainFactors};
 use crate::runtime::{KernelArg, LaunchPlan};
 use crate::validate as v;
@@ -164,6 +169,50 @@ pub(crate) fn finalize_groups_plan(
     })
 }
 
+/// Device pointers and sizes of one layer's combined query (see [`ghg_query_plan`]).
+struct CombLayer {
+    /// The first-order pseudo-layer's pointers (`aq = a_val`, `bq = b_val`).
+    ptrs: LayerPtrs,
+    b_dot: u64,
+    count_a: u64,
+    count_b: u64,
+}
+
+/// `ghg_query_<dt>` plan: `comb[i] = w0·b_val[i] + w1·b_dot[i]` (formed in f64, rounded once to
+/// f32) for `i < count_b`, and `a_f32[i] = a_val[i]` widened for `i < count_a` when `a_f32 != 0`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn ghg_query_plan(
+    dtype: DType,
+    b_val: u64,
+    b_dot: u64,
+    comb: u64,
+    count_b: u64,
+    a_val: u64,
+    a_f32: u64,
+    count_a: u64,
+    w0: f32,
+    w1: f32,
+) -> Result<LaunchPlan> {
+    let count_a = if a_f32 != 0 { count_a } else { 0 };
+    Ok(LaunchPlan {
+        kernel: format!("ghg_query_{}", dtype.kernel_suffix()),
+        grid: [v::fits_i32("ghg_query blocks", count_b.max(count_a).div_ceil(256))?, 1, 1],
+        block: BLOCK,
+        shared_bytes: 0,
+        args: vec![
+            KernelArg::Ptr(b_val),
+            KernelArg::Ptr(b_dot),
+            KernelArg::Ptr(comb),
+            KernelArg::U64(count_b),
+            KernelArg::Ptr(a_val),
+            KernelArg::Ptr(a_f32),
+            KernelArg::U64(count_a),
+            KernelArg::F32(w0),
+            KernelArg::F32(w1),
+        ],
+    })
+}
+
 /// `accumulate_values_f64` plan: one block, `phi[ids[k]] += values[k]` in k order.
 pub(crate) fn accumulate_values_plan(values: u64, ids: u64, phi: u64, n: u64, num_ids: u64) -> Result<LaunchPlan> {
     Ok(LaunchPlan {
@@ -189,8 +238,10 @@ impl Context {
     ///
     /// Returns the form chosen for every pseudo-layer, in the order
     /// `[(a_val, b_val) of layers 0..L | (a_val, ḃ), (ȧ, b_val) of layer 0, of layer 1, …]`.
-    /// (The fast CPU path evaluates `(a_val, b_val)` and `(a_val, ḃ)` of a layer as one query
-    /// with `b` rows `−η·b_val + (η²/2)·ḃ`, in the first slot's form: two passes per layer.)
+    /// (The fast CPU path and the GPU evaluate `(a_val, b_val)` and `(a_val, ḃ)` of a layer as
+    /// one query with `b` rows `−η·b_val + (η²/2)·ḃ`, in the first slot's form — the
+    /// `(a_val, ḃ)` slot has the same sizes, so the same choice under `Auto`: two passes per
+    /// layer. The float64 reference evaluates all three.)
     pub fn ghg(
         &self,
         layers: &[GhgLayer<'_>],
@@ -235,25 +286,74 @@ impl Context {
             validated.iter().map(|(d, q)| Context::size_of(d, q).choose(form, &self.rates)).collect();
         match &self.backend {
             Backend::Gpu(rt) => {
-                let mut gl = Vec::with_capacity(pseudo.len());
-                for (((_, train, query), (d, q)), c) in pseudo.iter().zip(&validated).zip(&choices) {
-                    let ptrs = LayerPtrs {
-                        a: train.a.device("a")?.ptr(),
-                        b: train.b.device("b")?.ptr(),
-                        mask: dev_ptr(train.mask.as_ref(), "mask")?,
-                        aq: query.aq.device("a_val / a_dot")?.ptr(),
-                        bq: query.bq.device("b_val / b_dot")?.ptr(),
-                        qmask: dev_ptr(query.mask.as_ref(), "val_mask")?,
+                // Two passes per layer, as on the fast CPU path below: ghg_query_<dt>
+                // (kernels/inrun.cu) forms comb = w0·b_val + w1·ḃ in f32 in the workspace (and
+                // a_val widened to f32 when the factors are bf16 / f16, so the query is one f32
+                // type), then the combined pass (a_val, comb) with the first-order slot's form,
+                // then (ȧ, b_val) without bias. Slots: all combined passes (weight 1), then all
+                // (ȧ, b_val) passes (weight w1), one grouped finalize.
+                let dtype = validated[0].0.dtype;
+                let widen_a = dtype != DType::F32;
+                let mut comb_layers = Vec::with_capacity(layers.len());
+                let mut second = Vec::with_capacity(layers.len());
+                for (l, layer) in layers.iter().enumerate() {
+                    let i2 = n_first + 2 * l + 1;
+                    let ptrs = |(_, train, query): &(LayerShape, TrainFactors<'_>, QueryFactors<'_>)| -> Result<LayerPtrs> {
+                        Ok(LayerPtrs {
+                            a: train.a.device("a")?.ptr(),
+                            b: train.b.device("b")?.ptr(),
+                            mask: dev_ptr(train.mask.as_ref(), "mask")?,
+                            aq: query.aq.device("a_val / a_dot")?.ptr(),
+                            bq: query.bq.device("b_val")?.ptr(),
+                            qmask: dev_ptr(query.mask.as_ref(), "val_mask")?,
+                        })
                     };
-                    gl.push(GpuDotLayer { dims: *d, query: q.clone(), ptrs, form: c.form, pairwise: false, self_only: false });
+                    let (d2, q2) = &validated[i2];
+                    second.push(GpuDotLayer {
+                        dims: *d2,
+                        query: q2.clone(),
+                        query_dtype: d2.dtype,
+                        ptrs: ptrs(&pseudo[i2])?,
+                        form: choices[i2].form,
+                        pairwise: false,
+                        self_only: false,
+                    });
+                    comb_layers.push(CombLayer {
+                        ptrs: ptrs(&pseudo[l])?,
+                        b_dot: layer.b_dot.device("b_dot")?.ptr(),
+                        count_a: layer.t_v * layer.shape.d_in,
+                        count_b: layer.t_v * layer.shape.d_out,
+                    });
                 }
                 let out_ptr = out.device("out")?.ptr();
                 gpu::run_with_workspace(rt.as_ref(), |ws| {
-                    let mut p = gpu::partial_plans(&gl, n, 1, ws)?;
+                    // Workspace: [comb (+ widened a_val) of every layer | ghost-dot partials and scratch].
+                    let mut carve = Carve::default();
+                    let mut plans = Vec::with_capacity(2 * layers.len() + 1);
+                    let mut gl = Vec::with_capacity(2 * layers.len());
+                    for (l, c) in comb_layers.iter().enumerate() {
+                        let comb = ws + carve.take(v::product("ghg comb", &[c.count_b, 4])?)?;
+                        let a_f32 = if widen_a { ws + carve.take(v::product("ghg a_val f32", &[c.count_a, 4])?)? } else { 0 };
+                        plans.push(ghg_query_plan(dtype, c.ptrs.bq, c.b_dot, comb, c.count_b, c.ptrs.aq, a_f32, c.count_a, w0, w1)?);
+                        let (d, q) = &validated[l];
+                        let ptrs = LayerPtrs { aq: if widen_a { a_f32 } else { c.ptrs.aq }, bq: comb, ..c.ptrs };
+                        gl.push(GpuDotLayer {
+                            dims: *d,
+                            query: q.clone(),
+                            query_dtype: DType::F32,
+                            ptrs,
+                            form: choices[l].form,
+                            pairwise: false,
+                            self_only: false,
+                        });
+                    }
+                    gl.extend(second.iter().cloned());
+                    let mut p = gpu::partial_plans(&gl, n, 1, ws + carve.bytes)?;
                     let end0: u64 = p.layer_splits[..n_first].iter().sum();
                     let end1: u64 = p.layer_splits.iter().sum();
-                    p.plans.push(finalize_groups_plan(p.partial, out_ptr, n, end0, end1, w0, w1, acc)?);
-                    Ok((p.plans, p.workspace_bytes))
+                    plans.append(&mut p.plans);
+                    plans.push(finalize_groups_plan(p.partial, out_ptr, n, end0, end1, 1.0, w1, acc)?);
+                    Ok((plans, v::add("workspace", carve.bytes, p.workspace_bytes)?))
                 })?;
             }
             Backend::CpuReference => {

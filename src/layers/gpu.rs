@@ -305,7 +305,7 @@ fn linear_layers(uses: &[LayerUse<'_>], dims: &[UseDims], terms: &[Term], n: u64
             Mode::Pairwise => (QueryDims { q: mul("n*t", n, ud.t)?, v: n, seg: SegKind::Uniform(ud.t) }, LayerPtrs { a, b, mask, aq: a, bq: b, qmask: mask }),
             Mode::SelfNorm => (QueryDims { q: ud.t, v: 1, seg: SegKind::Single }, LayerPtrs { a, b, mask, aq: 0, bq: 0, qmask: 0 }),
         };
-        gl.push(GpuDotLayer { dims: td, query, ptrs, form: *form, pairwise: mode == Mode::Pairwise, self_only: mode == Mode::SelfNorm });
+        gl.push(GpuDotLayer { dims: td, query, query_dtype: td.dtype, ptrs, form: *form, pairwise: mode == Mode::Pairwise, self_only: mode == Mode::SelfNorm });
     }
     Ok(gl)
 }
