@@ -1574,7 +1574,7 @@ impl RawBuf {
 ///
 /// # Safety
 /// `p` is NULL or points at `n` readable `T`.
-unsafe fn read_array<T: Copy>(p: *const T, n: usize, what: &'static str) -> FfiResult<Vec<T>> {
+unsafe fn read_array<T: Copy>(p: *const T, n: usize, what: &'static str, count: &'static str) -> FfiResult<Vec<T>> {
     if p.is_null() {
         return Err(Failure::null(what));
     }
@@ -1582,7 +1582,7 @@ unsafe fn read_array<T: Copy>(p: *const T, n: usize, what: &'static str) -> FfiR
         return Err(Failure::new(GG_STATUS_MISALIGNED, format!("`{what}` at {p:p} is misaligned for its type")));
     }
     if n == 0 {
-        return Err(GhostError::ZeroSize { what: "n_layers" }.into());
+        return Err(GhostError::ZeroSize { what: count }.into());
     }
     // SAFETY: non-null, aligned, n readable elements (caller's contract); copied out at once.
     Ok(unsafe { std::slice::from_raw_parts(p, n) }.to_vec())
@@ -1644,7 +1644,7 @@ pub unsafe extern "C" fn gg_kron_project_layers(
 ) -> gg_status {
     guard(|| {
         // SAFETY: forwarded from this function's contract.
-        let (ctx, descs) = unsafe { (context_ref(ctx)?, read_array(layers, n_layers, "layers")?) };
+        let (ctx, descs) = unsafe { (context_ref(ctx)?, read_array(layers, n_layers, "layers", "n_layers")?) };
         let mut bufs = Buffers::new(ctx);
         let mut raw = Vec::with_capacity(n_layers);
         for (i, l) in descs.iter().enumerate() {
@@ -1775,7 +1775,7 @@ pub unsafe extern "C" fn gg_ghg(
 ) -> gg_status {
     guard(|| {
         // SAFETY: forwarded from this function's contract.
-        let (ctx, descs) = unsafe { (context_ref(ctx)?, read_array(layers, n_layers, "layers")?) };
+        let (ctx, descs) = unsafe { (context_ref(ctx)?, read_array(layers, n_layers, "layers", "n_layers")?) };
         let form = form_request_from_code(form)?;
         if !choices_out.is_null() {
             // Checked before anything runs, so that a bad pointer never follows a computed output.
@@ -2347,7 +2347,7 @@ unsafe fn model_call(
         let mut dots = Vec::new();
         if let ModelCall::Ghg { x_dot, b_dot, .. } = which {
             // SAFETY: forwarded from this function's contract (n_uses descriptors each).
-            let (xd, bd) = unsafe { (read_array(x_dot, n_uses, "x_dot")?, read_array(b_dot, n_uses, "b_dot")?) };
+            let (xd, bd) = unsafe { (read_array(x_dot, n_uses, "x_dot", "n_uses")?, read_array(b_dot, n_uses, "b_dot", "n_uses")?) };
             for (i, (x, b)) in xd.iter().zip(&bd).enumerate() {
                 let x = bufs.optional_input(&format!("x_dot[{i}]"), x)?;
                 let b = bufs.input(&format!("b_dot[{i}]"), b)?;
@@ -2526,7 +2526,7 @@ pub unsafe extern "C" fn gg_kron_project_model(
     guard(|| {
         // SAFETY: forwarded from this function's contract.
         let (ctx, descs, pdescs) =
-            unsafe { (context_ref(ctx)?, read_array(uses, n_uses, "uses")?, read_array(params, n_params, "params")?) };
+            unsafe { (context_ref(ctx)?, read_array(uses, n_uses, "uses", "n_uses")?, read_array(params, n_params, "params", "n_params")?) };
         if !groups_out.is_null() && (groups_out as usize) % std::mem::align_of::<gg_column_group>() != 0 {
             return Err(Failure::new(GG_STATUS_MISALIGNED, "`groups_out` is misaligned for gg_column_group"));
         }
@@ -2550,10 +2550,13 @@ pub unsafe extern "C" fn gg_kron_project_model(
         Ok(())
     })
 }
+/// Checked uses and `(param, projection)` pairs of a model-level projection call.
+type RawModelParams = (Vec<RawUse>, Vec<(u32, RawProj)>);
+
 impl Buffers {
     /// Checks the uses and parameter projections of the model-level projection calls; errors
     /// name `uses[i]` / `params[i]`.
-    fn model_params(&mut self, uses: &[gg_layer_use], params: &[gg_param_projection]) -> FfiResult<(Vec<RawUse>, Vec<(u32, RawProj)>)> {
+    fn model_params(&mut self, uses: &[gg_layer_use], params: &[gg_param_projection]) -> FfiResult<RawModelParams> {
         let mut raw = Vec::with_capacity(uses.len());
         for (i, u) in uses.iter().enumerate() {
             self.prefix = format!("uses[{i}].");
@@ -2613,10 +2616,10 @@ pub unsafe extern "C" fn gg_kfac_covariances_model(
         let (ctx, descs, pdescs, crd, ccd) = unsafe {
             (
                 context_ref(ctx)?,
-                read_array(uses, n_uses, "uses")?,
-                read_array(params, n_params, "params")?,
-                read_array(c_rows, n_params, "c_rows")?,
-                read_array(c_cols, n_params, "c_cols")?,
+                read_array(uses, n_uses, "uses", "n_uses")?,
+                read_array(params, n_params, "params", "n_params")?,
+                read_array(c_rows, n_params, "c_rows", "n_params")?,
+                read_array(c_cols, n_params, "c_cols", "n_params")?,
             )
         };
         let mut bufs = Buffers::new(ctx);
@@ -2699,12 +2702,12 @@ pub unsafe extern "C" fn gg_dvemb_layers(
 ) -> gg_status {
     guard(|| {
         // SAFETY: forwarded from this function's contract.
-        let (ctx, descs) = unsafe { (context_ref(ctx)?, read_array(layers, n_layers, "layers")?) };
+        let (ctx, descs) = unsafe { (context_ref(ctx)?, read_array(layers, n_layers, "layers", "n_layers")?) };
         if n_steps == 0 {
             return Err(GhostError::ZeroSize { what: "n_steps" }.into());
         }
         // SAFETY: forwarded from this function's contract (n_steps ≥ 1 readable elements each).
-        let (rows, etas) = unsafe { (read_array(step_rows, n_steps, "step_rows")?, read_array(step_etas, n_steps, "step_etas")?) };
+        let (rows, etas) = unsafe { (read_array(step_rows, n_steps, "step_rows", "n_steps")?, read_array(step_etas, n_steps, "step_etas", "n_steps")?) };
         let loss = match loss {
             GG_LOSS_SUM => LossReduction::Sum,
             GG_LOSS_MEAN => LossReduction::Mean,
@@ -3149,7 +3152,7 @@ pub unsafe extern "C" fn gg_influence_scores_groups(
 ) -> gg_status {
     guard(|| {
         // SAFETY: forwarded from this function's contract.
-        let (ctx, descs) = unsafe { (context_ref(ctx)?, read_array(groups, n_groups, "groups")?) };
+        let (ctx, descs) = unsafe { (context_ref(ctx)?, read_array(groups, n_groups, "groups", "n_groups")?) };
         let mode = score_mode_from_code(mode)?;
         let groups: Vec<crate::projection::ColumnGroup> =
             descs.iter().map(|g| crate::projection::ColumnGroup { offset: g.offset, width: g.width }).collect();

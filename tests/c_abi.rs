@@ -1462,6 +1462,10 @@ fn kron_project_model_matches_the_safe_api() {
         expect(st, GG_STATUS_LENGTH_MISMATCH, &["p_in"]);
         let st = gg_kron_project_model(ctx.0, 2, uses.as_ptr(), uses.len(), descs.as_ptr(), 2, tm(&mut out[..36]), 1.0, 0.0, ptr::null_mut());
         expect(st, GG_STATUS_INVALID_ARGUMENT, &["param 2"]);
+        let st = gg_kron_project_model(ctx.0, 2, uses.as_ptr(), 0, descs.as_ptr(), descs.len(), tm(&mut out), 1.0, 0.0, ptr::null_mut());
+        expect(st, GG_STATUS_ZERO_SIZE, &["n_uses"]);
+        let st = gg_kron_project_model(ctx.0, 2, uses.as_ptr(), uses.len(), descs.as_ptr(), 0, tm(&mut out), 1.0, 0.0, ptr::null_mut());
+        expect(st, GG_STATUS_ZERO_SIZE, &["n_params"]);
     }
 }
 

@@ -170,7 +170,12 @@ fn depth(m: &ModelData, ps: &[ParamProj]) -> usize {
 }
 
 /// Runs `call(old, acc)` with a random accumulation and checks against the explicit result.
-fn check(what: &str, m: &ModelData, ps: &[ParamProj], seed: u64, call: &dyn Fn(&[f32], Accumulate) -> (Vec<f32>, Vec<ColumnGroup>)) {
+/// A projection run: `(out, column groups)` from `(old out, acc)`.
+type ProjectRun<'a> = dyn Fn(&[f32], Accumulate) -> (Vec<f32>, Vec<ColumnGroup>) + 'a;
+/// A K-FAC run: `(c_rows, c_cols)` per parameter from their old values and `acc`.
+type KfacRun<'a> = dyn Fn(&[Vec<f32>], &[Vec<f32>], Accumulate) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) + 'a;
+
+fn check(what: &str, m: &ModelData, ps: &[ParamProj], seed: u64, call: &ProjectRun<'_>) {
     let mut r = rng(seed ^ 0x7e57);
     let (want, mag) = expected_rows(m, ps);
     for beta_nonzero in [false, true] {
@@ -408,7 +413,7 @@ fn matrix_params(r: &mut TestRng, m: &ModelData, max_k: u64) -> Vec<ParamProj> {
     param_projs(r, m, max_k).into_iter().filter(|p| !m.uses.iter().any(|u| u.param == p.param && matches!(u.kind, LayerKind::Norm { .. }))).collect()
 }
 
-fn check_kfac(what: &str, m: &ModelData, ps: &[ParamProj], seed: u64, call: &dyn Fn(&[Vec<f32>], &[Vec<f32>], Accumulate) -> (Vec<Vec<f32>>, Vec<Vec<f32>>)) {
+fn check_kfac(what: &str, m: &ModelData, ps: &[ParamProj], seed: u64, call: &KfacRun<'_>) {
     let mut r = rng(seed ^ 0xfac);
     for beta_nonzero in [false, true] {
         let acc = random_acc(&mut r, beta_nonzero);
