@@ -21,6 +21,7 @@
 
 #![allow(dead_code)]
 
+pub mod case;
 pub mod model;
 #[cfg(feature = "interp")]
 pub mod model_dev;
