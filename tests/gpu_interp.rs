@@ -7,9 +7,8 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::case::{case_strategy_within, Case, GhostDotData};
+use common::model_dev::{runtime, up_buf};
 use common::*;
 use ghostgrad::cpu::reference;
 use ghostgrad::runtime::interp::{InterpBuffer, InterpRuntime};
@@ -19,7 +18,6 @@ use ghostgrad::{
     Tensor, TensorMut, TrainFactors,
 };
 use proptest::prelude::*;
-use ptx_interp::Options;
 
 const FORMS: [FormRequest; 4] = [
     FormRequest::Auto,
@@ -30,21 +28,6 @@ const FORMS: [FormRequest; 4] = [
 
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig { cases, failure_persistence: None, max_shrink_iters: 16, ..ProptestConfig::default() }
-}
-
-fn runtime(seed: u64) -> Arc<InterpRuntime> {
-    let rt = InterpRuntime::new().expect("interpreter runtime (kernels must be built)");
-    rt.set_options(Options { schedule_seed: seed, ..Options::default() }).unwrap();
-    Arc::new(rt)
-}
-
-fn upload(rt: &InterpRuntime, b: &Buf) -> InterpBuffer {
-    match b {
-        Buf::F32(v) => rt.upload(v, DType::F32),
-        Buf::BF16(v) => rt.upload(v, DType::BF16),
-        Buf::F16(v) => rt.upload(v, DType::F16),
-    }
-    .unwrap()
 }
 
 /// Device copies of a training side.
@@ -59,8 +42,8 @@ struct DevTrain {
 impl DevTrain {
     fn new(rt: &InterpRuntime, d: &TrainData) -> Self {
         DevTrain {
-            a: upload(rt, &d.a),
-            b: upload(rt, &d.b),
+            a: up_buf(rt, &d.a),
+            b: up_buf(rt, &d.b),
             mask: d.mask.as_ref().map(|m| rt.upload(m, DType::U8).unwrap()),
             n: d.n as u64,
             t: d.t as u64,
@@ -90,8 +73,8 @@ struct DevQuery {
 impl DevQuery {
     fn new(rt: &InterpRuntime, d: &QueryData) -> Self {
         DevQuery {
-            aq: upload(rt, &d.aq),
-            bq: upload(rt, &d.bq),
+            aq: up_buf(rt, &d.aq),
+            bq: up_buf(rt, &d.bq),
             mask: d.mask.as_ref().map(|m| rt.upload(m, DType::U8).unwrap()),
             offsets: match &d.seg {
                 SegSpec::Offsets(o) => Some(rt.upload(o, DType::I32).unwrap()),

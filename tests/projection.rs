@@ -620,29 +620,13 @@ fn kron_project_validates_dense_shapes_and_columns() {
 #[cfg(feature = "interp")]
 mod interp {
     use super::*;
-    use std::sync::Arc;
-    use ghostgrad::runtime::interp::{InterpBuffer, InterpRuntime};
-    use ptx_interp::Options;
-
-    fn runtime(seed: u64) -> Arc<InterpRuntime> {
-        let rt = InterpRuntime::new().expect("interpreter runtime (kernels must be built)");
-        rt.set_options(Options { schedule_seed: seed, ..Options::default() }).unwrap();
-        Arc::new(rt)
-    }
-
-    fn upload(rt: &InterpRuntime, b: &Buf) -> InterpBuffer {
-        match b {
-            Buf::F32(v) => rt.upload(v, DType::F32),
-            Buf::BF16(v) => rt.upload(v, DType::BF16),
-            Buf::F16(v) => rt.upload(v, DType::F16),
-        }
-        .unwrap()
-    }
+    use common::model_dev::{runtime, up_buf};
+    use ghostgrad::runtime::interp::InterpBuffer;
 
     fn run_interp(c: &Case, train: &TrainData, pi: &[f32], po: &[f32], old: &[f32], cols: OutColumns, acc: Accumulate) -> Vec<f32> {
         let rt = runtime(c.seed % 4);
         let ctx = Context::with_runtime(rt.clone());
-        let (a, b) = (upload(&rt, &train.a), upload(&rt, &train.b));
+        let (a, b) = (up_buf(&rt, &train.a), up_buf(&rt, &train.b));
         let mask = train.mask.as_ref().map(|m| rt.upload(m, DType::U8).unwrap());
         let (dpi, dpo) = (rt.upload(pi, DType::F32).unwrap(), rt.upload(po, DType::F32).unwrap());
         let mut out = rt.upload(old, DType::F32).unwrap();
@@ -723,7 +707,7 @@ mod interp {
             let shape = LayerShape::new(d_in, d_out).with_bias(bias);
             let mut r = rng(k_i);
             let train = TrainData::random(&mut r, shape, 2, 37, DType::BF16, true);
-            let (a, b) = (upload(&rt, &train.a), upload(&rt, &train.b));
+            let (a, b) = (up_buf(&rt, &train.a), up_buf(&rt, &train.b));
             let mask = rt.upload(train.mask.as_ref().unwrap(), DType::U8).unwrap();
             let tf = TrainFactors { a: a.view().into(), b: b.view().into(), n: 2, t: 37, mask: Some(mask.view().into()) };
             let pi = materialize_projection(99, 4, Which::In, k_i, d_in + bias as u64, dist);
@@ -757,7 +741,7 @@ mod interp {
         for sched in 0..3 {
             let rt = runtime(sched);
             let ctx = Context::with_runtime(rt.clone());
-            let (a, b) = (upload(&rt, &train.a), upload(&rt, &train.b));
+            let (a, b) = (up_buf(&rt, &train.a), up_buf(&rt, &train.b));
             let m = rt.upload(train.mask.as_ref().unwrap(), DType::U8).unwrap();
             let tf = TrainFactors { a: a.view().into(), b: b.view().into(), n: n as u64, t: t as u64, mask: Some(m.view().into()) };
             let proj = ProjectionSpec { k_i: 4, k_o: 3, kind: ProjectionKind::Random { seed: 5, layer: 2, dist: Distribution::Gaussian } };
@@ -781,7 +765,7 @@ mod interp {
         let trains: Vec<TrainData> = specs.iter().map(|&(s, t, dt, ..)| TrainData::random(&mut r, s, n, t, dt, true)).collect();
         let dev: Vec<(InterpBuffer, InterpBuffer, InterpBuffer)> = trains
             .iter()
-            .map(|tr| (upload(&rt, &tr.a), upload(&rt, &tr.b), rt.upload(tr.mask.as_ref().unwrap(), DType::U8).unwrap()))
+            .map(|tr| (up_buf(&rt, &tr.a), up_buf(&rt, &tr.b), rt.upload(tr.mask.as_ref().unwrap(), DType::U8).unwrap()))
             .collect();
         let mk = |l: usize, tf: TrainFactors<'static>| ProjectLayer {
             shape: specs[l].0,

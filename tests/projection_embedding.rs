@@ -387,23 +387,12 @@ fn mixed_linear_and_embedding_layers_on_cpu() {
 #[cfg(feature = "interp")]
 mod interp {
     use super::*;
+    use common::model_dev::{runtime, up_buf};
     use ghostgrad::runtime::interp::InterpRuntime;
-    use ptx_interp::Options;
     use std::sync::Arc;
 
-    fn runtime(seed: u64) -> Arc<InterpRuntime> {
-        let rt = InterpRuntime::new().expect("interpreter runtime (kernels must be built)");
-        rt.set_options(Options { schedule_seed: seed, ..Options::default() }).unwrap();
-        Arc::new(rt)
-    }
-
     fn up(rt: &InterpRuntime, b: &Buf) -> Tensor<'static> {
-        let buf = match b {
-            Buf::F32(v) => rt.upload(v, DType::F32),
-            Buf::BF16(v) => rt.upload(v, DType::BF16),
-            Buf::F16(v) => rt.upload(v, DType::F16),
-        }
-        .unwrap();
+        let buf = up_buf(rt, b);
         // SAFETY: interpreter allocations live as long as the runtime, which outlives the test's
         // use of the view (the runtime is held by the test until it ends).
         Tensor::Device(unsafe { ghostgrad::DeviceSlice::from_raw_parts(buf.ptr, buf.len, buf.dtype) })
