@@ -1316,7 +1316,8 @@ use crate::inrun::GhgLayer;
 use crate::validate as v;
 use crate::projection::precondition::{Kfac, RawFisher};
 use crate::projection::{
-    Distribution, OutColumns, ProjectLayer, ProjectionKind, ProjectionSpec, ScoreDims, ScoreMode, Which,
+    Distribution, EmbeddingLayer, OutColumns, ProjectInput, ProjectLayer, ProjectionKind, ProjectionSpec, ScoreDims,
+    ScoreMode, Which,
 };
 
 /// Distribution of the entries of a random projection matrix.
@@ -1610,20 +1611,8 @@ pub unsafe extern "C" fn gg_kron_project(
     scale: f32,
     beta: f32,
 ) -> gg_status {
-    guard(|| {
-        // SAFETY: forwarded from this function's contract.
-        let (ctx, train, proj) = unsafe { (context_ref(ctx)?, read_desc(train, "train")?, read_desc(proj, "proj")?) };
-        let mut bufs = Buffers::new(ctx);
-        let raw_train = bufs.train(&train)?;
-        let raw_proj = bufs.projection(&proj)?;
-        let raw_out = bufs.output("out", &out)?;
-        bufs.check_overlaps()?;
-        let space = bufs.space;
-        // SAFETY: checked buffers, no output aliasing, valid for the call (contract).
-        let (train, proj, mut out) = unsafe { (raw_train.view(space), raw_proj.view(space), raw_out.view_mut(space)) };
-        let cols = OutColumns { offset: col_offset, row_stride };
-        Ok(ctx.kron_project(&layer_shape(&shape), &train, &proj, &mut out, cols, Accumulate { scale, beta })?)
-    })
+    // SAFETY: forwarded from this function's contract.
+    unsafe { kron_project_one(ctx, shape, train, proj, out, OutColumns { offset: col_offset, row_stride }, Accumulate { scale, beta }) }
 }
 
 /// Several layers' projected gradients side by side: `out` f32 `[N, Σ_l k_o^l·k_i^l]`, layer `l`
@@ -2800,6 +2789,134 @@ impl Buffers {
     }
 }
 
+/// The training-factor descriptor of a one-layer projection call: a linear layer's
+/// [`gg_train`] or an embedding layer's [`gg_token_train`]. The twin C functions
+/// (`gg_kron_project` / `gg_kron_project_embedding`, `gg_kfac_covariances` /
+/// `gg_kfac_covariances_embedding`) differ only in this type and share one body through it.
+trait LayerTrainDesc: Copy {
+    /// The descriptor's buffers, checked and registered for the overlap check.
+    type Raw: Copy;
+
+    /// Checks and registers the descriptor's buffers (named `train.*`).
+    fn register(&self, bufs: &mut Buffers) -> FfiResult<Self::Raw>;
+
+    /// The library's layer: `shape`, the factors of `raw` viewed in `space`, and `proj`.
+    ///
+    /// # Safety
+    /// As [`RawBuf::view`] for every buffer of `raw`.
+    unsafe fn layer<'a>(raw: Self::Raw, space: Space, shape: LayerShape, proj: ProjectionSpec<'a>) -> ProjectInput<'a>;
+}
+
+impl LayerTrainDesc for gg_train {
+    type Raw = RawTrain;
+
+    fn register(&self, bufs: &mut Buffers) -> FfiResult<RawTrain> {
+        bufs.train(self)
+    }
+
+    unsafe fn layer<'a>(raw: RawTrain, space: Space, shape: LayerShape, proj: ProjectionSpec<'a>) -> ProjectInput<'a> {
+        // SAFETY: forwarded from this function's contract.
+        ProjectInput::Linear(ProjectLayer { shape, train: unsafe { raw.view(space) }, proj })
+    }
+}
+
+impl LayerTrainDesc for gg_token_train {
+    type Raw = RawTokens;
+
+    fn register(&self, bufs: &mut Buffers) -> FfiResult<RawTokens> {
+        bufs.tokens(self)
+    }
+
+    unsafe fn layer<'a>(raw: RawTokens, space: Space, shape: LayerShape, proj: ProjectionSpec<'a>) -> ProjectInput<'a> {
+        // SAFETY: forwarded from this function's contract.
+        ProjectInput::Embedding(EmbeddingLayer { shape, train: unsafe { raw.view(space) }, proj })
+    }
+}
+
+/// The parsed inputs of a one-layer projection call, outputs not yet registered.
+struct LayerCall<'c, R> {
+    ctx: &'c Context,
+    bufs: Buffers,
+    train: R,
+    proj: RawProj,
+}
+
+impl<'c, R: Copy> LayerCall<'c, R> {
+    /// Reads `ctx`, `*train` and `*proj` and registers the train factors and the projection
+    /// (in that order, so that the first bad argument is the one reported).
+    ///
+    /// # Safety
+    /// `ctx` is NULL or a live context; `train` and `proj` are NULL or readable descriptors.
+    unsafe fn parse<D>(ctx: *const gg_context, train: *const D, proj: *const gg_projection) -> FfiResult<Self>
+    where
+        D: LayerTrainDesc<Raw = R>,
+    {
+        // SAFETY: forwarded from this function's contract.
+        let (ctx, train, proj) = unsafe { (context_ref(ctx)?, read_desc(train, "train")?, read_desc(proj, "proj")?) };
+        let mut bufs = Buffers::new(ctx);
+        let train = train.register(&mut bufs)?;
+        let proj = bufs.projection(&proj)?;
+        Ok(LayerCall { ctx, bufs, train, proj })
+    }
+}
+
+/// The body of [`gg_kron_project`] and [`gg_kron_project_embedding`]: one layer's projected
+/// per-sample gradients into the columns `cols` of `out`.
+///
+/// # Safety
+/// As [`gg_kron_project`] (or [`gg_kron_project_embedding`] for token-id factors).
+#[allow(clippy::too_many_arguments)]
+unsafe fn kron_project_one<D: LayerTrainDesc>(
+    ctx: *const gg_context,
+    shape: gg_layer_shape,
+    train: *const D,
+    proj: *const gg_projection,
+    out: gg_tensor_mut,
+    cols: OutColumns,
+    acc: Accumulate,
+) -> gg_status {
+    guard(|| {
+        // SAFETY: forwarded from this function's contract.
+        let LayerCall { ctx, mut bufs, train, proj } = unsafe { LayerCall::parse(ctx, train, proj)? };
+        let raw_out = bufs.output("out", &out)?;
+        bufs.check_overlaps()?;
+        let space = bufs.space;
+        // SAFETY: checked buffers, no output aliasing, valid for the call (contract).
+        let (layer, mut out) = unsafe { (D::layer(train, space, layer_shape(&shape), proj.view(space)), raw_out.view_mut(space)) };
+        Ok(match layer {
+            ProjectInput::Linear(l) => ctx.kron_project(&l.shape, &l.train, &l.proj, &mut out, cols, acc),
+            ProjectInput::Embedding(l) => ctx.kron_project_embedding(&l.shape, &l.train, &l.proj, &mut out, cols, acc),
+        }?)
+    })
+}
+
+/// The body of [`gg_kfac_covariances`] and [`gg_kfac_covariances_embedding`]: one layer's
+/// K-FAC factors into `c_a` and `c_b`.
+///
+/// # Safety
+/// As [`gg_kfac_covariances`] (or [`gg_kfac_covariances_embedding`] for token-id factors).
+unsafe fn kfac_covariances_one<D: LayerTrainDesc>(
+    ctx: *const gg_context,
+    shape: gg_layer_shape,
+    train: *const D,
+    proj: *const gg_projection,
+    c_a: gg_tensor_mut,
+    c_b: gg_tensor_mut,
+    acc: Accumulate,
+) -> gg_status {
+    guard(|| {
+        // SAFETY: forwarded from this function's contract.
+        let LayerCall { ctx, mut bufs, train, proj } = unsafe { LayerCall::parse(ctx, train, proj)? };
+        let (raw_a, raw_b) = (bufs.output("c_a", &c_a)?, bufs.output("c_b", &c_b)?);
+        bufs.check_overlaps()?;
+        let space = bufs.space;
+        // SAFETY: checked buffers, no output aliasing, valid for the call (contract).
+        let (layer, mut ca, mut cb) =
+            unsafe { (D::layer(train, space, layer_shape(&shape), proj.view(space)), raw_a.view_mut(space), raw_b.view_mut(space)) };
+        Ok(ctx.kfac_covariances(layer, &mut ca, &mut cb, acc)?)
+    })
+}
+
 /// Projected per-sample gradients of an embedding layer (MATH.md §3):
 /// `out[n·out_row_stride + out_offset + o·k_i + i] = beta·out + scale·Ĝ_n[o, i]`,
 /// `Ĝ_n = Σ_t (P_o b_{n,t})(P_i[:, ids_{n,t}])ᵀ` (`shape.d_in` = vocabulary size `V`, no bias),
@@ -2825,20 +2942,9 @@ pub unsafe extern "C" fn gg_kron_project_embedding(
     scale: f32,
     beta: f32,
 ) -> gg_status {
-    guard(|| {
-        // SAFETY: forwarded from this function's contract.
-        let (ctx, train, proj) = unsafe { (context_ref(ctx)?, read_desc(train, "train")?, read_desc(proj, "proj")?) };
-        let mut bufs = Buffers::new(ctx);
-        let raw_train = bufs.tokens(&train)?;
-        let raw_proj = bufs.projection(&proj)?;
-        let raw_out = bufs.output("out", &out)?;
-        bufs.check_overlaps()?;
-        let space = bufs.space;
-        // SAFETY: checked buffers, no output aliasing, valid for the call (contract).
-        let (train, proj, mut out) = unsafe { (raw_train.view(space), raw_proj.view(space), raw_out.view_mut(space)) };
-        let cols = crate::projection::OutColumns { offset: out_offset, row_stride: out_row_stride };
-        Ok(ctx.kron_project_embedding(&layer_shape(&shape), &train, &proj, &mut out, cols, Accumulate { scale, beta })?)
-    })
+    let cols = OutColumns { offset: out_offset, row_stride: out_row_stride };
+    // SAFETY: forwarded from this function's contract.
+    unsafe { kron_project_one(ctx, shape, train, proj, out, cols, Accumulate { scale, beta }) }
 }
 
 /// Raw projected Fisher (SYRK): `out = beta·out + scale·Σ_{r<n} ĝ_r ĝ_rᵀ`, `out` f32 `[k, k]`
@@ -2894,21 +3000,8 @@ pub unsafe extern "C" fn gg_kfac_covariances(
     scale: f32,
     beta: f32,
 ) -> gg_status {
-    guard(|| {
-        // SAFETY: forwarded from this function's contract.
-        let (ctx, train, proj) = unsafe { (context_ref(ctx)?, read_desc(train, "train")?, read_desc(proj, "proj")?) };
-        let mut bufs = Buffers::new(ctx);
-        let raw_train = bufs.train(&train)?;
-        let raw_proj = bufs.projection(&proj)?;
-        let (raw_a, raw_b) = (bufs.output("c_a", &c_a)?, bufs.output("c_b", &c_b)?);
-        bufs.check_overlaps()?;
-        let space = bufs.space;
-        // SAFETY: checked buffers, no output aliasing, valid for the call (contract).
-        let (train, proj, mut ca, mut cb) =
-            unsafe { (raw_train.view(space), raw_proj.view(space), raw_a.view_mut(space), raw_b.view_mut(space)) };
-        let layer = crate::projection::ProjectLayer { shape: layer_shape(&shape), train, proj };
-        Ok(ctx.kfac_covariances(layer, &mut ca, &mut cb, Accumulate { scale, beta })?)
-    })
+    // SAFETY: forwarded from this function's contract.
+    unsafe { kfac_covariances_one(ctx, shape, train, proj, c_a, c_b, Accumulate { scale, beta }) }
 }
 
 /// [`gg_kfac_covariances`] of an embedding layer (`c_a` from the gathered columns
@@ -2929,21 +3022,8 @@ pub unsafe extern "C" fn gg_kfac_covariances_embedding(
     scale: f32,
     beta: f32,
 ) -> gg_status {
-    guard(|| {
-        // SAFETY: forwarded from this function's contract.
-        let (ctx, train, proj) = unsafe { (context_ref(ctx)?, read_desc(train, "train")?, read_desc(proj, "proj")?) };
-        let mut bufs = Buffers::new(ctx);
-        let raw_train = bufs.tokens(&train)?;
-        let raw_proj = bufs.projection(&proj)?;
-        let (raw_a, raw_b) = (bufs.output("c_a", &c_a)?, bufs.output("c_b", &c_b)?);
-        bufs.check_overlaps()?;
-        let space = bufs.space;
-        // SAFETY: checked buffers, no output aliasing, valid for the call (contract).
-        let (train, proj, mut ca, mut cb) =
-            unsafe { (raw_train.view(space), raw_proj.view(space), raw_a.view_mut(space), raw_b.view_mut(space)) };
-        let layer = crate::projection::EmbeddingLayer { shape: layer_shape(&shape), train, proj };
-        Ok(ctx.kfac_covariances(layer, &mut ca, &mut cb, Accumulate { scale, beta })?)
-    })
+    // SAFETY: forwarded from this function's contract.
+    unsafe { kfac_covariances_one(ctx, shape, train, proj, c_a, c_b, Accumulate { scale, beta }) }
 }
 
 /// EK-FAC eigenvalue correction: `out = beta·out + scale·Σ_{r<n} (Q_Bᵀ Ĝ_r Q_A)^{⊙2}`, `out`

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::case::{case_strategy_within, Case, GhostDotData};
 use common::*;
 use ghostgrad::cpu::reference;
 use ghostgrad::{Accumulate, Context, DType, Form, FormRequest, GhostDotLayer, LayerShape, Tensor, TensorMut};
@@ -25,42 +26,10 @@ fn config(cases: u32) -> ProptestConfig {
     ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
 }
 
-/// One randomly shaped problem; the data comes from `seed`.
-#[derive(Debug, Clone, Copy)]
-struct Case {
-    n: usize,
-    t: usize,
-    q: usize,
-    d_in: u64,
-    d_out: u64,
-    dtype: DType,
-    masked: bool,
-    bias: bool,
-    beta: bool,
-    seed: u64,
-}
-
-impl Case {
-    fn shape(&self) -> LayerShape {
-        LayerShape::new(self.d_in, self.d_out).with_bias(self.bias)
-    }
-}
-
+/// Shapes within the bounds the derived tolerance of `common/mod.rs` assumes (`d_in < 40`,
+/// `d_out < 37`, `T < 19`, `Q < 23`); no interpreter, so no schedule seed.
 fn case_strategy() -> impl Strategy<Value = Case> {
-    (1usize..5, 1usize..19, 1usize..23, 1u64..40, 1u64..37, 0usize..3, any::<[bool; 3]>(), any::<u64>()).prop_map(
-        |(n, t, q, d_in, d_out, dt, [masked, bias, beta], seed)| Case {
-            n,
-            t,
-            q,
-            d_in,
-            d_out,
-            dtype: FLOAT_DTYPES[dt],
-            masked,
-            bias,
-            beta,
-            seed,
-        },
-    )
+    case_strategy_within(1..5, 1usize..19, 1..23, 1..40, 1..37, Just(0u64))
 }
 
 /// The degenerate shapes proptest may not draw: N = 1, T = 1, Q = 1, widths 1, in every dtype.
@@ -70,18 +39,7 @@ fn edge_cases() -> Vec<Case> {
     for (i, &(n, t, q, d_in, d_out)) in shapes.iter().enumerate() {
         for (j, &dtype) in FLOAT_DTYPES.iter().enumerate() {
             for flags in 0..8u32 {
-                v.push(Case {
-                    n,
-                    t,
-                    q,
-                    d_in,
-                    d_out,
-                    dtype,
-                    masked: flags & 1 != 0,
-                    bias: flags & 2 != 0,
-                    beta: flags & 4 != 0,
-                    seed: (i * 100 + j * 10) as u64 + flags as u64,
-                });
+                v.push(Case::from_flags((n, t, q, d_in, d_out), dtype, flags, (i * 100 + j * 10) as u64 + flags as u64, 0));
             }
         }
     }
@@ -96,14 +54,8 @@ fn host(v: &mut [f32]) -> TensorMut<'_> {
 // ghost_dot
 
 fn check_ghost_dot(c: &Case, form: FormRequest) {
-    let mut r = rng(c.seed);
     let shape = c.shape();
-    let train = TrainData::random(&mut r, shape, c.n, c.t, c.dtype, c.masked);
-    let seg = SegSpec::random(&mut r, c.q);
-    let query = QueryData::random(&mut r, shape, c.q, c.dtype, c.masked, seg);
-    let v = query.v();
-    let acc = random_acc(&mut r, c.beta);
-    let old = initial_out(&mut r, c.n * v, acc);
+    let GhostDotData { train, query, acc, old } = c.ghost_dot_data();
     let (mut got, mut want) = (old.clone(), old.clone());
     let choice = Context::cpu()
         .ghost_dot(&shape, &train.factors(), &query.factors(), &mut host(&mut got), acc, form)
@@ -344,7 +296,7 @@ fn train_ops_match_reference_on_degenerate_shapes() {
 /// 256 output rows), with a mask and a bias, so the blocked paths and their merges are exercised.
 #[test]
 fn blocked_paths_match_reference() {
-    let c = Case { n: 2, t: 130, q: 260, d_in: 514, d_out: 257, dtype: DType::BF16, masked: true, bias: true, beta: true, seed: 7 };
+    let c = Case { n: 2, t: 130, q: 260, d_in: 514, d_out: 257, dtype: DType::BF16, masked: true, bias: true, beta: true, seed: 7, sched: 0 };
     let mut r = rng(c.seed);
     let shape = c.shape();
     let train = TrainData::random(&mut r, shape, c.n, c.t, c.dtype, c.masked);

@@ -7,8 +7,8 @@
 
 mod common;
 
-use std::sync::Arc;
-
+use common::case::{case_strategy_within, Case, GhostDotData};
+use common::model_dev::{runtime, up_buf};
 use common::*;
 use ghostgrad::cpu::reference;
 use ghostgrad::runtime::interp::{InterpBuffer, InterpRuntime};
@@ -18,7 +18,6 @@ use ghostgrad::{
     Tensor, TensorMut, TrainFactors,
 };
 use proptest::prelude::*;
-use ptx_interp::Options;
 
 const FORMS: [FormRequest; 4] = [
     FormRequest::Auto,
@@ -29,21 +28,6 @@ const FORMS: [FormRequest; 4] = [
 
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig { cases, failure_persistence: None, max_shrink_iters: 16, ..ProptestConfig::default() }
-}
-
-fn runtime(seed: u64) -> Arc<InterpRuntime> {
-    let rt = InterpRuntime::new().expect("interpreter runtime (kernels must be built)");
-    rt.set_options(Options { schedule_seed: seed, ..Options::default() }).unwrap();
-    Arc::new(rt)
-}
-
-fn upload(rt: &InterpRuntime, b: &Buf) -> InterpBuffer {
-    match b {
-        Buf::F32(v) => rt.upload(v, DType::F32),
-        Buf::BF16(v) => rt.upload(v, DType::BF16),
-        Buf::F16(v) => rt.upload(v, DType::F16),
-    }
-    .unwrap()
 }
 
 /// Device copies of a training side.
@@ -58,8 +42,8 @@ struct DevTrain {
 impl DevTrain {
     fn new(rt: &InterpRuntime, d: &TrainData) -> Self {
         DevTrain {
-            a: upload(rt, &d.a),
-            b: upload(rt, &d.b),
+            a: up_buf(rt, &d.a),
+            b: up_buf(rt, &d.b),
             mask: d.mask.as_ref().map(|m| rt.upload(m, DType::U8).unwrap()),
             n: d.n as u64,
             t: d.t as u64,
@@ -89,8 +73,8 @@ struct DevQuery {
 impl DevQuery {
     fn new(rt: &InterpRuntime, d: &QueryData) -> Self {
         DevQuery {
-            aq: upload(rt, &d.aq),
-            bq: upload(rt, &d.bq),
+            aq: up_buf(rt, &d.aq),
+            bq: up_buf(rt, &d.bq),
             mask: d.mask.as_ref().map(|m| rt.upload(m, DType::U8).unwrap()),
             offsets: match &d.seg {
                 SegSpec::Offsets(o) => Some(rt.upload(o, DType::I32).unwrap()),
@@ -117,45 +101,11 @@ impl DevQuery {
     }
 }
 
-/// One randomly shaped problem; data from `seed`, interpreter schedule from `sched`.
-#[derive(Debug, Clone, Copy)]
-struct Case {
-    n: usize,
-    t: usize,
-    q: usize,
-    d_in: u64,
-    d_out: u64,
-    dtype: DType,
-    masked: bool,
-    bias: bool,
-    beta: bool,
-    seed: u64,
-    sched: u64,
-}
-
-impl Case {
-    fn shape(&self) -> LayerShape {
-        LayerShape::new(self.d_in, self.d_out).with_bias(self.bias)
-    }
-}
-
 /// Ragged shapes that cross the kernels' 64-row tiles and 32-wide feature chunks, and token
-/// counts long enough to be split across CTAs (more than 32 tokens with few samples).
+/// counts long enough to be split across CTAs (more than 32 tokens with few samples); one of
+/// four interpreter schedule seeds.
 fn case_strategy() -> impl Strategy<Value = Case> {
-    (1usize..4, prop_oneof![1usize..20, 60usize..75], 1usize..70, 1u64..70, 1u64..45, 0usize..3, any::<[bool; 3]>(), any::<u64>(), 0u64..4)
-        .prop_map(|(n, t, q, d_in, d_out, dt, [masked, bias, beta], seed, sched)| Case {
-            n,
-            t,
-            q,
-            d_in,
-            d_out,
-            dtype: FLOAT_DTYPES[dt],
-            masked,
-            bias,
-            beta,
-            seed,
-            sched,
-        })
+    case_strategy_within(1..4, prop_oneof![1usize..20, 60usize..75], 1..70, 1..70, 1..45, 0u64..4)
 }
 
 /// The reference result `x` written into `old` with `acc` (the library's own CPU accumulation).
@@ -172,14 +122,8 @@ fn read_out(rt: &InterpRuntime, b: &InterpBuffer) -> Vec<f32> {
 fn check_ghost_dot(c: &Case, form: FormRequest) {
     let rt = runtime(c.sched);
     let ctx = Context::with_runtime(rt.clone());
-    let mut r = rng(c.seed);
     let shape = c.shape();
-    let train = TrainData::random(&mut r, shape, c.n, c.t, c.dtype, c.masked);
-    let seg = SegSpec::random(&mut r, c.q);
-    let query = QueryData::random(&mut r, shape, c.q, c.dtype, c.masked, seg);
-    let v = query.v();
-    let acc = random_acc(&mut r, c.beta);
-    let old = initial_out(&mut r, c.n * v, acc);
+    let GhostDotData { train, query, acc, old } = c.ghost_dot_data();
     let (dt, dq) = (DevTrain::new(&rt, &train), DevQuery::new(&rt, &query));
     let mut out = rt.upload(&old, DType::F32).unwrap();
     let choice = ctx
@@ -212,19 +156,7 @@ fn ghost_dot_kernels_on_degenerate_shapes() {
     for (i, &(n, t, q, d_in, d_out)) in shapes.iter().enumerate() {
         for (j, &dtype) in FLOAT_DTYPES.iter().enumerate() {
             let flags = (i + j) as u32;
-            let c = Case {
-                n,
-                t,
-                q,
-                d_in,
-                d_out,
-                dtype,
-                masked: flags & 1 != 0,
-                bias: flags & 2 != 0,
-                beta: flags & 4 != 0,
-                seed: (i * 10 + j) as u64,
-                sched: j as u64,
-            };
+            let c = Case::from_flags((n, t, q, d_in, d_out), dtype, flags, (i * 10 + j) as u64, j as u64);
             check_ghost_dot(&c, FORMS[(i + j) % 4]);
         }
     }

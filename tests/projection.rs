@@ -146,13 +146,8 @@ fn check_case(c: &Case, label: &str, run: &ProjectRun<'_>) {
     let want = expected(&exact, &old, width, ld, offset, acc);
     let tol = Tol::for_depth(rounding_depth(&shape, c.t, 0));
     // Outside the layer's columns: old values, bit for bit (NaN poison included).
-    for n in 0..c.n {
-        for j in (0..ld).filter(|&j| j < offset || j >= offset + width) {
-            let (g, o) = (got[n * ld + j], old[n * ld + j]);
-            assert_eq!(g.to_bits(), o.to_bits(), "{label} {c:?}: column {j} of row {n} was touched");
-        }
-    }
-    let inside = |v: &[f32]| -> Vec<f32> { (0..c.n).flat_map(|n| v[n * ld + offset..n * ld + offset + width].to_vec()).collect() };
+    assert_outside_columns_untouched(&format!("{label} {c:?}"), &got, &old, c.n, ld, offset, width);
+    let inside = |v: &[f32]| column_block(v, c.n, ld, offset, width);
     let mag_in: Vec<f64> = (0..c.n).flat_map(|n| spread(&mag, c.n, width, ld, offset)[n * ld + offset..n * ld + offset + width].to_vec()).collect();
     assert_close(&format!("{label} {c:?}"), &inside(&got), &inside(&want), &mag_in, &inside(&old), acc, tol);
 }
@@ -625,29 +620,13 @@ fn kron_project_validates_dense_shapes_and_columns() {
 #[cfg(feature = "interp")]
 mod interp {
     use super::*;
-    use std::sync::Arc;
-    use ghostgrad::runtime::interp::{InterpBuffer, InterpRuntime};
-    use ptx_interp::Options;
-
-    fn runtime(seed: u64) -> Arc<InterpRuntime> {
-        let rt = InterpRuntime::new().expect("interpreter runtime (kernels must be built)");
-        rt.set_options(Options { schedule_seed: seed, ..Options::default() }).unwrap();
-        Arc::new(rt)
-    }
-
-    fn upload(rt: &InterpRuntime, b: &Buf) -> InterpBuffer {
-        match b {
-            Buf::F32(v) => rt.upload(v, DType::F32),
-            Buf::BF16(v) => rt.upload(v, DType::BF16),
-            Buf::F16(v) => rt.upload(v, DType::F16),
-        }
-        .unwrap()
-    }
+    use common::model_dev::{runtime, up_buf};
+    use ghostgrad::runtime::interp::InterpBuffer;
 
     fn run_interp(c: &Case, train: &TrainData, pi: &[f32], po: &[f32], old: &[f32], cols: OutColumns, acc: Accumulate) -> Vec<f32> {
         let rt = runtime(c.seed % 4);
         let ctx = Context::with_runtime(rt.clone());
-        let (a, b) = (upload(&rt, &train.a), upload(&rt, &train.b));
+        let (a, b) = (up_buf(&rt, &train.a), up_buf(&rt, &train.b));
         let mask = train.mask.as_ref().map(|m| rt.upload(m, DType::U8).unwrap());
         let (dpi, dpo) = (rt.upload(pi, DType::F32).unwrap(), rt.upload(po, DType::F32).unwrap());
         let mut out = rt.upload(old, DType::F32).unwrap();
@@ -728,7 +707,7 @@ mod interp {
             let shape = LayerShape::new(d_in, d_out).with_bias(bias);
             let mut r = rng(k_i);
             let train = TrainData::random(&mut r, shape, 2, 37, DType::BF16, true);
-            let (a, b) = (upload(&rt, &train.a), upload(&rt, &train.b));
+            let (a, b) = (up_buf(&rt, &train.a), up_buf(&rt, &train.b));
             let mask = rt.upload(train.mask.as_ref().unwrap(), DType::U8).unwrap();
             let tf = TrainFactors { a: a.view().into(), b: b.view().into(), n: 2, t: 37, mask: Some(mask.view().into()) };
             let pi = materialize_projection(99, 4, Which::In, k_i, d_in + bias as u64, dist);
@@ -762,7 +741,7 @@ mod interp {
         for sched in 0..3 {
             let rt = runtime(sched);
             let ctx = Context::with_runtime(rt.clone());
-            let (a, b) = (upload(&rt, &train.a), upload(&rt, &train.b));
+            let (a, b) = (up_buf(&rt, &train.a), up_buf(&rt, &train.b));
             let m = rt.upload(train.mask.as_ref().unwrap(), DType::U8).unwrap();
             let tf = TrainFactors { a: a.view().into(), b: b.view().into(), n: n as u64, t: t as u64, mask: Some(m.view().into()) };
             let proj = ProjectionSpec { k_i: 4, k_o: 3, kind: ProjectionKind::Random { seed: 5, layer: 2, dist: Distribution::Gaussian } };
@@ -786,7 +765,7 @@ mod interp {
         let trains: Vec<TrainData> = specs.iter().map(|&(s, t, dt, ..)| TrainData::random(&mut r, s, n, t, dt, true)).collect();
         let dev: Vec<(InterpBuffer, InterpBuffer, InterpBuffer)> = trains
             .iter()
-            .map(|tr| (upload(&rt, &tr.a), upload(&rt, &tr.b), rt.upload(tr.mask.as_ref().unwrap(), DType::U8).unwrap()))
+            .map(|tr| (up_buf(&rt, &tr.a), up_buf(&rt, &tr.b), rt.upload(tr.mask.as_ref().unwrap(), DType::U8).unwrap()))
             .collect();
         let mk = |l: usize, tf: TrainFactors<'static>| ProjectLayer {
             shape: specs[l].0,

@@ -163,12 +163,8 @@ fn check_case(c: &Case, label: &str, run: &Run<'_>) {
     let (k_i, k_o) = (c.k_i as usize, c.k_o as usize);
     let exact = kron_project_ids_reference(&data.reference(), &pi, &po, k_i, k_o, false);
     let mag = kron_project_ids_reference(&data.reference(), &pi, &po, k_i, k_o, true);
-    for n in 0..c.n {
-        for j in (0..ld).filter(|&j| j < offset || j >= offset + width) {
-            assert_eq!(got[n * ld + j].to_bits(), old[n * ld + j].to_bits(), "{label} {c:?}: column {j} of row {n} was touched");
-        }
-    }
-    let inside = |v: &[f32]| -> Vec<f32> { (0..c.n).flat_map(|n| v[n * ld + offset..n * ld + offset + width].to_vec()).collect() };
+    assert_outside_columns_untouched(&format!("{label} {c:?}"), &got, &old, c.n, ld, offset, width);
+    let inside = |v: &[f32]| column_block(v, c.n, ld, offset, width);
     let old_in = inside(&old);
     let mut want = old_in.clone();
     ghostgrad::cpu::apply_accumulate(&mut want, &exact, acc);
@@ -391,23 +387,12 @@ fn mixed_linear_and_embedding_layers_on_cpu() {
 #[cfg(feature = "interp")]
 mod interp {
     use super::*;
+    use common::model_dev::{runtime, up_buf};
     use ghostgrad::runtime::interp::InterpRuntime;
-    use ptx_interp::Options;
     use std::sync::Arc;
 
-    fn runtime(seed: u64) -> Arc<InterpRuntime> {
-        let rt = InterpRuntime::new().expect("interpreter runtime (kernels must be built)");
-        rt.set_options(Options { schedule_seed: seed, ..Options::default() }).unwrap();
-        Arc::new(rt)
-    }
-
     fn up(rt: &InterpRuntime, b: &Buf) -> Tensor<'static> {
-        let buf = match b {
-            Buf::F32(v) => rt.upload(v, DType::F32),
-            Buf::BF16(v) => rt.upload(v, DType::BF16),
-            Buf::F16(v) => rt.upload(v, DType::F16),
-        }
-        .unwrap();
+        let buf = up_buf(rt, b);
         // SAFETY: interpreter allocations live as long as the runtime, which outlives the test's
         // use of the view (the runtime is held by the test until it ends).
         Tensor::Device(unsafe { ghostgrad::DeviceSlice::from_raw_parts(buf.ptr, buf.len, buf.dtype) })

@@ -21,6 +21,7 @@
 
 #![allow(dead_code)]
 
+pub mod case;
 pub mod model;
 #[cfg(feature = "interp")]
 pub mod model_dev;
@@ -370,4 +371,21 @@ pub fn assert_bitwise_eq(what: &str, x: &[f32], y: &[f32]) {
         .map(|i| format!("  {what}[{i}]: {:e} ({:#010x}) vs {:e} ({:#010x})", x[i], x[i].to_bits(), y[i], y[i].to_bits()))
         .collect();
     assert!(bad.is_empty(), "{what}: {} of {} elements differ bitwise:\n{}", bad.len(), x.len(), bad.join("\n"));
+}
+
+/// Columns `offset .. offset + width` of each of the `rows` rows of a row-major `[rows, ld]`
+/// buffer, concatenated (one layer's block of a multi-layer output).
+pub fn column_block(v: &[f32], rows: usize, ld: usize, offset: usize, width: usize) -> Vec<f32> {
+    (0..rows).flat_map(|n| v[n * ld + offset..n * ld + offset + width].to_vec()).collect()
+}
+
+/// Asserts that a row-major `[rows, ld]` output still holds the old bits (NaN poison included)
+/// in every column outside `offset .. offset + width`, naming the first touched row and column.
+#[track_caller]
+pub fn assert_outside_columns_untouched(what: &str, got: &[f32], old: &[f32], rows: usize, ld: usize, offset: usize, width: usize) {
+    for n in 0..rows {
+        for j in (0..ld).filter(|&j| j < offset || j >= offset + width) {
+            assert_eq!(got[n * ld + j].to_bits(), old[n * ld + j].to_bits(), "{what}: column {j} of row {n} was touched");
+        }
+    }
 }

@@ -9,12 +9,14 @@ use ghostgrad::{DType, LayerUse, Segments, UseQuery, UseTrain};
 use ptx_interp::Options;
 use std::sync::Arc;
 
+/// An interpreter runtime with schedule seed `seed` (shared by every interpreter test binary).
 pub fn runtime(seed: u64) -> Arc<InterpRuntime> {
     let rt = InterpRuntime::new().expect("interpreter runtime (kernels must be built)");
     rt.set_options(Options { schedule_seed: seed, ..Options::default() }).unwrap();
     Arc::new(rt)
 }
 
+/// A device copy of a factor buffer, in its own dtype.
 pub fn up_buf(rt: &InterpRuntime, b: &Buf) -> InterpBuffer {
     match b {
         Buf::F32(v) => rt.upload(v, DType::F32),
