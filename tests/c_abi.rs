@@ -37,26 +37,43 @@ fn run(cmd: &mut Command) -> std::process::Output {
     out
 }
 
-#[test]
-fn c_example_matches_a_naive_double_precision_computation() {
+/// Compiles `examples/c/<name>.c` against the static library with `-Werror -pedantic`, runs it,
+/// asserts success and "all checks passed", and returns its stdout.
+fn run_c_example(name: &str) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let lib = static_library();
-    let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ghost_dot_c_example");
+    let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}_c_example"));
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let src = root.join(format!("examples/c/{name}.c"));
     let compiled = run(Command::new(&cc)
         .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1"])
         .arg("-I")
         .arg(root.join("include"))
-        .arg(root.join("examples/c/ghost_dot.c"))
+        .arg(&src)
         .arg(&lib)
         .args(["-lpthread", "-ldl", "-lm", "-o"])
         .arg(&exe));
-    assert!(compiled.status.success(), "compiling examples/c/ghost_dot.c against {} failed", lib.display());
+    assert!(compiled.status.success(), "compiling {} against {} failed", src.display(), lib.display());
     let ran = run(&mut Command::new(&exe));
-    assert!(ran.status.success(), "the C example failed ({})", ran.status);
-    let stdout = String::from_utf8_lossy(&ran.stdout);
+    assert!(ran.status.success(), "the C example {name} failed ({})", ran.status);
+    let stdout = String::from_utf8_lossy(&ran.stdout).into_owned();
     assert!(stdout.contains("all checks passed"), "{stdout}");
+    stdout
+}
+
+#[test]
+fn c_example_matches_a_naive_double_precision_computation() {
+    let stdout = run_c_example("ghost_dot");
     assert!(stdout.contains("GG_STATUS_NULL_POINTER"), "the error path was not shown: {stdout}");
+}
+
+/// examples/c/model.c: a tied embedding / LM head and a LayerNorm through gg_model_gram,
+/// gg_kron_project_model and gg_influence_scores_groups, against explicit gradients in C.
+#[test]
+fn c_model_example_matches_explicit_gradients() {
+    let stdout = run_c_example("model");
+    assert_eq!(stdout.matches("relative error").count(), 3, "every check ran: {stdout}");
+    assert!(stdout.contains("GG_STATUS_INVALID_ARGUMENT"), "the error path was not shown: {stdout}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1219,23 +1236,7 @@ fn kfac_handle_matches_the_rust_api_including_ekfac_and_rejects_bad_arguments() 
 
 #[test]
 fn c_projection_example_matches_a_naive_double_precision_computation() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let lib = static_library();
-    let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("projection_c_example");
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
-    let compiled = run(Command::new(&cc)
-        .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1"])
-        .arg("-I")
-        .arg(root.join("include"))
-        .arg(root.join("examples/c/projection.c"))
-        .arg(&lib)
-        .args(["-lpthread", "-ldl", "-lm", "-o"])
-        .arg(&exe));
-    assert!(compiled.status.success(), "compiling examples/c/projection.c against {} failed", lib.display());
-    let ran = run(&mut Command::new(&exe));
-    assert!(ran.status.success(), "the C projection example failed ({})", ran.status);
-    let stdout = String::from_utf8_lossy(&ran.stdout);
-    assert!(stdout.contains("all checks passed"), "{stdout}");
+    let stdout = run_c_example("projection");
     assert_eq!(stdout.matches("relative error").count(), 4, "every check ran: {stdout}");
     assert!(stdout.contains("GG_STATUS_INVALID_ARGUMENT"), "the error path was not shown: {stdout}");
 }
