@@ -10,6 +10,10 @@
 // * `segment_rows(...)`: the query-row range of segment / batch item v (see ghost_gram.cu).
 // * `keep_row(mask, idx)`: nonzero mask byte = keep; a null mask keeps everything.
 // * `gg_same_type<A, B>::value`: type equality, for `if constexpr` over element types.
+// * `gg_fma_row_4x4(x, y, tx, ty, c)`: one reduction step of a 64×64 register-tiled product:
+//   thread (ty, tx) updates its 4×4 tile c[a][b] = fmaf(x[4ty+a], y[4tx+b], c[a][b]) (a, b
+//   ascending) from one row each of two shared tiles (float4 reads: x + 4ty and y + 4tx must be
+//   16-byte aligned). Every tiled kernel's inner loop; the fma order is part of the result.
 //
 // Conventions shared by all kernels: block = 256 threads, 1-D; static shared memory only;
 // every element offset is computed in 64-bit (size_t); no atomics; no fast-math.
@@ -92,4 +96,16 @@ __device__ __forceinline__ void segment_rows(const int* seg_offsets, unsigned in
     if (e < s) e = s;
     *start = (unsigned int)s;
     *end = (unsigned int)e;
+}
+
+__device__ __forceinline__ void gg_fma_row_4x4(const float* x, const float* y, unsigned int tx,
+                                               unsigned int ty, float (*c)[4]) {
+    const float4 x4 = *reinterpret_cast<const float4*>(x + 4 * ty);
+    const float4 y4 = *reinterpret_cast<const float4*>(y + 4 * tx);
+    const float xv[4] = {x4.x, x4.y, x4.z, x4.w};
+    const float yv[4] = {y4.x, y4.y, y4.z, y4.w};
+#pragma unroll
+    for (int a = 0; a < 4; ++a)
+#pragma unroll
+        for (int b = 0; b < 4; ++b) c[a][b] = fmaf(xv[a], yv[b], c[a][b]);
 }

@@ -90,14 +90,7 @@ extern "C" __global__ void GG_LAUNCH_BOUNDS
         __syncthreads();
 #pragma unroll
         for (int rr = 0; rr < CV_RC; ++rr) {
-            const float4 a4 = *reinterpret_cast<const float4*>(&Xi[rr][4 * ty]);
-            const float4 b4 = *reinterpret_cast<const float4*>(&Xj[rr][4 * tx]);
-            const float av[4] = {a4.x, a4.y, a4.z, a4.w};
-            const float bv[4] = {b4.x, b4.y, b4.z, b4.w};
-#pragma unroll
-            for (int a = 0; a < 4; ++a)
-#pragma unroll
-                for (int b = 0; b < 4; ++b) c[a][b] = fmaf(av[a], bv[b], c[a][b]);
+            gg_fma_row_4x4(Xi[rr], Xj[rr], tx, ty, c);
         }
         __syncthreads();
     }
@@ -175,14 +168,7 @@ __device__ __forceinline__ void kfac_cov_impl(const AIn* __restrict__ X,
         const float(*Q)[KP_KT] = (bi != bj) ? PJ : PI;
         for (int t = 0; t < KP_TT; ++t) {
             if (!keep[t]) continue;  // uniform: keep is in shared memory
-            const float4 p4 = *reinterpret_cast<const float4*>(&PI[t][4 * ty]);
-            const float4 q4 = *reinterpret_cast<const float4*>(&Q[t][4 * tx]);
-            const float pv[4] = {p4.x, p4.y, p4.z, p4.w};
-            const float qv[4] = {q4.x, q4.y, q4.z, q4.w};
-#pragma unroll
-            for (int a = 0; a < 4; ++a)
-#pragma unroll
-                for (int b = 0; b < 4; ++b) c[a][b] = fmaf(pv[a], qv[b], c[a][b]);
+            gg_fma_row_4x4(PI[t], Q[t], tx, ty, c);
         }
     }
 
@@ -295,14 +281,7 @@ extern "C" __global__ void GG_LAUNCH_BOUNDS
             __syncthreads();
 #pragma unroll
             for (int cc = 0; cc < CV_RC; ++cc) {
-                const float4 b4 = *reinterpret_cast<const float4*>(&Bs[cc][4 * ty]);
-                const float4 w4 = *reinterpret_cast<const float4*>(&Ws[cc][4 * tx]);
-                const float bv[4] = {b4.x, b4.y, b4.z, b4.w};
-                const float wv[4] = {w4.x, w4.y, w4.z, w4.w};
-#pragma unroll
-                for (int a = 0; a < 4; ++a)
-#pragma unroll
-                    for (int b = 0; b < 4; ++b) r[a][b] = fmaf(bv[a], wv[b], r[a][b]);
+                gg_fma_row_4x4(Bs[cc], Ws[cc], tx, ty, r);
             }
             __syncthreads();
         }

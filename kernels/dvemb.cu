@@ -55,14 +55,7 @@ __device__ __forceinline__ void dv_tile_fma(const float (*As)[DV_LD], const floa
                                             unsigned int tx, unsigned int ty, float (&c)[4][4]) {
 #pragma unroll
     for (int kk = 0; kk < DV_KC; ++kk) {
-        const float4 a4 = *reinterpret_cast<const float4*>(&As[kk][4 * ty]);
-        const float4 b4 = *reinterpret_cast<const float4*>(&Bs[kk][4 * tx]);
-        const float av[4] = {a4.x, a4.y, a4.z, a4.w};
-        const float bv[4] = {b4.x, b4.y, b4.z, b4.w};
-#pragma unroll
-        for (int a = 0; a < 4; ++a)
-#pragma unroll
-            for (int b = 0; b < 4; ++b) c[a][b] = fmaf(av[a], bv[b], c[a][b]);
+        gg_fma_row_4x4(As[kk], Bs[kk], tx, ty, c);
     }
 }
 

@@ -93,17 +93,10 @@ __device__ __forceinline__ void factored_grad_impl(
         __syncthreads();
 #pragma unroll 8
         for (int k = 0; k < FG_KC; ++k) {
-            const float4 b4 = *reinterpret_cast<const float4*>(&Bs[k][4 * ty]);
-            const float4 a4 = *reinterpret_cast<const float4*>(&As[k][4 * tx]);
-            const float b[4] = {b4.x, b4.y, b4.z, b4.w};
-            const float a[4] = {a4.x, a4.y, a4.z, a4.w};
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) c[i][j] = fmaf(b[i], a[j], c[i][j]);
+            gg_fma_row_4x4(Bs[k], As[k], tx, ty, c);
             if (do_bias) {
 #pragma unroll
-                for (int i = 0; i < 4; ++i) cb[i] += b[i];
+                for (int i = 0; i < 4; ++i) cb[i] += Bs[k][4 * ty + i];
             }
         }
         __syncthreads();

@@ -127,14 +127,7 @@ __device__ __forceinline__ void ghost_dot_dense_impl(const Elem* __restrict__ A,
                 __syncthreads();
 #pragma unroll 8
                 for (int kk = 0; kk < DN_KC; ++kk) {
-                    const float4 b4 = *reinterpret_cast<const float4*>(&Bs[kk][4 * ty]);
-                    const float4 m4 = *reinterpret_cast<const float4*>(&Ms[kk][4 * tx]);
-                    const float b[4] = {b4.x, b4.y, b4.z, b4.w};
-                    const float m[4] = {m4.x, m4.y, m4.z, m4.w};
-#pragma unroll
-                    for (int i = 0; i < 4; ++i)
-#pragma unroll
-                        for (int j = 0; j < 4; ++j) c[i][j] = fmaf(b[i], m[j], c[i][j]);
+                    gg_fma_row_4x4(Bs[kk], Ms[kk], tx, ty, c);
                 }
                 __syncthreads();
             }

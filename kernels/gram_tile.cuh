@@ -51,14 +51,7 @@ __device__ __forceinline__ void gram_tile_dots(const Elem* __restrict__ X,
         __syncthreads();
 #pragma unroll 8
         for (int kk = 0; kk < GR_KC; ++kk) {
-            const float4 a4 = *reinterpret_cast<const float4*>(&Xs[kk][4 * ty]);
-            const float4 q4 = *reinterpret_cast<const float4*>(&Qs[kk][4 * tx]);
-            const float a[4] = {a4.x, a4.y, a4.z, a4.w};
-            const float q[4] = {q4.x, q4.y, q4.z, q4.w};
-#pragma unroll
-            for (int i = 0; i < 4; ++i)
-#pragma unroll
-                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], q[j], acc[i][j]);
+            gg_fma_row_4x4(Xs[kk], Qs[kk], tx, ty, acc);
         }
         __syncthreads();
     }

@@ -138,14 +138,7 @@ __device__ __forceinline__ void kron_project_impl(
         __syncthreads();
         for (int t = 0; t < KP_TT; ++t) {
             if (!keep[t]) continue;  // uniform: keep is in shared memory
-            const float4 pb = *reinterpret_cast<const float4*>(&PB[t][4 * ty]);
-            const float4 pa = *reinterpret_cast<const float4*>(&PA[t][4 * tx]);
-            const float bo[4] = {pb.x, pb.y, pb.z, pb.w};
-            const float ai[4] = {pa.x, pa.y, pa.z, pa.w};
-#pragma unroll
-            for (int a = 0; a < 4; ++a)
-#pragma unroll
-                for (int b = 0; b < 4; ++b) g[a][b] = fmaf(bo[a], ai[b], g[a][b]);
+            gg_fma_row_4x4(PB[t], PA[t], tx, ty, g);
         }
     }
 
@@ -249,14 +242,7 @@ extern "C" __global__ void GG_LAUNCH_BOUNDS
         __syncthreads();
 #pragma unroll
         for (int kk = 0; kk < GM_KC; ++kk) {
-            const float4 a4 = *reinterpret_cast<const float4*>(&As[kk][4 * ty]);
-            const float4 b4 = *reinterpret_cast<const float4*>(&Bs[kk][4 * tx]);
-            const float av[4] = {a4.x, a4.y, a4.z, a4.w};
-            const float bv[4] = {b4.x, b4.y, b4.z, b4.w};
-#pragma unroll
-            for (int a = 0; a < 4; ++a)
-#pragma unroll
-                for (int b = 0; b < 4; ++b) c[a][b] = fmaf(av[a], bv[b], c[a][b]);
+            gg_fma_row_4x4(As[kk], Bs[kk], tx, ty, c);
         }
         __syncthreads();
     }
