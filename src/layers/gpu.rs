@@ -7,6 +7,11 @@
 //! Launches per term: Linear as in `ghost_dot_layers`; cross Gram 1; scatter/gather 3
 //! (sort, table, gather); norm `uses × (1 + [query])` gradient launches + 1 dot. Plus one or two
 //! finalizes for the whole call.
+//!
+//! Query element type: a query-reading kernel takes the dtype of the query tensors, the
+//! training dtype for the public calls (validated equal), f32 for `model_ghg`'s combined query
+//! ([`run_ghg`]) beside any training dtype: `ghost_dot_gram_qf32_*` / `factored_grad_f32`,
+//! `cross_gram_qf32_*`, `embed_table_f32`, `norm_grad_f32`.
 
 use super::{mat_sides, seg_kind_args, LayerKind, LayerUse, Mode, Term, UseDims, UseQuery};
 use crate::buffer::{DeviceSlice, Tensor};

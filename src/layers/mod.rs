@@ -605,7 +605,22 @@ impl Context {
     /// weights (`None` for embeddings — ids do not move — and for inputs of the first layer).
     /// A parameter's block of `H_val v` is `Σ_uses [Q(x_val, ḃ) + Q(ẋ, b_val)]`, the second
     /// without bias (the constant 1 has no derivative); tied uses are summed exactly as in
-    /// [`model_dot`](Self::model_dot). Three `model_dot` passes; `out` is rounded after each.
+    /// [`model_dot`](Self::model_dot).
+    ///
+    /// Passes: every term of a model-level dot is linear in the query-side `b`, so the
+    /// first-order query `(x_val, b_val)` (weight `−η`) and the `Q(x_val, ḃ)` half (weight
+    /// `η²/2`) are ONE pass with the query `(x_val, comb)`, `comb = −η·b_val + (η²/2)·ḃ` (formed
+    /// in f64 and rounded once to f32); then `(ẋ, b_val)` without bias, scaled by `η²/2`, over
+    /// the uses with `x_dot` (and their tied query-less uses). Two model passes on the fast CPU
+    /// path (summed in f64, `out` rounded once) and on a GPU (one workspace: `ghg_query_<dt>`
+    /// forms `comb` — and `x_val` widened to f32 for bf16 / f16 factors — per use, then the two
+    /// passes' plans with an all-f32 combined query; `out` rounded after each pass). The float64
+    /// reference runs three independent `model_dot` passes (`out` rounded after each).
+    ///
+    /// Returns the terms of the passes in order: on the fast CPU path and a GPU, those of the
+    /// combined pass (planned as for `(x_val, b_val)`; `(x_val, ḃ)` has the same sizes, so the
+    /// same choices), then those of `(ẋ, b_val)` if any; the reference reports the three passes'
+    /// terms (`(x_val, b_val)`, `(x_val, ḃ)`, `(ẋ, b_val)`), so its list is longer.
     ///
     /// In a tied parameter whose uses mix `x_dot: None` and `Some` (an embedding tied to an LM
     /// head), the `(ẋ, b_val)` pass takes the `None` uses' training gradients with no query of
