@@ -426,6 +426,30 @@ fn model_ghg_checks_eta_and_model_dot_takes_query_less_tied_uses_only() {
     assert!(matches!(e, GhostError::InvalidArgument { what: "query", .. }), "{e:?}");
 }
 
+#[test]
+fn an_f32_query_beside_bf16_training_factors_stays_an_error_of_the_public_calls() {
+    // model_ghg feeds an f32 combined query to its own passes internally; the public model_dot
+    // keeps requiring the training dtype on the query side, and model_ghg its b_dot.
+    let p = ghg_problem(2, DType::BF16, false, false);
+    let uses = p.m.layer_uses();
+    let i = p.m.uses.iter().position(|u| matches!(u.kind, LayerKind::Linear { .. })).expect("a Linear use");
+    let wide = Buf::F32((0..p.m.uses[i].query.b.len()).map(|k| p.m.uses[i].query.b.get(k) as f32).collect());
+    for ctx in [Context::cpu(), Context::cpu_reference()] {
+        let mut bad = uses.clone();
+        bad[i].query = Some(UseQuery { b: wide.tensor(), ..bad[i].query.unwrap() });
+        let mut out = vec![f32::NAN; p.m.n];
+        let e = ctx.model_dot(p.m.n as u64, &bad, &mut (&mut out[..]).into(), Accumulate::overwrite(), ModelForms::default()).unwrap_err();
+        assert!(matches!(e, GhostError::DtypeMismatch { what: "query x" | "query b", .. }), "{e:?}");
+        let mut b_dot: Vec<Tensor<'_>> = p.b_dot.iter().map(|b| b.tensor()).collect();
+        b_dot[i] = wide.tensor();
+        let x_dot: Vec<Option<Tensor<'_>>> = p.x_dot.iter().map(|x| x.as_ref().map(|b| b.tensor())).collect();
+        let gu = ghg_uses(&uses, &b_dot, &x_dot);
+        let e = ctx.model_ghg(p.m.n as u64, &gu, 0.3, &mut (&mut out[..]).into(), Accumulate::overwrite(), ModelForms::default()).unwrap_err();
+        assert!(matches!(e, GhostError::DtypeMismatch { what: "query x" | "query b", .. }), "{e:?}");
+        assert!(out.iter().all(|x| x.is_nan()), "nothing written on an error");
+    }
+}
+
 mod gpu {
     use super::*;
     use common::model_dev::*;

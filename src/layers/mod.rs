@@ -656,6 +656,13 @@ impl Context {
                 Some(LayerUse { param: u.param, kind, train: u.train, query: u.x_dot.map(|x| UseQuery { x, ..u.val }) })
             })
             .collect();
+        // Everything is validated before anything runs: the (x_val, b_val) uses (the terms and
+        // forms of the combined pass), the same with ḃ (checks b_dot) and the (ẋ, b_val) uses.
+        let (dims, nv) = self.validate_uses(OP, n, &first, Mode::Dot)?;
+        self.validate_uses(OP, n, &second_b, Mode::Dot)?;
+        let third = if second_x.is_empty() { None } else { Some(self.validate_uses(OP, n, &second_x, Mode::Dot)?.0) };
+        v::output("out", out, self.space(), v::mul("n*V", n, nv)?, OP)?;
+        self.check_out_ptr("out", out)?;
         if matches!(self.backend, Backend::CpuReference) {
             // The independent check: three model_dot passes, `out` rounded after each.
             let mut choices = self.model_dot(n, &first, out, Accumulate { scale: acc.scale * w0, beta: acc.beta }, forms)?;
@@ -665,13 +672,6 @@ impl Context {
             }
             return Ok(choices);
         }
-        // Everything is validated before anything runs: the (x_val, b_val) uses (the terms and
-        // forms of the combined pass), the same with ḃ (checks b_dot) and the (ẋ, b_val) uses.
-        let (dims, nv) = self.validate_uses(OP, n, &first, Mode::Dot)?;
-        self.validate_uses(OP, n, &second_b, Mode::Dot)?;
-        let third = if second_x.is_empty() { None } else { Some(self.validate_uses(OP, n, &second_x, Mode::Dot)?.0) };
-        v::output("out", out, self.space(), v::mul("n*V", n, nv)?, OP)?;
-        self.check_out_ptr("out", out)?;
         // model_dot is linear in the query-side b (every term, tied cross terms and norm
         // gradients included), so (x_val, b_val)·w0 + (x_val, ḃ)·w1 is ONE pass with the query
         // (x_val, comb), comb = w0·b_val + w1·ḃ formed in f64 and rounded once to f32. Its terms
