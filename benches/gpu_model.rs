@@ -20,7 +20,7 @@ use std::sync::Arc;
 use ghostgrad::runtime::interp::{InterpBuffer, InterpRuntime, LaunchRecord};
 use ghostgrad::{
     Accumulate, Blocking, Context, DType, Distribution, DvembLayer, DvembSteps, EmbeddingForm, Form, FormChoice,
-    FormRequest, GhgLayer, LayerKind, LayerShape, LayerUse, LossReduction, ModelForms, OutColumns, ParamProjection, ProjectionKind,
+    FormRequest, GhgLayer, GhgUse, LayerKind, LayerShape, LayerUse, LossReduction, ModelForms, OutColumns, ParamProjection, ProjectionKind,
     ProjectionSpec, QueryFactors, ScoreDims, ScoreMode, Segments, Tensor, TensorMut, TokenFactors, TrainFactors, UseQuery, UseTrain,
     Which,
 };
@@ -351,6 +351,35 @@ fn model_ops(m: &Model, s: &ModelShape) -> Vec<OpRun> {
             ctx.model_dot(s.n, &uses, &mut out.view_mut().into(), Accumulate::overwrite(), forms).unwrap();
         }));
     }
+    // model_ghg over the same model (first + second order): b_dot for every use, x_dot for the
+    // LM head and the LayerNorm (none for the ids). Two model passes: the combined query
+    // (x_val, −η·b_val + (η²/2)·ḃ) — f32 beside the bf16 training factors, so the tied
+    // cross terms run cross_gram_qf32_* — with model_dot's FLOPs (embedding by cost: the
+    // cheaper of the two forms above), then (ẋ, b_val) without bias: the LM head's own term
+    // 2·NT·Q·(d + vocab), the embedding (train) × LM head (ẋ query) cross term 2·NT·Q·d, the
+    // LayerNorm weight 2·(NT + Q)·d + 2·N·d.
+    let (bd_emb, bd_lm, bd_ln) = (m.bf16(q * d, 22), m.bf16(q * vocab, 23), m.bf16(q * d, 24));
+    let (xd_lm, xd_ln) = (m.bf16(q * d, 25), m.bf16(q * d, 26));
+    let dots: [(&InterpBuffer, Option<&InterpBuffer>); 3] = [(&bd_emb, None), (&bd_lm, Some(&xd_lm)), (&bd_ln, Some(&xd_ln))];
+    let gu: Vec<GhgUse<'_>> = uses
+        .iter()
+        .zip(dots)
+        .map(|(u, (bd, xd))| GhgUse {
+            param: u.param,
+            kind: u.kind,
+            train: u.train,
+            val: u.query.unwrap(),
+            x_dot: xd.map(|x| x.view().into()),
+            b_dot: bd.view().into(),
+        })
+        .collect();
+    let emb_auto = (2.0 * df * ntf * qf).min(qf * df + 2.0 * ntf * df);
+    let ghg_flops = base + emb_auto + 2.0 * ntf * qf * (df + vf) + 2.0 * ntf * qf * df + 2.0 * (ntf + qf) * df + 2.0 * s.n as f64 * df;
+    let ghg_bytes = min_bytes + 2.0 * qf * (df + vf + df) + 2.0 * qf * (df + df);
+    let mut phi = m.rt.alloc_f32(s.n, 0.0).unwrap();
+    ops.push(m.run("model_ghg (same model, first + second order, two model passes)".into(), ghg_flops, ghg_bytes, |ctx| {
+        ctx.model_ghg(s.n, &gu, 1e-3, &mut phi.view_mut().into(), Accumulate::overwrite(), ModelForms::default()).unwrap();
+    }));
     // model_sqnorm's FLOPs are not modeled: its row reports the traffic against the input floor.
     let mut sq = m.rt.alloc_f32(s.n, 0.0).unwrap();
     ops.push(m.run("model_sqnorm (same model)".into(), 0.0, min_bytes, |ctx| {

@@ -11,10 +11,16 @@
 //          = R[(n*T+t)*dr + qid_u]      flags RQ_IDS         (dense × embedding)
 //          = R_{n,t}·Rq_u (dot over dr) neither              (dense × dense)
 //   An id outside [0, dr) (dr = vocab in the id modes) makes the pair's contribution NaN.
-// Signature: (const Elem* C, const Elem* Cq, const Elem* R, const Elem* Rq, const int* ids,
+// cross_gram_qf32_{bf16,f16}: the same with f32 query factors Cq, Rq beside bf16 / f16
+//   training factors C, R (the combined query of model_ghg, formed in f32 by ghg_query_<dt>,
+//   inrun.cu). Tiles are widened to f32 in shared memory (gram_tile.cuh) and the gathered Rq is
+//   read as f32, so with every other argument equal the result is that of cross_gram_f32 on the
+//   exactly widened training factors, bit for bit.
+// Signature: (const Elem* C, const QElem* Cq, const Elem* R, const QElem* Rq, const int* ids,
 //   const int* qids, const int* seg_offsets, unsigned seg_len, const unsigned char* mask,
 //   const unsigned char* qmask, float* partial, unsigned N, unsigned T, unsigned dc,
 //   unsigned dr, unsigned Q, unsigned V, unsigned tokens_per_split, unsigned flags)
+//   (QElem = Elem, or float for the _qf32 variants.)
 //   C [N*T, dc], Cq [Q, dc], R [N*T, dr] / ids [N*T], Rq [Q, dr] / qids [Q]; pointers of the
 //   unused mode are ignored (may be null). flags: bit0 bias, bit1 DIAG, bit2 RT_IDS,
 //   bit3 RQ_IDS. Segments as in ghost_gram.cu (segment_rows, common.cuh).
@@ -44,6 +50,8 @@
 //   For every position k that starts a run of equal valid keys in its segment:
 //   table[k*d + f] = Σ_{r in run, in order} Bq[perm[r]*d + f]. Other positions are not
 //   written (and never read). Grid (Q, ceil(d/256), 1): block (k, chunk), thread f.
+//   It reads only the query side: model_ghg's combined query (f32 comb beside bf16 / f16
+//   training factors) runs embed_table_f32, then the training-dtype embed_gather below.
 //
 // embed_gather_{f32,bf16,f16}(const int* ids, const Elem* B, const unsigned char* mask,
 //            const int* sid, const float* table, const int* seg_offsets, unsigned seg_len,
@@ -65,9 +73,9 @@
 #define GG_KEY_MASKED (-2147483647 - 1)
 #define GG_KEY_INVALID 2147483647
 
-template <typename Elem>
+template <typename Elem, typename QElem>
 __device__ __forceinline__ void cross_gram_impl(
-    const Elem* C, const Elem* Cq, const Elem* R, const Elem* Rq, const int* ids, const int* qids,
+    const Elem* C, const QElem* Cq, const Elem* R, const QElem* Rq, const int* ids, const int* qids,
     const int* seg_offsets, unsigned int seg_len, const unsigned char* mask,
     const unsigned char* qmask, float* partial, unsigned int N, unsigned int T, unsigned int dc,
     unsigned int dr, unsigned int Q, unsigned int V, unsigned int tokens_per_split,
@@ -163,21 +171,23 @@ __device__ __forceinline__ void cross_gram_impl(
     if (threadIdx.x == 0) partial[(size_t)s * N * Veff + blockIdx.x] = total;
 }
 
-#define GG_CROSS_INSTANTIATE(SUFFIX, ELEM)                                                         \
-    extern "C" __global__ void GG_LAUNCH_BOUNDS cross_gram_##SUFFIX(                               \
-        const ELEM* __restrict__ C, const ELEM* __restrict__ Cq, const ELEM* __restrict__ R,       \
-        const ELEM* __restrict__ Rq, const int* __restrict__ ids, const int* __restrict__ qids,    \
+#define GG_CROSS_INSTANTIATE(NAME, ELEM, QELEM)                                                   \
+    extern "C" __global__ void GG_LAUNCH_BOUNDS NAME(                                              \
+        const ELEM* __restrict__ C, const QELEM* __restrict__ Cq, const ELEM* __restrict__ R,      \
+        const QELEM* __restrict__ Rq, const int* __restrict__ ids, const int* __restrict__ qids,   \
         const int* __restrict__ seg_offsets, unsigned int seg_len,                                 \
         const unsigned char* __restrict__ mask, const unsigned char* __restrict__ qmask,           \
         float* partial, unsigned int N, unsigned int T, unsigned int dc, unsigned int dr,          \
         unsigned int Q, unsigned int V, unsigned int tokens_per_split, unsigned int flags) {       \
-        cross_gram_impl<ELEM>(C, Cq, R, Rq, ids, qids, seg_offsets, seg_len, mask, qmask, partial, \
+        cross_gram_impl<ELEM, QELEM>(C, Cq, R, Rq, ids, qids, seg_offsets, seg_len, mask, qmask, partial, \
                               N, T, dc, dr, Q, V, tokens_per_split, flags);                        \
     }
 
-GG_CROSS_INSTANTIATE(f32, float)
-GG_CROSS_INSTANTIATE(bf16, __nv_bfloat16)
-GG_CROSS_INSTANTIATE(f16, __half)
+GG_CROSS_INSTANTIATE(cross_gram_f32, float, float)
+GG_CROSS_INSTANTIATE(cross_gram_bf16, __nv_bfloat16, __nv_bfloat16)
+GG_CROSS_INSTANTIATE(cross_gram_f16, __half, __half)
+GG_CROSS_INSTANTIATE(cross_gram_qf32_bf16, __nv_bfloat16, float)
+GG_CROSS_INSTANTIATE(cross_gram_qf32_f16, __half, float)
 
 // The segment [*s, *e) holding row (or sorted position) u, or false when none does. With
 // nondecreasing offsets the binary search finds the only candidate; with invalid offsets the

@@ -15,6 +15,11 @@
 //   is an exact widening, done only when a_f32 != null (bf16 / f16 inputs), so that the query
 //   is homogeneously f32: the Gram pass then runs ghost_dot_gram_qf32_<Elem> (ghost_gram.cu) and
 //   the dense / materialize passes build the query side with factored_grad_f32.
+//   model_ghg (src/layers/gpu.rs) launches it once per use of a whole model the same way:
+//   count_b = q·(b width); a_val = the use's float query x (Linear a_val, norm x̂_val) widened
+//   for bf16 / f16, none for embedding uses (their x are ids, read in place). Its combined
+//   pass then runs cross_gram_qf32_<Elem> (embedding.cu) for tied cross terms, embed_table_f32
+//   for the query table and norm_grad_f32 (norm.cu) for query norm gradients.
 //   Every row is formed, masked validation rows included (the ghost-dot kernels skip them; NaN
 //   there stays there). Assumes element alignment only; comb / a_f32 do not alias the inputs.
 //   Launch: grid = (ceil(max(count_b, count_a)/256), 1, 1), block = (256,1,1); one thread per

@@ -11,6 +11,10 @@
 // Launch: grid (ceil(d/256), G, 1), block 256: thread k of chunk c owns feature c*256 + k and
 //   walks the group's rows in order (fmaf): fixed order, coalesced loads, no shared memory.
 //   Masked rows are skipped (never read). Assumes only element alignment.
+// Query gradients of model_ghg's combined query (src/layers/gpu.rs): X = x̂_val widened to f32
+//   and B = comb, both f32 (formed by ghg_query_<dt>, inrun.cu) whatever the training dtype, so
+//   norm_grad_f32 serves them; the training gradients keep the training dtype. Both land in f32
+//   [G, D] buffers dotted by rows_dot_f32.
 
 #include "common.cuh"
 

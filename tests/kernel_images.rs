@@ -85,8 +85,11 @@ fn interpreter_ptx_targets_sm80_and_names_every_dtype_instantiation() {
         assert!(names.contains(&k), "missing kernel {k}; have {names:?}");
     }
     for dt in ["bf16", "f16"] {
-        let k = format!("ghost_dot_gram_qf32_{dt}");
-        assert!(names.contains(&k), "missing kernel {k}; have {names:?}");
+        // model_ghg's combined query meets bf16 / f16 training factors in tied cross terms too.
+        for base in ["ghost_dot_gram_qf32", "cross_gram_qf32"] {
+            let k = format!("{base}_{dt}");
+            assert!(names.contains(&k), "missing kernel {k}; have {names:?}");
+        }
     }
     for k in ["finalize_partials_f32", "rows_dot_f32"] {
         assert!(names.iter().any(|n| n == k), "missing kernel {k}");

@@ -373,7 +373,11 @@ fn check_ghg(ctx: &Context, p: &GhgProblem, seed: u64, run: &dyn Fn(&[f32], Accu
     let got = run(&old, acc, eta);
     let mut want32 = old.clone();
     ghostgrad::cpu::apply_accumulate(&mut want32, &want, acc);
-    // Three passes each rounded into out: a few more roundings than one model_dot.
+    // Unchanged tolerance, a few more roundings than one model_dot: the reference runs three
+    // passes each rounded into out; the fast CPU path and the GPU run two, whose combined query
+    // b = fl(−η·b_val + (η²/2)·ḃ) adds one rounding per element, relative to
+    // |η·b_val| + (η²/2)·|ḃ| — exactly the per-element magnitude `mag` sums (one more level of
+    // depth, within the +8).
     assert_close(&format!("{} model_ghg", ctx.describe()), &got, &want32, &mag, &old, acc, Tol::for_depth(p.m.depth() + 8));
 }
 
@@ -422,6 +426,30 @@ fn model_ghg_checks_eta_and_model_dot_takes_query_less_tied_uses_only() {
     assert!(matches!(e, GhostError::InvalidArgument { what: "query", .. }), "{e:?}");
 }
 
+#[test]
+fn an_f32_query_beside_bf16_training_factors_stays_an_error_of_the_public_calls() {
+    // model_ghg feeds an f32 combined query to its own passes internally; the public model_dot
+    // keeps requiring the training dtype on the query side, and model_ghg its b_dot.
+    let p = ghg_problem(2, DType::BF16, false, false);
+    let uses = p.m.layer_uses();
+    let i = p.m.uses.iter().position(|u| matches!(u.kind, LayerKind::Linear { .. })).expect("a Linear use");
+    let wide = Buf::F32((0..p.m.uses[i].query.b.len()).map(|k| p.m.uses[i].query.b.get(k) as f32).collect());
+    for ctx in [Context::cpu(), Context::cpu_reference()] {
+        let mut bad = uses.clone();
+        bad[i].query = Some(UseQuery { b: wide.tensor(), ..bad[i].query.unwrap() });
+        let mut out = vec![f32::NAN; p.m.n];
+        let e = ctx.model_dot(p.m.n as u64, &bad, &mut (&mut out[..]).into(), Accumulate::overwrite(), ModelForms::default()).unwrap_err();
+        assert!(matches!(e, GhostError::DtypeMismatch { what: "query x" | "query b", .. }), "{e:?}");
+        let mut b_dot: Vec<Tensor<'_>> = p.b_dot.iter().map(|b| b.tensor()).collect();
+        b_dot[i] = wide.tensor();
+        let x_dot: Vec<Option<Tensor<'_>>> = p.x_dot.iter().map(|x| x.as_ref().map(|b| b.tensor())).collect();
+        let gu = ghg_uses(&uses, &b_dot, &x_dot);
+        let e = ctx.model_ghg(p.m.n as u64, &gu, 0.3, &mut (&mut out[..]).into(), Accumulate::overwrite(), ModelForms::default()).unwrap_err();
+        assert!(matches!(e, GhostError::DtypeMismatch { what: "query x" | "query b", .. }), "{e:?}");
+        assert!(out.iter().all(|x| x.is_nan()), "nothing written on an error");
+    }
+}
+
 mod gpu {
     use super::*;
     use common::model_dev::*;
@@ -447,6 +475,106 @@ mod gpu {
                     .unwrap_or_else(|e| panic!("interp model_ghg: {e}"));
                 rt.read_f32(&out).unwrap()
             });
+        }
+    }
+
+    /// model_ghg on the interpreter with `out` NaN-poisoned (`beta = 0`): the result and the
+    /// kernels launched, in order.
+    fn run_ghg(p: &GhgProblem, sched: u64, eta: f32, forms: ModelForms) -> (Vec<f32>, Vec<String>) {
+        let rt = runtime(sched);
+        let ctx = Context::with_runtime(rt.clone());
+        let dev = upload_model(&rt, &p.m);
+        let uses = dev_uses(&p.m, &dev);
+        let db: Vec<InterpBuffer> = p.b_dot.iter().map(|b| up_buf(&rt, b)).collect();
+        let dx: Vec<Option<InterpBuffer>> = p.x_dot.iter().map(|x| x.as_ref().map(|b| up_buf(&rt, b))).collect();
+        let b_dot: Vec<Tensor<'_>> = db.iter().map(|b| b.view().into()).collect();
+        let x_dot: Vec<Option<Tensor<'_>>> = dx.iter().map(|x| x.as_ref().map(|b| b.view().into())).collect();
+        let gu = ghg_uses(&uses, &b_dot, &x_dot);
+        let mut out = rt.alloc_f32(p.m.n as u64, f32::NAN).unwrap();
+        rt.take_records().unwrap();
+        ctx.model_ghg(p.m.n as u64, &gu, eta, &mut out.view_mut().into(), Accumulate::overwrite(), forms)
+            .unwrap_or_else(|e| panic!("interp model_ghg: {e}"));
+        let names = rt.take_records().unwrap().into_iter().map(|r| r.plan.kernel).collect();
+        (rt.read_f32(&out).unwrap(), names)
+    }
+
+    fn gram_forms(embedding: EmbeddingForm) -> ModelForms {
+        use ghostgrad::{Form, FormRequest};
+        ModelForms { linear: FormRequest::Force(Form::Gram), embedding: Some(embedding) }
+    }
+
+    #[test]
+    fn model_ghg_on_the_gpu_is_two_model_passes_after_forming_the_combined_queries() {
+        // Per use one ghg_query_<dt> (comb = −η·b_val + (η²/2)·ḃ, x_val widened for bf16 / f16
+        // non-embedding uses), all before any pass; then the combined pass, then (ẋ, b_val).
+        // Every Linear use has ẋ here, so each pass runs one Gram launch per Linear use (three
+        // passes would run three), and every norm use one train + one query gradient per pass.
+        for (seed, dt) in [(3u64, DType::BF16), (5, DType::F16), (7, DType::F32)] {
+            let p = ghg_problem(seed, dt, seed == 3, true);
+            let (got, names) = run_ghg(&p, seed, 0.3, gram_forms(EmbeddingForm::ScatterGather));
+            assert!(got.iter().all(|x| x.is_finite()), "{dt}: every output written: {got:?}");
+            let sfx = dt.kernel_suffix();
+            let nu = p.m.uses.len();
+            assert!(names[..nu].iter().all(|k| *k == format!("ghg_query_{sfx}")), "{dt}: {names:?}");
+            assert!(names[nu..].iter().all(|k| !k.starts_with("ghg_query")), "{dt}: {names:?}");
+            let linear = p.m.uses.iter().filter(|u| matches!(u.kind, LayerKind::Linear { .. })).count();
+            let norms = p.m.uses.iter().filter(|u| matches!(u.kind, LayerKind::Norm { .. })).count();
+            assert!(linear > 0 && norms > 0, "seed {seed} has Linear and norm uses");
+            let grams: Vec<&String> = names.iter().filter(|k| k.starts_with("ghost_dot_gram")).collect();
+            let combined = if dt == DType::F32 { "ghost_dot_gram_f32".to_string() } else { format!("ghost_dot_gram_qf32_{sfx}") };
+            let mut want = vec![&combined; linear];
+            let plain = format!("ghost_dot_gram_{sfx}");
+            want.extend(std::iter::repeat_n(&plain, linear));
+            assert_eq!(grams, want, "{dt}: two passes of Linear Gram terms");
+            let norm_grads = names.iter().filter(|k| k.starts_with("norm_grad")).count();
+            assert_eq!(norm_grads, 4 * norms, "{dt}: {names:?}");
+            // The combined pass reads the query in f32 whatever the training dtype.
+            let f32_norm_queries = names.iter().filter(|k| *k == "norm_grad_f32").count();
+            assert_eq!(f32_norm_queries, if dt == DType::F32 { 4 * norms } else { norms }, "{dt}: {names:?}");
+            if p.m.uses.iter().any(|u| matches!(u.kind, LayerKind::Embedding { .. })) {
+                assert!(names.iter().any(|k| k == "embed_table_f32"), "{dt}: {names:?}");
+            }
+            if dt != DType::F32 {
+                assert!(names.iter().any(|k| *k == format!("cross_gram_qf32_{sfx}")), "{dt}: tied cross terms read the f32 query: {names:?}");
+            }
+        }
+    }
+
+    /// The problem with every float factor widened to f32 (exact) and the same ids and masks.
+    fn widened(p: &GhgProblem) -> GhgProblem {
+        let widen = |b: &Buf| Buf::F32((0..b.len()).map(|i| b.get(i) as f32).collect());
+        let mut w = GhgProblem { m: p.m.clone(), b_dot: p.b_dot.iter().map(widen).collect(), x_dot: p.x_dot.iter().map(|x| x.as_ref().map(widen)).collect() };
+        for u in &mut w.m.uses {
+            for side in [&mut u.train, &mut u.query] {
+                side.b = widen(&side.b);
+                if let XBuf::Float(x) = &side.x {
+                    side.x = XBuf::Float(widen(x));
+                }
+            }
+        }
+        w
+    }
+
+    #[test]
+    fn model_ghg_f32_query_kernels_equal_the_f32_kernels_on_widened_factors_bit_for_bit() {
+        // bf16 / f16 training factors beside the f32 combined query (ghost_dot_gram_qf32_*,
+        // cross_gram_qf32_*, embed_table_f32 and norm_grad_f32 on the widened x_val) give the
+        // bits of the all-f32 call on the exactly widened factors: comb is formed from the same
+        // values, and every kernel widens its tiles to f32 before the same arithmetic in the
+        // same order. Forms are forced (the cost model weighs the element size). Masked rows
+        // hold NaN in both calls; out starts NaN-poisoned.
+        for (seed, dt) in [(1u64, DType::BF16), (3, DType::F16), (5, DType::BF16), (9, DType::F16)] {
+            let p = ghg_problem(seed, dt, seed % 4 == 1, seed % 3 != 0);
+            let w = widened(&p);
+            for emb in [EmbeddingForm::MaskedGram, EmbeddingForm::ScatterGather] {
+                let (got, names) = run_ghg(&p, seed, 0.45, gram_forms(emb));
+                let (want, _) = run_ghg(&w, seed + 1, 0.45, gram_forms(emb));
+                assert!(want.iter().all(|x| x.is_finite()), "{dt} {emb:?}: {want:?}");
+                assert_bitwise_eq(&format!("{dt} {emb:?} vs widened f32"), &got, &want);
+                let sfx = dt.kernel_suffix();
+                assert!(names.iter().any(|k| *k == format!("ghost_dot_gram_qf32_{sfx}")), "{names:?}");
+                assert!(names.iter().any(|k| *k == format!("cross_gram_qf32_{sfx}")), "{names:?}");
+            }
         }
     }
 

@@ -7,12 +7,17 @@
 //! Launches per term: Linear as in `ghost_dot_layers`; cross Gram 1; scatter/gather 3
 //! (sort, table, gather); norm `uses × (1 + [query])` gradient launches + 1 dot. Plus one or two
 //! finalizes for the whole call.
+//!
+//! Query element type: a query-reading kernel takes the dtype of the query tensors, the
+//! training dtype for the public calls (validated equal), f32 for `model_ghg`'s combined query
+//! ([`run_ghg`]) beside any training dtype: `ghost_dot_gram_qf32_*` / `factored_grad_f32`,
+//! `cross_gram_qf32_*`, `embed_table_f32`, `norm_grad_f32`.
 
-use super::{mat_sides, seg_kind_args, LayerKind, LayerUse, Mode, Term, UseDims};
-use crate::buffer::Tensor;
+use super::{mat_sides, seg_kind_args, LayerKind, LayerUse, Mode, Term, UseDims, UseQuery};
+use crate::buffer::{DeviceSlice, Tensor};
 use crate::context::dev_ptr;
 use crate::dtype::DType;
-use crate::error::Result;
+use crate::error::{GhostError, Result};
 use crate::ghost_dot::gpu::{self as gd, Carve, GpuDotLayer, LayerPtrs, BLOCK};
 use crate::ghost_dot::validate_ops::{QueryDims, SegKind, TrainDims};
 use crate::ghost_dot::Accumulate;
@@ -24,6 +29,16 @@ const FLAG_DIAG: u32 = 2;
 const FLAG_RT_IDS: u32 = 4;
 const FLAG_RQ_IDS: u32 = 8;
 const FLAG_ACCUMULATE: u32 = 4;
+
+/// `cross_gram_<dt>`, or `cross_gram_qf32_<dt>` for an f32 query beside bf16 / f16 training
+/// factors (model_ghg's combined query).
+fn cross_kernel(train: DType, query: DType) -> Result<String> {
+    match (train, query) {
+        (t, q) if t == q => Ok(kname("cross_gram", t)),
+        (DType::BF16 | DType::F16, DType::F32) => Ok(kname("cross_gram_qf32", train)),
+        _ => Err(GhostError::Internal(format!("no cross Gram kernel for {train} training factors with a {query} query"))),
+    }
+}
 
 fn ptr(t: &Tensor<'_>, what: &'static str) -> Result<u64> {
     Ok(t.device(what)?.ptr())
@@ -108,7 +123,7 @@ fn cross_plan(uses: &[LayerUse<'_>], dims: &[UseDims], n: u64, mode: Mode, i: us
         | (ts.r_ids as u32 * FLAG_RT_IDS)
         | (qs.r_ids as u32 * FLAG_RQ_IDS);
     Ok(LaunchPlan {
-        kernel: kname("cross_gram", dims[i].dtype),
+        kernel: cross_kernel(dims[i].dtype, q.b.dtype())?,
         grid: [u32_of("n*V (grid.x)", mul("n*V", n, cols)?)?, u32_of("token splits", s)?, 1],
         block: BLOCK,
         shared_bytes: 0,
@@ -170,7 +185,8 @@ fn gather_plans(uses: &[LayerUse<'_>], dims: &[UseDims], n: u64, mode: Mode, i: 
         ],
     };
     let tab = LaunchPlan {
-        kernel: kname("embed_table", dt),
+        // Reads only the query side: its own dtype (f32 for model_ghg's combined query).
+        kernel: kname("embed_table", q.b.dtype()),
         grid: [u32_of("q (grid.x)", q.q)?, u32_of("d chunks", d.div_ceil(256))?, 1],
         block: BLOCK,
         shared_bytes: 0,
@@ -265,7 +281,7 @@ fn norm_plans(uses: &[LayerUse<'_>], dims: &[UseDims], n: u64, nv: u64, mode: Mo
             let qd = ud.query.as_ref().expect("validated");
             let (seg_ptr, seg_len) = seg_kind_args(qd);
             plans.push(norm_grad_plan(
-                ud.dtype,
+                q.b.dtype(), // f32 for model_ghg's combined query (x̂_val widened, comb)
                 ptr(&q.x, "query x")?,
                 ptr(&q.b, "query b")?,
                 dev_ptr(q.mask.as_ref(), "query mask")?,
@@ -296,16 +312,18 @@ fn linear_layers(uses: &[LayerUse<'_>], dims: &[UseDims], terms: &[Term], n: u64
         let shape = super::linear_shape(&use_.kind);
         let td = TrainDims { n, t: ud.t, d_in: shape.d_in, d_out: shape.d_out, has_bias: shape.has_bias, dtype: ud.dtype };
         let (a, b, mask) = (ptr(&use_.train.x, "x")?, ptr(&use_.train.b, "b")?, dev_ptr(use_.train.mask.as_ref(), "mask")?);
-        let (query, ptrs) = match mode {
+        let (query, ptrs, query_dtype) = match mode {
             Mode::Dot => {
                 let q = use_.query.as_ref().expect("validated");
                 let ptrs = LayerPtrs { a, b, mask, aq: ptr(&q.x, "query x")?, bq: ptr(&q.b, "query b")?, qmask: dev_ptr(q.mask.as_ref(), "query mask")? };
-                (ud.query.clone().expect("validated"), ptrs)
+                (ud.query.clone().expect("validated"), ptrs, q.b.dtype())
             }
-            Mode::Pairwise => (QueryDims { q: mul("n*t", n, ud.t)?, v: n, seg: SegKind::Uniform(ud.t) }, LayerPtrs { a, b, mask, aq: a, bq: b, qmask: mask }),
-            Mode::SelfNorm => (QueryDims { q: ud.t, v: 1, seg: SegKind::Single }, LayerPtrs { a, b, mask, aq: 0, bq: 0, qmask: 0 }),
+            Mode::Pairwise => {
+                (QueryDims { q: mul("n*t", n, ud.t)?, v: n, seg: SegKind::Uniform(ud.t) }, LayerPtrs { a, b, mask, aq: a, bq: b, qmask: mask }, td.dtype)
+            }
+            Mode::SelfNorm => (QueryDims { q: ud.t, v: 1, seg: SegKind::Single }, LayerPtrs { a, b, mask, aq: 0, bq: 0, qmask: 0 }, td.dtype),
         };
-        gl.push(GpuDotLayer { dims: td, query, query_dtype: td.dtype, ptrs, form: *form, pairwise: mode == Mode::Pairwise, self_only: mode == Mode::SelfNorm });
+        gl.push(GpuDotLayer { dims: td, query, query_dtype, ptrs, form: *form, pairwise: mode == Mode::Pairwise, self_only: mode == Mode::SelfNorm });
     }
     Ok(gl)
 }
@@ -357,4 +375,68 @@ fn build(ws: u64, n: u64, nv: u64, uses: &[LayerUse<'_>], dims: &[UseDims], term
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run(rt: &dyn KernelRuntime, n: u64, nv: u64, uses: &[LayerUse<'_>], dims: &[UseDims], terms: &[Term], mode: Mode, out: u64, acc: Accumulate) -> Result<()> {
     gd::run_with_workspace(rt, |ws| build(ws, n, nv, uses, dims, terms, mode, out, acc))
+}
+
+/// The model-level pass of a fused `model_ghg` on the device whose query is
+/// `(x_val, comb)`, `comb = w0·b_val + w1·ḃ`, and the `(ẋ, b_val)` pass `third` (its own
+/// validated uses, dims and terms; `None` when no use has `ẋ`), in one workspace:
+/// `[comb (+ x_val widened to f32) of every use | combined pass | (ẋ, b_val) pass]`.
+///
+/// Per use, `ghg_query_<dt>` (kernels/inrun.cu) forms `comb` in f32 and, for bf16 / f16 Linear
+/// and norm uses, `x_val` widened to f32 (embedding ids are read in place), so the combined
+/// query is all f32; the model plans of [`build`] then pick the f32-query kernels from the
+/// query tensors' dtype (`ghost_dot_gram_qf32_*`, `factored_grad_f32`, `cross_gram_qf32_*`,
+/// `embed_table_f32`, `norm_grad_f32`). The combined pass finalizes with `acc`, the third with
+/// `(acc.scale·w1, beta 1)`: fixed launch order, no synchronization, deterministic.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_ghg(
+    rt: &dyn KernelRuntime,
+    n: u64,
+    nv: u64,
+    uses: &[LayerUse<'_>],
+    dims: &[UseDims],
+    terms: &[Term],
+    b_dot: &[Tensor<'_>],
+    w: (f32, f32),
+    third: Option<(&[LayerUse<'_>], &[UseDims], &[Term])>,
+    out: u64,
+    acc: Accumulate,
+) -> Result<()> {
+    gd::run_with_workspace(rt, |ws| {
+        let mut carve = Carve::default();
+        let mut plans = Vec::with_capacity(uses.len());
+        let mut comb_uses = Vec::with_capacity(uses.len());
+        for ((u, d), bd) in uses.iter().zip(dims).zip(b_dot) {
+            let q = u.query.as_ref().expect("validated");
+            let qd = d.query.as_ref().expect("validated");
+            let count_b = mul("q*b width", qd.q, u.kind.b_width())?;
+            let comb = ws + carve.take(mul("ghg comb bytes", count_b, 4)?)?;
+            let widen = d.dtype != DType::F32 && !matches!(u.kind, LayerKind::Embedding { .. });
+            let count_a = if widen { mul("q*x width", qd.q, u.kind.x_width())? } else { 0 };
+            let x_f32 = if widen { ws + carve.take(mul("ghg x_val f32 bytes", count_a, 4)?)? } else { 0 };
+            let x_val = if widen { ptr(&q.x, "query x")? } else { 0 };
+            plans.push(crate::inrun::ghg_query_plan(d.dtype, ptr(&q.b, "query b")?, ptr(bd, "b_dot")?, comb, count_b, x_val, x_f32, count_a, w.0, w.1)?);
+            // SAFETY: workspace regions of `count_*` f32 carved above; these views only carry
+            // the addresses into the launch plans (nothing on the host dereferences them) and
+            // the workspace outlives every launch of this op (run_with_workspace).
+            let b = Tensor::Device(unsafe { DeviceSlice::from_raw_parts(comb, count_b, DType::F32) });
+            let x = if widen { Tensor::Device(unsafe { DeviceSlice::from_raw_parts(x_f32, count_a, DType::F32) }) } else { q.x };
+            comb_uses.push(LayerUse { query: Some(UseQuery { x, b, ..*q }), ..*u });
+        }
+        let base = carve.bytes;
+        let (mut p, bytes) = build(ws + base, n, nv, &comb_uses, dims, terms, Mode::Dot, out, acc)?;
+        plans.append(&mut p);
+        let mut total = v_add(base, bytes)?;
+        if let Some((u3, d3, t3)) = third {
+            let a3 = Accumulate { scale: acc.scale * w.1, beta: 1.0 };
+            let (mut p, bytes) = build(ws + total, n, nv, u3, d3, t3, Mode::Dot, out, a3)?;
+            plans.append(&mut p);
+            total = v_add(total, bytes)?;
+        }
+        Ok((plans, total))
+    })
+}
+
+fn v_add(a: u64, b: u64) -> Result<u64> {
+    crate::validate::add("workspace", a, b)
 }

@@ -605,13 +605,29 @@ impl Context {
     /// weights (`None` for embeddings — ids do not move — and for inputs of the first layer).
     /// A parameter's block of `H_val v` is `Σ_uses [Q(x_val, ḃ) + Q(ẋ, b_val)]`, the second
     /// without bias (the constant 1 has no derivative); tied uses are summed exactly as in
-    /// [`model_dot`](Self::model_dot). Three `model_dot` passes; `out` is rounded after each.
+    /// [`model_dot`](Self::model_dot).
+    ///
+    /// Passes: every term of a model-level dot is linear in the query-side `b`, so the
+    /// first-order query `(x_val, b_val)` (weight `−η`) and the `Q(x_val, ḃ)` half (weight
+    /// `η²/2`) are ONE pass with the query `(x_val, comb)`, `comb = −η·b_val + (η²/2)·ḃ` (formed
+    /// in f64 and rounded once to f32); then `(ẋ, b_val)` without bias, scaled by `η²/2`, over
+    /// the uses with `x_dot` (and their tied query-less uses). Two model passes on the fast CPU
+    /// path (summed in f64, `out` rounded once) and on a GPU (one workspace: `ghg_query_<dt>`
+    /// forms `comb` — and `x_val` widened to f32 for bf16 / f16 factors — per use, then the two
+    /// passes' plans with an all-f32 combined query; `out` rounded after each pass). The float64
+    /// reference runs three independent `model_dot` passes (`out` rounded after each).
+    ///
+    /// Returns the terms of the passes in order: on the fast CPU path and a GPU, those of the
+    /// combined pass (planned as for `(x_val, b_val)`; `(x_val, ḃ)` has the same sizes, so the
+    /// same choices), then those of `(ẋ, b_val)` if any; the reference reports the three passes'
+    /// terms (`(x_val, b_val)`, `(x_val, ḃ)`, `(ẋ, b_val)`), so its list is longer.
     ///
     /// In a tied parameter whose uses mix `x_dot: None` and `Some` (an embedding tied to an LM
     /// head), the `(ẋ, b_val)` pass takes the `None` uses' training gradients with no query of
     /// their own (see [`LayerUse::query`]).
     #[allow(clippy::too_many_arguments)]
     pub fn model_ghg(&self, n: u64, uses: &[GhgUse<'_>], eta: f32, out: &mut TensorMut<'_>, acc: Accumulate, forms: ModelForms) -> Result<Vec<TermChoice>> {
+        const OP: &str = "model_ghg";
         v::finite("eta", eta)?;
         v::finite("scale", acc.scale)?;
         v::finite("beta", acc.beta)?;
@@ -619,12 +635,10 @@ impl Context {
         v::finite("eta²/2", w1)?;
         let first: Vec<LayerUse<'_>> =
             uses.iter().map(|u| LayerUse { param: u.param, kind: u.kind, train: u.train, query: Some(u.val) }).collect();
-        let mut choices = self.model_dot(n, &first, out, Accumulate { scale: acc.scale * w0, beta: acc.beta }, forms)?;
         let second_b: Vec<LayerUse<'_>> = uses
             .iter()
             .map(|u| LayerUse { param: u.param, kind: u.kind, train: u.train, query: Some(UseQuery { b: u.b_dot, ..u.val }) })
             .collect();
-        choices.extend(self.model_dot(n, &second_b, out, Accumulate { scale: acc.scale * w1, beta: 1.0 }, forms)?);
         let second_x: Vec<LayerUse<'_>> = uses
             .iter()
             .filter_map(|u| {
@@ -642,10 +656,72 @@ impl Context {
                 Some(LayerUse { param: u.param, kind, train: u.train, query: u.x_dot.map(|x| UseQuery { x, ..u.val }) })
             })
             .collect();
-        if !second_x.is_empty() {
-            choices.extend(self.model_dot(n, &second_x, out, Accumulate { scale: acc.scale * w1, beta: 1.0 }, forms)?);
+        // Everything is validated before anything runs: the (x_val, b_val) uses (the terms and
+        // forms of the combined pass), the same with ḃ (checks b_dot) and the (ẋ, b_val) uses.
+        let (dims, nv) = self.validate_uses(OP, n, &first, Mode::Dot)?;
+        self.validate_uses(OP, n, &second_b, Mode::Dot)?;
+        let third = if second_x.is_empty() { None } else { Some(self.validate_uses(OP, n, &second_x, Mode::Dot)?.0) };
+        v::output("out", out, self.space(), v::mul("n*V", n, nv)?, OP)?;
+        self.check_out_ptr("out", out)?;
+        if matches!(self.backend, Backend::CpuReference) {
+            // The independent check: three model_dot passes, `out` rounded after each.
+            let mut choices = self.model_dot(n, &first, out, Accumulate { scale: acc.scale * w0, beta: acc.beta }, forms)?;
+            choices.extend(self.model_dot(n, &second_b, out, Accumulate { scale: acc.scale * w1, beta: 1.0 }, forms)?);
+            if !second_x.is_empty() {
+                choices.extend(self.model_dot(n, &second_x, out, Accumulate { scale: acc.scale * w1, beta: 1.0 }, forms)?);
+            }
+            return Ok(choices);
         }
-        Ok(choices)
+        // model_dot is linear in the query-side b (every term, tied cross terms and norm
+        // gradients included), so (x_val, b_val)·w0 + (x_val, ḃ)·w1 is ONE pass with the query
+        // (x_val, comb), comb = w0·b_val + w1·ḃ formed in f64 and rounded once to f32. Its terms
+        // and forms are those planned for (x_val, b_val) (same sizes as (x_val, ḃ)).
+        let (terms, mut report) = self.plan_terms(n, &first, &dims, Mode::Dot, forms)?;
+        let third = match &third {
+            Some(d3) => Some((d3, self.plan_terms(n, &second_x, d3, Mode::Dot, forms)?)),
+            None => None,
+        };
+        match &self.backend {
+            Backend::Gpu(rt) => {
+                let out_ptr = out.device("out")?.ptr();
+                let b_dot: Vec<Tensor<'_>> = uses.iter().map(|u| u.b_dot).collect();
+                let t3 = third.as_ref().map(|(d3, (t3, _))| (&second_x[..], &d3[..], &t3[..]));
+                gpu::run_ghg(rt.as_ref(), n, nv, &first, &dims, &terms, &b_dot, (w0, w1), t3, out_ptr, acc)?;
+            }
+            Backend::CpuFast => {
+                let combs: Vec<Vec<f32>> = uses
+                    .iter()
+                    .map(|u| -> Result<Vec<f32>> {
+                        let len = (u.val.q * u.kind.b_width()) as usize;
+                        let (mut bv, mut bd) = (vec![0.0f32; len], vec![0.0f32; len]);
+                        u.val.b.host("query b")?.copy_to_f32(0, &mut bv);
+                        u.b_dot.host("b_dot")?.copy_to_f32(0, &mut bd);
+                        Ok(bv.iter().zip(&bd).map(|(&b, &db)| (w0 as f64 * b as f64 + w1 as f64 * db as f64) as f32).collect())
+                    })
+                    .collect::<Result<_>>()?;
+                // The query x keeps its dtype: the CPU code widens every row it reads to f32
+                // (exactly), so a bf16 / f16 x beside the f32 comb is the f32 query of the GPU.
+                let comb_uses: Vec<LayerUse<'_>> = first
+                    .iter()
+                    .zip(&combs)
+                    .map(|(u, c)| {
+                        let q = u.query.expect("validated");
+                        LayerUse { query: Some(UseQuery { b: Tensor::Host(HostSlice::F32(c)), ..q }), ..*u }
+                    })
+                    .collect();
+                let mut total = fast::model(n as usize, &comb_uses, &dims, &terms, Mode::Dot)?;
+                if let Some((d3, (t3, _))) = &third {
+                    let r = fast::model(n as usize, &second_x, d3, t3, Mode::Dot)?;
+                    total.iter_mut().zip(&r).for_each(|(t, x)| *t += w1 as f64 * x);
+                }
+                crate::cpu::apply_accumulate(out.host("out")?, &total, acc);
+            }
+            Backend::CpuReference => unreachable!("handled above"),
+        }
+        if let Some((_, (_, r3))) = third {
+            report.extend(r3);
+        }
+        Ok(report)
     }
 }
 
