@@ -42,7 +42,11 @@
 //   INT_MAX (kept row with an invalid id), ties by row: row u of segment [s, e) goes to
 //   position s + rank(u), rank = #{w in [s,e): (key_w, w) < (key_u, u)}; perm[pos] = u,
 //   sid[pos] = key_u. Rows outside every segment are not written (and never read).
-//   Grid (ceil(Q/256), 1, 1), one thread per row; O(Q_v) reads per row; no shared memory.
+//   Grid (ceil(Q/256), 1, 1), one thread per row. The block's rows span segments whose union
+//   [lo, hi) it reads once, in tiles of 256 keys through shared memory (keys[256]; lo/hi[256]
+//   for the fixed min/max tree): each row compares against its own segment's keys from shared
+//   memory, so a segment of Q_v rows costs Q_v comparisons per row but only Q_v/256 global
+//   reads per row (3 KB of static shared memory).
 //
 // embed_table_{f32,bf16,f16}(const Elem* Bq, const int* perm, const int* sid,
 //            const int* seg_offsets, unsigned seg_len, unsigned Q, unsigned V, unsigned d,
@@ -227,19 +231,44 @@ extern "C" __global__ void GG_LAUNCH_BOUNDS
     embed_sort(const int* __restrict__ qids, const unsigned char* __restrict__ qmask,
                const int* __restrict__ seg_offsets, unsigned int seg_len, unsigned int Q,
                unsigned int V, unsigned int vocab, int* perm, int* sid) {
+    __shared__ int keys[GG_BLOCK];
+    __shared__ unsigned int lo[GG_BLOCK], hi[GG_BLOCK];
     const unsigned long long u64 = (unsigned long long)blockIdx.x * GG_BLOCK + threadIdx.x;
-    if (u64 >= Q) return;
     const unsigned int u = (unsigned int)u64;
-    unsigned int s, e;
-    if (!segment_of(seg_offsets, seg_len, u, V, Q, &s, &e)) return;
-    const int key = sort_key(qids, qmask, u, vocab);
-    unsigned int rank = 0;
-    for (unsigned int w = s; w < e; ++w) {
-        const int kw = sort_key(qids, qmask, w, vocab);
-        rank += (kw < key || (kw == key && w < u)) ? 1u : 0u;
+    unsigned int s = 0, e = 0;
+    const bool mine = u64 < Q && segment_of(seg_offsets, seg_len, u, V, Q, &s, &e);
+    const int key = mine ? sort_key(qids, qmask, u, vocab) : 0;
+    // The union [lo, hi) of this block's rows' segments (fixed tree: min / max are exact).
+    lo[threadIdx.x] = mine ? s : 0xffffffffu;
+    hi[threadIdx.x] = mine ? e : 0u;
+    __syncthreads();
+    for (unsigned int h = GG_BLOCK / 2; h > 0; h >>= 1) {
+        if (threadIdx.x < h) {
+            lo[threadIdx.x] = min(lo[threadIdx.x], lo[threadIdx.x + h]);
+            hi[threadIdx.x] = max(hi[threadIdx.x], hi[threadIdx.x + h]);
+        }
+        __syncthreads();
     }
-    perm[s + rank] = (int)u;
-    sid[s + rank] = key;
+    const unsigned int blo = lo[0], bhi = hi[0];
+    unsigned int rank = 0;
+    for (unsigned int t0 = blo; t0 < bhi; t0 += GG_BLOCK) {
+        __syncthreads();  // the previous tile has been read
+        const unsigned int w = t0 + threadIdx.x;
+        keys[threadIdx.x] = w < bhi ? sort_key(qids, qmask, w, vocab) : 0;
+        __syncthreads();
+        if (mine && e > t0 && s < t0 + GG_BLOCK) {  // this tile overlaps the row's segment
+            const unsigned int jb = s > t0 ? s - t0 : 0u;
+            const unsigned int je = min(e, min(bhi, t0 + GG_BLOCK)) - t0;
+            for (unsigned int j = jb; j < je; ++j) {
+                const int kw = keys[j];
+                rank += (kw < key || (kw == key && t0 + j < u)) ? 1u : 0u;
+            }
+        }
+    }
+    if (mine) {
+        perm[s + rank] = (int)u;
+        sid[s + rank] = key;
+    }
 }
 
 template <typename Elem>

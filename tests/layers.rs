@@ -578,7 +578,7 @@ mod gpu {
         }
     }
 
-    fn check_gpu(m: &ModelData, forms: ModelForms, seed: u64, sched: u64) {
+    pub(super) fn check_gpu(m: &ModelData, forms: ModelForms, seed: u64, sched: u64) {
         let rt = runtime(sched);
         let ctx = Context::with_runtime(rt.clone());
         let dev = upload_model(&rt, m);
@@ -872,6 +872,32 @@ fn convolution_through_unfolded_patches() {
 /// CPU backends and the interpreter equal the explicit gradients; nothing of size `vocab·d` is
 /// needed by the fast path or the kernels (the interpreter's workspace would show it: it is
 /// checked to stay below the size of the query).
+/// Query segments longer than a 256-row block and blocks straddling several segments (the GPU
+/// sort of the scatter/gather form reads each block's segments in 256-key tiles): ragged
+/// offsets with an empty segment, one segment of all rows, and uniform segments; repeated ids,
+/// masked rows holding NaN. Every backend and both embedding forms against explicit gradients.
+#[test]
+fn long_query_segments_of_an_embedding() {
+    let mut r = rng(41);
+    let pool: Vec<i32> = vec![3, 3, 9, 17, 0, 9, 21];
+    let kind = LayerKind::Embedding { vocab: 24, d: 5 };
+    let q = 700usize;
+    for (v, offsets) in [(5usize, vec![0, 5, 305, 305, 306, 700]), (1, vec![0, 700]), (3, vec![0, 300, 600, 700])] {
+        let mut u = UseData::random(&mut r, 0, kind, 2, v, DType::F32, true, &pool);
+        u.query = side(&mut r, &kind, q, DType::F32, true, &pool);
+        u.offsets = offsets;
+        let m = ModelData { n: 2, v, uses: vec![u] };
+        for forms in embedding_forms() {
+            check_all(&Context::cpu(), &m, forms, 5);
+        }
+        check_all(&Context::cpu_reference(), &m, ModelForms::default(), 5);
+        #[cfg(feature = "interp")]
+        for forms in embedding_forms() {
+            gpu::check_gpu(&m, forms, 5, v as u64);
+        }
+    }
+}
+
 #[test]
 fn large_vocabulary_embedding() {
     let mut r = rng(31);

@@ -525,7 +525,8 @@ impl Context {
             _ => (nt * q, vseg),
         };
         let gram = 2.0 * d * pairs;
-        // Scatter/gather: sort (GPU: a rank per row, O(Q·Q_v); CPU: O(Q log Q)), the table, one
+        // Scatter/gather: sort (GPU: a rank per row, O(Q·Q_v) comparisons from shared-memory tiles of
+        // the segment's keys; CPU: O(Q log Q)), the table, one
         // binary search and one d-long dot per (train token, segment).
         let sort = match self.backend {
             Backend::Gpu(_) => q * qv,

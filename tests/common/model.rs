@@ -69,7 +69,8 @@ fn b_width(k: &LayerKind) -> usize {
 
 /// Random side data; ids come from a small pool so they repeat within and across samples.
 /// Masked rows of float buffers are filled with NaN (they must be skipped, not multiplied by 0).
-fn side(rng: &mut TestRng, kind: &LayerKind, rows: usize, dtype: DType, masked: bool, pool: &[i32]) -> SideData {
+/// Random factors of `rows` rows of one use (ids from `pool` for an embedding); masked rows hold NaN.
+pub fn side(rng: &mut TestRng, kind: &LayerKind, rows: usize, dtype: DType, masked: bool, pool: &[i32]) -> SideData {
     let mask = masked.then(|| random_mask(rng, rows, 0.3));
     let x = match kind {
         LayerKind::Embedding { .. } => XBuf::Ids((0..rows).map(|_| pool[rng.random_range(0..pool.len())]).collect()),
