@@ -536,16 +536,8 @@ fn auto_blocking_groups_steps_up_to_the_row_target() {
 #[cfg(feature = "interp")]
 mod interp {
     use super::*;
-    use ghostgrad::runtime::interp::InterpRuntime;
+    use common::model_dev::runtime;
     use ghostgrad::DType;
-    use ptx_interp::Options;
-    use std::sync::Arc;
-
-    fn runtime(seed: u64) -> Arc<InterpRuntime> {
-        let rt = InterpRuntime::new().expect("interpreter runtime (kernels must be built)");
-        rt.set_options(Options { schedule_seed: seed, ..Options::default() }).unwrap();
-        Arc::new(rt)
-    }
 
     fn run_interp_seeded(sched: u64, c: &Case, inp: &Inputs, blocking: Blocking) -> (Vec<f32>, Vec<f32>) {
         let rt = runtime(sched);

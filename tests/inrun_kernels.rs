@@ -13,6 +13,7 @@ use std::sync::Arc;
 use common::*;
 use ghostgrad::inrun::reference_ghg;
 use ghostgrad::runtime::interp::{InterpBuffer, InterpRuntime};
+use common::model_dev::up_buf;
 use ghostgrad::{
     Accumulate, Context, DType, Form, FormRequest, GhgLayer, GhostError, LayerShape, Tensor, TensorMut, TrainFactors,
 };
@@ -67,15 +68,6 @@ impl LayerData {
     }
 }
 
-fn upload(rt: &InterpRuntime, b: &Buf) -> InterpBuffer {
-    match b {
-        Buf::F32(v) => rt.upload(v, DType::F32),
-        Buf::BF16(v) => rt.upload(v, DType::BF16),
-        Buf::F16(v) => rt.upload(v, DType::F16),
-    }
-    .unwrap()
-}
-
 /// Device copies of one layer.
 struct DevLayer {
     shape: LayerShape,
@@ -95,7 +87,7 @@ impl DevLayer {
             n: l.train.n as u64,
             t: l.train.t as u64,
             t_v: l.t_v as u64,
-            bufs: [&l.train.a, &l.train.b, &l.a_val, &l.b_val, &l.a_dot, &l.b_dot].map(|b| upload(rt, b)),
+            bufs: [&l.train.a, &l.train.b, &l.a_val, &l.b_val, &l.a_dot, &l.b_dot].map(|b| up_buf(rt, b)),
             mask: u8s(&l.train.mask),
             val_mask: u8s(&l.val_mask),
         }
@@ -208,7 +200,7 @@ fn ghg_runs_two_passes_per_layer_after_forming_the_combined_queries() {
 /// `ghg_query_<dt>` launched directly with `count_b`, `count_a`: comb and (when widening) a_f32.
 fn run_ghg_query(rt: &InterpRuntime, dtype: DType, b_val: &Buf, b_dot: &Buf, a_val: &Buf, widen: bool, w: (f32, f32)) -> (Vec<f32>, Vec<f32>) {
     use ghostgrad::runtime::{KernelArg, KernelRuntime, LaunchPlan};
-    let (db, dd, da) = (upload(rt, b_val), upload(rt, b_dot), upload(rt, a_val));
+    let (db, dd, da) = (up_buf(rt, b_val), up_buf(rt, b_dot), up_buf(rt, a_val));
     let comb = rt.alloc_f32(b_val.len() as u64, f32::NAN).unwrap();
     let a_f32 = rt.alloc_f32(a_val.len() as u64, f32::NAN).unwrap();
     let blocks = b_val.len().max(if widen { a_val.len() } else { 0 }).div_ceil(256) as u32;
