@@ -453,8 +453,32 @@ fn an_f32_query_beside_bf16_training_factors_stays_an_error_of_the_public_calls(
 mod gpu {
     use super::*;
     use common::model_dev::*;
-    use ghostgrad::runtime::interp::InterpBuffer;
+    use ghostgrad::runtime::interp::{InterpBuffer, InterpRuntime};
 
+    /// A [`GhgProblem`]'s factors on the interpreter.
+    struct DevGhg {
+        dev: Vec<DevUse>,
+        b_dot: Vec<InterpBuffer>,
+        x_dot: Vec<Option<InterpBuffer>>,
+    }
+
+    impl DevGhg {
+        fn upload(rt: &InterpRuntime, p: &GhgProblem) -> Self {
+            DevGhg {
+                dev: upload_model(rt, &p.m),
+                b_dot: p.b_dot.iter().map(|b| up_buf(rt, b)).collect(),
+                x_dot: p.x_dot.iter().map(|x| x.as_ref().map(|b| up_buf(rt, b))).collect(),
+            }
+        }
+
+        /// The device uses of `model_ghg`.
+        fn uses<'a>(&'a self, p: &GhgProblem) -> Vec<GhgUse<'a>> {
+            let uses = dev_uses(&p.m, &self.dev);
+            let b_dot: Vec<Tensor<'a>> = self.b_dot.iter().map(|b| b.view().into()).collect();
+            let x_dot: Vec<Option<Tensor<'a>>> = self.x_dot.iter().map(|x| x.as_ref().map(|b| b.view().into())).collect();
+            ghg_uses(&uses, &b_dot, &x_dot)
+        }
+    }
 
     #[test]
     fn model_ghg_on_the_interpreter_matches_explicit_gradients() {
@@ -462,13 +486,8 @@ mod gpu {
             let p = ghg_problem(seed, FLOAT_DTYPES[seed as usize % 3], seed % 2 == 0, seed % 3 != 0);
             let rt = runtime(seed);
             let ctx = Context::with_runtime(rt.clone());
-            let dev = upload_model(&rt, &p.m);
-            let uses = dev_uses(&p.m, &dev);
-            let db: Vec<InterpBuffer> = p.b_dot.iter().map(|b| up_buf(&rt, b)).collect();
-            let dx: Vec<Option<InterpBuffer>> = p.x_dot.iter().map(|x| x.as_ref().map(|b| up_buf(&rt, b))).collect();
-            let b_dot: Vec<Tensor<'_>> = db.iter().map(|b| b.view().into()).collect();
-            let x_dot: Vec<Option<Tensor<'_>>> = dx.iter().map(|x| x.as_ref().map(|b| b.view().into())).collect();
-            let gu = ghg_uses(&uses, &b_dot, &x_dot);
+            let dev = DevGhg::upload(&rt, &p);
+            let gu = dev.uses(&p);
             check_ghg(&ctx, &p, seed, &|old, acc, eta| {
                 let mut out = rt.upload(old, DType::F32).unwrap();
                 ctx.model_ghg(p.m.n as u64, &gu, eta, &mut out.view_mut().into(), acc, ModelForms::default())
@@ -483,13 +502,8 @@ mod gpu {
     fn run_ghg(p: &GhgProblem, sched: u64, eta: f32, forms: ModelForms) -> (Vec<f32>, Vec<String>) {
         let rt = runtime(sched);
         let ctx = Context::with_runtime(rt.clone());
-        let dev = upload_model(&rt, &p.m);
-        let uses = dev_uses(&p.m, &dev);
-        let db: Vec<InterpBuffer> = p.b_dot.iter().map(|b| up_buf(&rt, b)).collect();
-        let dx: Vec<Option<InterpBuffer>> = p.x_dot.iter().map(|x| x.as_ref().map(|b| up_buf(&rt, b))).collect();
-        let b_dot: Vec<Tensor<'_>> = db.iter().map(|b| b.view().into()).collect();
-        let x_dot: Vec<Option<Tensor<'_>>> = dx.iter().map(|x| x.as_ref().map(|b| b.view().into())).collect();
-        let gu = ghg_uses(&uses, &b_dot, &x_dot);
+        let dev = DevGhg::upload(&rt, p);
+        let gu = dev.uses(p);
         let mut out = rt.alloc_f32(p.m.n as u64, f32::NAN).unwrap();
         rt.take_records().unwrap();
         ctx.model_ghg(p.m.n as u64, &gu, eta, &mut out.view_mut().into(), Accumulate::overwrite(), forms)
