@@ -20,43 +20,12 @@
 #include <string.h>
 
 #include "ghostgrad.h"
-
-#define TOLERANCE 1e-5
+#include "example_util.h"
 
 /* Layer 1: d_in 5 -> d_out 6 with a bias; query segments given by offsets. */
 enum { N = 3, T = 4, D_IN = 5, D_OUT = 6, Q = 7, V = 3 };
 /* Layer 2 (same N and V): d_in 3 -> d_out 2, no bias; T2 tokens, uniform query segments. */
 enum { T2 = 2, D_IN2 = 3, D_OUT2 = 2, Q2 = 6, SEG2 = 2 };
-
-static uint64_t lcg_state = 0x9E3779B97F4A7C15ull;
-
-/* Uniform in [-1, 1): 24 random bits, exactly representable in float. */
-static float lcg_uniform(void) {
-    lcg_state = lcg_state * 6364136223846793005ull + 1442695040888963407ull;
-    return (float)((double)(lcg_state >> 40) / 16777216.0 * 2.0 - 1.0);
-}
-
-static void fill(float *x, size_t n) {
-    size_t i;
-    for (i = 0; i < n; i++) x[i] = lcg_uniform();
-}
-
-static gg_tensor tensor(const void *ptr, uint64_t len, gg_dtype dtype) {
-    gg_tensor t;
-    t.ptr = ptr;
-    t.len = len;
-    t.dtype = dtype;
-    return t;
-}
-
-static gg_tensor_mut tensor_mut(float *ptr, uint64_t len) {
-    gg_tensor_mut t;
-    t.ptr = ptr;
-    t.len = len;
-    return t;
-}
-
-static const gg_tensor ABSENT = {NULL, 0, 0};
 
 /* One layer's data and its naive per-sample gradients. */
 typedef struct {
@@ -101,35 +70,6 @@ static double frobenius(const double *x, const double *y, size_t len) {
     size_t i;
     for (i = 0; i < len; i++) s += x[i] * y[i];
     return s;
-}
-
-/* max |got - want| / max |want|; prints and returns nonzero when above the tolerance. */
-static int check(const char *what, const float *got, const double *want, size_t len) {
-    double max_err = 0.0, max_ref = 0.0;
-    size_t i, worst = 0;
-    for (i = 0; i < len; i++) {
-        double err = fabs((double)got[i] - want[i]);
-        if (err > max_err) {
-            max_err = err;
-            worst = i;
-        }
-        if (fabs(want[i]) > max_ref) max_ref = fabs(want[i]);
-    }
-    {
-        double rel = max_ref > 0.0 ? max_err / max_ref : max_err;
-        int bad = !(rel < TOLERANCE);
-        printf("%-44s relative error %.2e%s\n", what, rel, bad ? "  FAILED" : "");
-        if (bad)
-            printf("    worst index %lu: got %.9g, expected %.9g\n", (unsigned long)worst, (double)got[worst],
-                   want[worst]);
-        return bad;
-    }
-}
-
-static int status_ok(const char *call, gg_status st) {
-    if (st == GG_STATUS_OK) return 1;
-    fprintf(stderr, "%s failed: %s: %s\n", call, gg_status_name(st), gg_last_error_message());
-    return 0;
 }
 
 int main(void) {

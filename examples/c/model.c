@@ -28,62 +28,9 @@
 #include <string.h>
 
 #include "ghostgrad.h"
-
-#define TOLERANCE 1e-5
+#include "example_util.h"
 
 enum { N = 3, T = 4, ROWS = N * T, V = 7, D = 4, K_O = 3, K_I = 2, KW = K_O * K_I, KN = 2 * 2, P = V * D + 2 * D };
-
-static uint64_t lcg_state = 0x9E3779B97F4A7C15ull;
-
-/* Uniform in [-1, 1): 24 random bits, exactly representable in float. */
-static float lcg_uniform(void) {
-    lcg_state = lcg_state * 6364136223846793005ull + 1442695040888963407ull;
-    return (float)((double)(lcg_state >> 40) / 16777216.0 * 2.0 - 1.0);
-}
-
-static void fill(float *x, size_t n) {
-    size_t i;
-    for (i = 0; i < n; i++) x[i] = lcg_uniform();
-}
-
-static gg_tensor tensor(const void *ptr, uint64_t len, gg_dtype dtype) {
-    gg_tensor t;
-    t.ptr = ptr;
-    t.len = len;
-    t.dtype = dtype;
-    return t;
-}
-
-static gg_tensor_mut tensor_mut(float *ptr, uint64_t len) {
-    gg_tensor_mut t;
-    t.ptr = ptr;
-    t.len = len;
-    return t;
-}
-
-static const gg_tensor ABSENT = {NULL, 0, 0};
-
-/* max |got - want| / max |want|; prints and returns nonzero when above the tolerance. */
-static int check(const char *what, const float *got, const double *want, size_t len) {
-    double max_err = 0.0, max_ref = 0.0, rel;
-    size_t i;
-    int bad;
-    for (i = 0; i < len; i++) {
-        double err = fabs((double)got[i] - want[i]);
-        if (err > max_err) max_err = err;
-        if (fabs(want[i]) > max_ref) max_ref = fabs(want[i]);
-    }
-    rel = max_ref > 0.0 ? max_err / max_ref : max_err;
-    bad = !(rel < TOLERANCE) || max_ref == 0.0;
-    printf("%-44s relative error %.2e%s\n", what, rel, bad ? "  FAILED" : "");
-    return bad;
-}
-
-static int status_ok(const char *call, gg_status st) {
-    if (st == GG_STATUS_OK) return 1;
-    fprintf(stderr, "%s failed: %s: %s\n", call, gg_status_name(st), gg_last_error_message());
-    return 0;
-}
 
 static gg_layer_use use_of(uint32_t param, gg_layer_kind kind, gg_tensor x, gg_tensor b, const uint8_t *mask) {
     gg_layer_use u;

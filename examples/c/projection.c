@@ -21,41 +21,10 @@
 #include <string.h>
 
 #include "ghostgrad.h"
-
-#define TOLERANCE 1e-5
+#include "example_util.h"
 
 /* Train: N samples of T tokens; test: NT samples. Layer d_in 5 -> d_out 6 with a bias. */
 enum { N = 4, NT = 2, T = 5, D_IN = 5, D_OUT = 6, DI = D_IN + 1, K_I = 3, K_O = 2, K = K_I * K_O };
-
-static uint64_t lcg_state = 0x2545F4914F6CDD1Dull;
-
-/* Uniform in [-1, 1): 24 random bits, exactly representable in float. */
-static float lcg_uniform(void) {
-    lcg_state = lcg_state * 6364136223846793005ull + 1442695040888963407ull;
-    return (float)((double)(lcg_state >> 40) / 16777216.0 * 2.0 - 1.0);
-}
-
-static void fill(float *x, size_t n) {
-    size_t i;
-    for (i = 0; i < n; i++) x[i] = lcg_uniform();
-}
-
-static gg_tensor tensor(const void *ptr, uint64_t len, gg_dtype dtype) {
-    gg_tensor t;
-    t.ptr = ptr;
-    t.len = len;
-    t.dtype = dtype;
-    return t;
-}
-
-static gg_tensor_mut tensor_mut(float *ptr, uint64_t len) {
-    gg_tensor_mut t;
-    t.ptr = ptr;
-    t.len = len;
-    return t;
-}
-
-static const gg_tensor ABSENT = {NULL, 0, 0};
 
 /* Naive projected gradients of `n` samples: ghat [n, K_O*K_I] in double, from
  * G = sum_t b a~^T (a~ = a with a trailing 1), then P_o G P_i^T. */
@@ -85,28 +54,6 @@ static void naive_project(size_t n, const float *a, const float *b, const uint8_
                 ghat[s * K + r * K_I + i] = acc;
             }
     }
-}
-
-/* max |got - want| / max |want|; prints and returns nonzero when above the tolerance. */
-static int check(const char *what, const float *got, const double *want, size_t len) {
-    double max_err = 0.0, max_ref = 0.0, rel;
-    size_t i;
-    int bad;
-    for (i = 0; i < len; i++) {
-        double err = fabs((double)got[i] - want[i]);
-        if (err > max_err) max_err = err;
-        if (fabs(want[i]) > max_ref) max_ref = fabs(want[i]);
-    }
-    rel = max_ref > 0.0 ? max_err / max_ref : max_err;
-    bad = !(rel < TOLERANCE) || max_ref == 0.0;
-    printf("%-44s relative error %.2e%s\n", what, rel, bad ? "  FAILED" : "");
-    return bad;
-}
-
-static int status_ok(const char *call, gg_status st) {
-    if (st == GG_STATUS_OK) return 1;
-    fprintf(stderr, "%s failed: %s: %s\n", call, gg_status_name(st), gg_last_error_message());
-    return 0;
 }
 
 int main(void) {
