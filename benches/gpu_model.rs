@@ -251,6 +251,20 @@ fn projection_ops(m: &Model, s: &ProjShape) -> Vec<OpRun> {
             ctx.kfac_covariances(layer, &mut c_a.view_mut().into(), &mut c_b.view_mut().into(), Accumulate::overwrite()).unwrap();
         },
     ));
+    // k > 64: each token projected once (project_rows), then syrk over the projected rows,
+    // instead of the fused kernel's (k/64)² tile projections.
+    let k2 = 128u64;
+    let k2f = k2 as f64;
+    let (mut c_a2, mut c_b2) = (m.rt.alloc_f32(k2 * k2, 0.0).unwrap(), m.rt.alloc_f32(k2 * k2, 0.0).unwrap());
+    ops.push(m.run(
+        format!("kfac_covariances (k_i=k_o={k2}: project_rows + syrk)"),
+        2.0 * n * t * (di * k2f + dout * k2f + 2.0 * k2f * k2f),
+        2.0 * n * t * (di + dout) + 8.0 * k2f * k2f,
+        |ctx| {
+            let layer = ghostgrad::ProjectLayer { shape, train, proj: ProjectionSpec { k_i: k2, k_o: k2, ..spec } };
+            ctx.kfac_covariances(layer, &mut c_a2.view_mut().into(), &mut c_b2.view_mut().into(), Accumulate::overwrite()).unwrap();
+        },
+    ));
     ops.push(m.run(
         format!("kfac_covariances (embedding V={vocab})"),
         2.0 * n * t * (dout * ko + ki * ki + ko * ko),

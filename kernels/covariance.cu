@@ -29,6 +29,16 @@
 //   projected tokens exist only in shared memory: [rows, k] is never materialized.
 //   Shared memory: Xs 4224 + Ps 8448 + PI 8192 + PJ 8192 + keep 32 = 29088 bytes.
 //
+// project_rows_{f32,bf16,f16}(const Elem* X, const unsigned char* mask, const float* P,
+//                             unsigned long long key, float scale, float* out, unsigned rows,
+//                             unsigned width, unsigned k, unsigned flags)
+//   out[r*k + i] = mask[r] ? (P x_r)[i] : 0, x_r and P as for kfac_cov (flags bit0 bias, bit1
+//   random, bit2 Rademacher). The first half of the K-FAC factor for k > 64, where kfac_cov
+//   would project every token tile once per pair of 64-row tiles of P: here each token is
+//   projected once into a workspace scratch [rows, k], then syrk_partial_f32 forms Σ y yᵀ. Same
+//   kp_project_tile as kfac_cov (same bits per projected entry). Launch grid =
+//   (ceil(rows/32), ceil(k/64), 1); Xs, Ps, Y[32][64], keep: 20 896 bytes of shared memory.
+//
 // kfac_cov_ids_f32(const int* ids, const unsigned char* mask, const float* P,
 //                  unsigned long long key, float scale, float* partial, unsigned rows,
 //                  unsigned vocab, unsigned k, unsigned tokens_per_split, unsigned flags)
@@ -200,6 +210,50 @@ __device__ __forceinline__ void kfac_cov_impl(const AIn* __restrict__ X,
 GG_KFAC_INSTANTIATE(f32, float)
 GG_KFAC_INSTANTIATE(bf16, __nv_bfloat16)
 GG_KFAC_INSTANTIATE(f16, __half)
+
+// Y[t][j] of a 32-token tile into out[(t0 + t)*k + r0 + j] (0 for masked tokens).
+template <typename Elem>
+__device__ __forceinline__ void project_rows_impl(const Elem* __restrict__ X,
+                                                  const unsigned char* __restrict__ mask,
+                                                  const float* __restrict__ P,
+                                                  unsigned long long key, float scale,
+                                                  float* __restrict__ out, unsigned int rows,
+                                                  unsigned int width, unsigned int k,
+                                                  unsigned int flags) {
+    static_assert(KP_TT * KP_DC == 4 * GG_BLOCK && KP_KT * KP_DC == 8 * GG_BLOCK, "loader shape");
+    __shared__ float Xs[KP_TT][KP_DC + 1];
+    __shared__ float Ps[KP_KT][KP_DC + 1];
+    __shared__ __align__(16) float Y[KP_TT][KP_KT];
+    __shared__ unsigned char keep[KP_TT];
+    const unsigned int t0 = blockIdx.x * KP_TT, r0 = blockIdx.y * KP_KT;
+    if (threadIdx.x < KP_TT) {
+        const unsigned int t = t0 + threadIdx.x;
+        keep[threadIdx.x] = (t < rows && keep_row(mask, t)) ? 1 : 0;
+    }
+    __syncthreads();
+    kp_project_tile<Elem>(X, width, (flags & GG_FLAG_BIAS) != 0u, t0, keep, P, key, scale, flags,
+                          r0, k, Xs, Ps, Y);
+    __syncthreads();
+#pragma unroll
+    for (int m = 0; m < (KP_TT * KP_KT) / GG_BLOCK; ++m) {
+        const unsigned int idx = threadIdx.x + GG_BLOCK * m;
+        const unsigned int t = idx >> 6, j = idx & 63u;
+        if (t0 + t < rows && r0 + j < k)
+            out[(size_t)(t0 + t) * k + r0 + j] = keep[t] ? Y[t][j] : 0.0f;
+    }
+}
+
+#define GG_PROJECT_ROWS_INSTANTIATE(SUFFIX, ELEM)                                                  \
+    extern "C" __global__ void GG_LAUNCH_BOUNDS project_rows_##SUFFIX(                             \
+        const ELEM* __restrict__ X, const unsigned char* __restrict__ mask,                        \
+        const float* __restrict__ P, unsigned long long key, float scale, float* out,              \
+        unsigned int rows, unsigned int width, unsigned int k, unsigned int flags) {               \
+        project_rows_impl<ELEM>(X, mask, P, key, scale, out, rows, width, k, flags);               \
+    }
+
+GG_PROJECT_ROWS_INSTANTIATE(f32, float)
+GG_PROJECT_ROWS_INSTANTIATE(bf16, __nv_bfloat16)
+GG_PROJECT_ROWS_INSTANTIATE(f16, __half)
 
 extern "C" __global__ void GG_LAUNCH_BOUNDS
     kfac_cov_ids_f32(const int* __restrict__ ids, const unsigned char* __restrict__ mask,

@@ -87,10 +87,14 @@ impl Context {
     /// [`EmbeddingLayer`](super::EmbeddingLayer)) and
     /// `c_b = beta·c_b + scale·Σ_{n,t} (P_o b_{n,t})(P_o b_{n,t})ᵀ` (f32 `[k_o, k_o]`), both
     /// written in full, exactly symmetric. The projections are computed on the fly (in-kernel
-    /// for random `P`): the `[N·T, k]` projected tokens are never materialized. Embedding ids
-    /// follow [`kron_project_embedding`](Self::kron_project_embedding): out of range is an error
-    /// on the CPU, NaN in `c_a` on a GPU. On a GPU: `kfac_cov_<dt>` (or `kfac_cov_ids_f32`) for
-    /// each side + two fixed-order finalizes.
+    /// for random `P`). Embedding ids follow
+    /// [`kron_project_embedding`](Self::kron_project_embedding): out of range is an error on the
+    /// CPU, NaN in `c_a` on a GPU. On a GPU, per side: for `k ≤ 64` (and for embedding ids) one
+    /// fused `kfac_cov_<dt>` / `kfac_cov_ids_f32`, the projected tokens never leaving shared
+    /// memory; for a dense side with `k > 64`, where the fused kernel would project every token
+    /// once per pair of 64-row tiles of `P`, `project_rows_<dt>` projects each token once into
+    /// the workspace (`N·T·k` f32; stream large batches with `beta = 1`) and `syrk_partial_f32`
+    /// forms the factor. Then one fixed-order finalize per side.
     pub fn kfac_covariances<'a>(&self, layer: impl Into<ProjectInput<'a>>, c_a: &mut TensorMut<'_>, c_b: &mut TensorMut<'_>, acc: Accumulate) -> Result<()> {
         const OP: &str = "kfac_covariances";
         let layer = layer.into();
@@ -134,11 +138,15 @@ impl Context {
                 let (ca, cb) = (c_a.device("c_a")?.ptr(), c_b.device("c_b")?.ptr());
                 run_with_workspace(rt.as_ref(), |ws| {
                     let mut carve = Carve::default();
-                    let (pa, part_a, sa) = gpu::kfac_cov_plan(&a_side, ws, &mut carve)?;
-                    let (pb, part_b, sb) = gpu::kfac_cov_plan(&b_side, ws, &mut carve)?;
-                    let fa = finalize_plan(part_a, ca, kii, sa, acc)?;
-                    let fb = finalize_plan(part_b, cb, koo, sb, acc)?;
-                    Ok((vec![pa, pb, fa, fb], carve.bytes))
+                    let (mut plans, mut finals) = (Vec::new(), Vec::new());
+                    for (side, out, kk) in [(&a_side, ca, kii), (&b_side, cb, koo)] {
+                        let s = gpu::cov_side_splits(side)?;
+                        let partial = ws + carve.take(v::mul("covariance partial bytes", v::mul("splits*k*k", s, kk)?, 4)?)?;
+                        plans.extend(gpu::cov_side_plans(side, partial, ws, &mut carve)?);
+                        finals.push(finalize_plan(partial, out, kk, s, acc)?);
+                    }
+                    plans.extend(finals);
+                    Ok((plans, carve.bytes))
                 })
             }
             backend => {

@@ -195,32 +195,40 @@ fn reduction_split(count: u64, tiles: u64, min_per_split: u64) -> (u64, u64) {
 }
 
 /// `syrk_partial_f32`: `partial[s][k×k] = Σ_{rows of split s} x xᵀ` of rows `x_r =
-/// X[r·ld + offset ..][..k]`. Returns the plan and the split count.
-/// Its partial slots are carved from workspace base `ws`: returns (plan, partial, splits).
+/// X[r·ld + offset ..][..k]`. Its partial slots are carved from workspace base `ws`: returns
+/// (plan, partial, splits).
 pub(crate) fn syrk_plan(x: u64, rows: u64, k: u64, ld: u64, offset: u64, ws: u64, carve: &mut Carve) -> Result<(LaunchPlan, u64, u64)> {
+    let s = syrk_splits(rows, k)?;
+    let partial = ws + carve.take(product("fisher partials", &[s, k, k, 4])?)?;
+    Ok((syrk_plan_at(x, rows, k, ld, offset, partial)?, partial, s))
+}
+
+/// Row splits of `syrk_partial_f32` (a function of the shape only).
+pub(crate) fn syrk_splits(rows: u64, k: u64) -> Result<u64> {
+    let tiles = k.div_ceil(K_TILE);
+    Ok(token_split(rows, mul("tiles^2", tiles, tiles)?).0)
+}
+
+/// [`syrk_plan`] writing its `syrk_splits(rows, k)` slots at `partial`.
+pub(crate) fn syrk_plan_at(x: u64, rows: u64, k: u64, ld: u64, offset: u64, partial: u64) -> Result<LaunchPlan> {
     let tiles = k.div_ceil(K_TILE);
     let (s, rps) = token_split(rows, mul("tiles^2", tiles, tiles)?);
     let t = fits_i32("k tiles", tiles)?;
-    let partial = ws + carve.take(product("fisher partials", &[s, k, k, 4])?)?;
-    Ok((
-        LaunchPlan {
-            kernel: "syrk_partial_f32".into(),
-            grid: [t, t, fits_i32("row splits", s)?],
-            block: BLOCK,
-            shared_bytes: 0,
-            args: vec![
-                KernelArg::Ptr(x),
-                KernelArg::Ptr(partial),
-                KernelArg::U32(fits_i32("n", rows)?),
-                KernelArg::U32(fits_i32("k", k)?),
-                KernelArg::U64(ld),
-                KernelArg::U64(offset),
-                KernelArg::U32(fits_i32("rows per split", rps)?),
-            ],
-        },
-        partial,
-        s,
-    ))
+    Ok(LaunchPlan {
+        kernel: "syrk_partial_f32".into(),
+        grid: [t, t, fits_i32("row splits", s)?],
+        block: BLOCK,
+        shared_bytes: 0,
+        args: vec![
+            KernelArg::Ptr(x),
+            KernelArg::Ptr(partial),
+            KernelArg::U32(fits_i32("n", rows)?),
+            KernelArg::U32(fits_i32("k", k)?),
+            KernelArg::U64(ld),
+            KernelArg::U64(offset),
+            KernelArg::U32(fits_i32("rows per split", rps)?),
+        ],
+    })
 }
 
 /// One side of a K-FAC covariance: `Σ_{kept r} (P x_r)(P x_r)ᵀ` over `rows = N·T` tokens.
@@ -242,37 +250,78 @@ pub(crate) struct CovSide {
     pub k: u64,
 }
 
-/// `kfac_cov_<dt>` / `kfac_cov_ids_f32` plan writing `partial[s][k×k]`, carved from workspace
-/// base `ws`: returns (plan, partial, splits).
-pub(crate) fn kfac_cov_plan(c: &CovSide, ws: u64, carve: &mut Carve) -> Result<(LaunchPlan, u64, u64)> {
+/// Whether a side runs in two phases (`project_rows` + `syrk_partial`): dense rows with
+/// `k > 64`, where the fused `kfac_cov` would project every token tile once per pair of 64-row
+/// tiles of `P` (`(k/64)²` projections instead of `k/64`). Embedding ids are a gather: fused.
+fn cov_two_phase(c: &CovSide) -> bool {
+    !c.ids && c.k > K_TILE
+}
+
+/// Partial slots of one covariance side (a function of the shape only).
+pub(crate) fn cov_side_splits(c: &CovSide) -> Result<u64> {
+    if !cov_two_phase(c) {
+        let tiles = c.k.div_ceil(K_TILE);
+        return Ok(token_split(c.rows, mul("tiles^2", tiles, tiles)?).0);
+    }
+    syrk_splits(c.rows, c.k)
+}
+
+/// Plans of one covariance side writing its `cov_side_splits(c)` slots of `[k, k]` at `partial`
+/// (to be summed by one finalize); the two-phase form's scratch (`rows·k` f32) is carved from
+/// `carve`.
+pub(crate) fn cov_side_plans(c: &CovSide, partial: u64, ws: u64, carve: &mut Carve) -> Result<Vec<LaunchPlan>> {
+    if !cov_two_phase(c) {
+        return Ok(vec![kfac_cov_plan_at(c, partial)?]);
+    }
+    // The projected tokens [rows, k] f32 live in the workspace for the call (callers bound it by
+    // streaming batches with `beta = 1`).
+    let scratch = ws + carve.take(product("projected rows", &[c.rows, c.k, 4])?)?;
+    let project = LaunchPlan {
+        kernel: format!("project_rows_{}", c.dtype.kernel_suffix()),
+        grid: [fits_i32("token tiles", c.rows.div_ceil(32))?, fits_i32("k tiles", c.k.div_ceil(K_TILE))?, 1],
+        block: BLOCK,
+        shared_bytes: 0,
+        args: vec![
+            KernelArg::Ptr(c.x),
+            KernelArg::Ptr(c.mask),
+            KernelArg::Ptr(c.p),
+            KernelArg::U64(c.key),
+            KernelArg::F32(c.scale),
+            KernelArg::Ptr(scratch),
+            KernelArg::U32(fits_i32("rows", c.rows)?),
+            KernelArg::U32(fits_i32("width", c.width)?),
+            KernelArg::U32(fits_i32("k", c.k)?),
+            KernelArg::U32(c.flags),
+        ],
+    };
+    Ok(vec![project, syrk_plan_at(scratch, c.rows, c.k, c.k, 0, partial)?])
+}
+
+/// The fused `kfac_cov_<dt>` / `kfac_cov_ids_f32` plan writing its slots at `partial`.
+fn kfac_cov_plan_at(c: &CovSide, partial: u64) -> Result<LaunchPlan> {
     let tiles = c.k.div_ceil(K_TILE);
     let (s, tps) = token_split(c.rows, mul("tiles^2", tiles, tiles)?);
-    let partial = ws + carve.take(product("covariance partials", &[s, c.k, c.k, 4])?)?;
     let t = fits_i32("k tiles", tiles)?;
     let kernel = if c.ids { "kfac_cov_ids_f32".to_string() } else { format!("kfac_cov_{}", c.dtype.kernel_suffix()) };
-    Ok((
-        LaunchPlan {
-            kernel,
-            grid: [t, t, fits_i32("token splits", s)?],
-            block: BLOCK,
-            shared_bytes: 0,
-            args: vec![
-                KernelArg::Ptr(c.x),
-                KernelArg::Ptr(c.mask),
-                KernelArg::Ptr(c.p),
-                KernelArg::U64(c.key),
-                KernelArg::F32(c.scale),
-                KernelArg::Ptr(partial),
-                KernelArg::U32(fits_i32("n*t", c.rows)?),
-                KernelArg::U32(fits_i32("width", c.width)?),
-                KernelArg::U32(fits_i32("k", c.k)?),
-                KernelArg::U32(fits_i32("tokens per split", tps)?),
-                KernelArg::U32(c.flags),
-            ],
-        },
-        partial,
-        s,
-    ))
+    Ok(LaunchPlan {
+        kernel,
+        grid: [t, t, fits_i32("token splits", s)?],
+        block: BLOCK,
+        shared_bytes: 0,
+        args: vec![
+            KernelArg::Ptr(c.x),
+            KernelArg::Ptr(c.mask),
+            KernelArg::Ptr(c.p),
+            KernelArg::U64(c.key),
+            KernelArg::F32(c.scale),
+            KernelArg::Ptr(partial),
+            KernelArg::U32(fits_i32("n*t", c.rows)?),
+            KernelArg::U32(fits_i32("width", c.width)?),
+            KernelArg::U32(fits_i32("k", c.k)?),
+            KernelArg::U32(fits_i32("tokens per split", tps)?),
+            KernelArg::U32(c.flags),
+        ],
+    })
 }
 
 /// `ekfac_partial_f32` plan: `partial[s][k_o×k_i] = Σ_{n in split s} (Q_Bᵀ Ĝ_n Q_A)^{⊙2}`;

@@ -402,8 +402,9 @@ impl Context {
     /// c_rows)` and apply to the parameter's block of `kron_project_model`'s rows. Norm
     /// parameters are not Kronecker-factored (a token's `γ`/`β` gradient is not one outer
     /// product): a typed error; precondition their few columns with the raw Fisher
-    /// ([`projected_fisher`](Context::projected_fisher)). On a GPU: one `kfac_cov_*` launch per
-    /// use side into consecutive partial slots and one fixed-order finalize per factor.
+    /// ([`projected_fisher`](Context::projected_fisher)). On a GPU: each use side as in
+    /// [`kfac_covariances`](Context::kfac_covariances) (fused, or `project_rows` + `syrk` for a
+    /// dense side with `k > 64`) into consecutive partial slots, one fixed-order finalize per factor.
     pub fn kfac_covariances_model(
         &self,
         n: u64,
@@ -482,18 +483,16 @@ impl Context {
                             let kk = mul("k*k", k, k)?;
                             let mut splits = Vec::with_capacity(sides.len());
                             for sd in &sides {
-                                splits.push(gpu::kfac_cov_plan(sd, 0, &mut Carve::default())?.2);
+                                splits.push(gpu::cov_side_splits(sd)?);
                             }
                             let slots = splits.iter().try_fold(0u64, |a, &s| v::add("partial slots", a, s))?;
-                            let region = carve.take(product("covariance partials", &[slots, kk, 4])?)?;
+                            let region = ws + carve.take(product("covariance partials", &[slots, kk, 4])?)?;
                             let mut at = region;
                             for (sd, &s) in sides.iter().zip(&splits) {
-                                let (plan, _, s2) = gpu::kfac_cov_plan(sd, ws, &mut Carve { bytes: at })?;
-                                debug_assert_eq!(s, s2);
-                                plans.push(plan);
+                                plans.extend(gpu::cov_side_plans(sd, at, ws, &mut carve)?);
                                 at += product("partial bytes", &[s, kk, 4])?;
                             }
-                            plans.push(crate::ghost_dot::gpu::finalize_plan(ws + region, out, kk, slots, acc)?);
+                            plans.push(crate::ghost_dot::gpu::finalize_plan(region, out, kk, slots, acc)?);
                         }
                     }
                     Ok((plans, carve.bytes))
