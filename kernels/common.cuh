@@ -9,6 +9,9 @@
 //   shuffles with a full mask and barriers): kernels never return early per thread.
 // * `segment_rows(...)`: the query-row range of segment / batch item v (see ghost_gram.cu).
 // * `keep_row(mask, idx)`: nonzero mask byte = keep; a null mask keeps everything.
+// * `split_range(s, per_split, count, &b, &e)`: the items [b, e) that reduction split s owns
+//   when every split takes `per_split` of `count` items in order (0 = one split takes all):
+//   b = min(s·per, count), e = min(b + per, count); empty past the end.
 // * `gg_same_type<A, B>::value`: type equality, for `if constexpr` over element types.
 // * `gg_fma_row_4x4(x, y, tx, ty, c)`: one reduction step of a 64×64 register-tiled product:
 //   thread (ty, tx) updates its 4×4 tile c[a][b] = fmaf(x[4ty+a], y[4tx+b], c[a][b]) (a, b
@@ -108,4 +111,15 @@ __device__ __forceinline__ void gg_fma_row_4x4(const float* x, const float* y, u
     for (int a = 0; a < 4; ++a)
 #pragma unroll
         for (int b = 0; b < 4; ++b) c[a][b] = fmaf(xv[a], yv[b], c[a][b]);
+}
+
+__device__ __forceinline__ void split_range(unsigned long long s, unsigned long long per_split,
+                                            unsigned long long count, unsigned long long* b,
+                                            unsigned long long* e) {
+    const unsigned long long per = per_split ? per_split : count;
+    unsigned long long lo = s * per, hi = lo + per;
+    if (hi > count) hi = count;
+    if (lo > hi) lo = hi;
+    *b = lo;
+    *e = hi;
 }

@@ -75,11 +75,8 @@ extern "C" __global__ void GG_LAUNCH_BOUNDS
     const unsigned int bj = blockIdx.x, bi = blockIdx.y, s = blockIdx.z;
     if (bi > bj) return;  // uniform over the block: the mirror tile is written by (bj, bi)
     const unsigned int i0 = bi * CV_T, j0 = bj * CV_T;
-    const unsigned long long rps = rows_per_split ? rows_per_split : rows;
-    unsigned long long rb = (unsigned long long)s * rps;
-    unsigned long long re = rb + rps;
-    if (re > rows) re = rows;
-    if (rb > re) rb = re;
+    unsigned long long rb, re;
+    split_range(s, rows_per_split, rows, &rb, &re);
     const unsigned int tx = threadIdx.x & 15u, ty = threadIdx.x >> 4;
     float c[4][4];
 #pragma unroll
@@ -141,11 +138,8 @@ __device__ __forceinline__ void kfac_cov_impl(const AIn* __restrict__ X,
     if (bi > bj) return;  // uniform over the block
     const unsigned int i0 = bi * KP_KT, j0 = bj * KP_KT;
     const bool ones = (flags & GG_FLAG_BIAS) != 0u;
-    const unsigned long long tps = tokens_per_split ? tokens_per_split : rows;
-    unsigned long long tb = (unsigned long long)s * tps;
-    unsigned long long te = tb + tps;
-    if (te > rows) te = rows;
-    if (tb > te) tb = te;
+    unsigned long long tb, te;
+    split_range(s, tokens_per_split, rows, &tb, &te);
     const unsigned int t_begin = (unsigned int)tb, t_end = (unsigned int)te;
     const unsigned int tx = threadIdx.x & 15u, ty = threadIdx.x >> 4;
     float c[4][4];
@@ -275,11 +269,8 @@ extern "C" __global__ void GG_LAUNCH_BOUNDS
     __shared__ __align__(16) float Ws[CV_RC][CV_LD];
     __shared__ __align__(16) float Bs[CV_RC][CV_LD];
     const unsigned int i0 = blockIdx.x * CV_T, o0 = blockIdx.y * CV_T, s = blockIdx.z;
-    const unsigned long long sps = samples_per_split ? samples_per_split : N;
-    unsigned long long nb = (unsigned long long)s * sps;
-    unsigned long long ne = nb + sps;
-    if (ne > N) ne = N;
-    if (nb > ne) nb = ne;
+    unsigned long long nb, ne;
+    split_range(s, samples_per_split, N, &nb, &ne);
     const unsigned int tx = threadIdx.x & 15u, ty = threadIdx.x >> 4;
     float acc[4][4];
 #pragma unroll

@@ -110,11 +110,8 @@ __device__ __forceinline__ void cross_gram_impl(
     unsigned int u_begin, u_end;
     segment_rows(seg_offsets, seg_len, v, V, Q, &u_begin, &u_end);
 
-    const unsigned long long tps = tokens_per_split ? tokens_per_split : T;
-    unsigned long long tb = (unsigned long long)s * tps;
-    unsigned long long te = tb + tps;
-    if (te > T) te = T;
-    if (tb > te) tb = te;
+    unsigned long long tb, te;
+    split_range(s, tokens_per_split, T, &tb, &te);
     const unsigned int t_begin = (unsigned int)tb, t_end = (unsigned int)te;
 
     const unsigned int tx = threadIdx.x & 15u;
@@ -315,11 +312,8 @@ __device__ __forceinline__ void embed_gather_impl(
     unsigned int qs, qe;
     segment_rows(seg_offsets, seg_len, v, V, Q, &qs, &qe);
 
-    const unsigned long long tps = tokens_per_split ? tokens_per_split : T;
-    unsigned long long tb = (unsigned long long)blockIdx.y * tps;
-    unsigned long long te = tb + tps;
-    if (te > T) te = T;
-    if (tb > te) tb = te;
+    unsigned long long tb, te;
+    split_range(blockIdx.y, tokens_per_split, T, &tb, &te);
 
     const unsigned int lane = threadIdx.x & 31u;
     const unsigned int warp = threadIdx.x >> 5;

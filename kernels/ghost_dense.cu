@@ -68,11 +68,8 @@ __device__ __forceinline__ void ghost_dot_dense_impl(const Elem* __restrict__ A,
     const Elem* Bn = B + (size_t)n * T * d_out;
     const unsigned char* maskn = mask ? mask + (size_t)n * T : nullptr;
 
-    const unsigned long long tps = tokens_per_split ? tokens_per_split : T;
-    unsigned long long tb = (unsigned long long)s * tps;
-    unsigned long long te = tb + tps;
-    if (te > T) te = T;
-    if (tb > te) tb = te;
+    unsigned long long tb, te;
+    split_range(s, tokens_per_split, T, &tb, &te);
     const unsigned int t_begin = (unsigned int)tb, t_end = (unsigned int)te;
 
     const unsigned int tx = threadIdx.x & 15u;

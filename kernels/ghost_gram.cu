@@ -92,11 +92,8 @@ __device__ __forceinline__ void ghost_dot_gram_impl(
         segment_rows(seg_offsets, seg_len, v, V, Q, &u_begin, &u_end);
     }
 
-    const unsigned long long tps = tokens_per_split ? tokens_per_split : T;
-    unsigned long long tb = (unsigned long long)s * tps;
-    unsigned long long te = tb + tps;
-    if (te > T) te = T;
-    if (tb > te) tb = te;
+    unsigned long long tb, te;
+    split_range(s, tokens_per_split, T, &tb, &te);
     const unsigned int t_begin = (unsigned int)tb, t_end = (unsigned int)te;
 
     const unsigned int tx = threadIdx.x & 15u;

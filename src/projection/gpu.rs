@@ -203,17 +203,23 @@ pub(crate) fn syrk_plan(x: u64, rows: u64, k: u64, ld: u64, offset: u64, ws: u64
     Ok((syrk_plan_at(x, rows, k, ld, offset, partial)?, partial, s))
 }
 
+/// `(splits, rows per split)` of a reduction over `rows` into a `k × k` result of 64×64 tiles —
+/// `syrk_partial_f32` and `kfac_cov_*` alike, so both forms of a K-FAC side have the same slots.
+/// A function of the shape only.
+fn square_split(rows: u64, k: u64) -> Result<(u64, u64)> {
+    let tiles = k.div_ceil(K_TILE);
+    Ok(token_split(rows, mul("tiles^2", tiles, tiles)?))
+}
+
 /// Row splits of `syrk_partial_f32` (a function of the shape only).
 pub(crate) fn syrk_splits(rows: u64, k: u64) -> Result<u64> {
-    let tiles = k.div_ceil(K_TILE);
-    Ok(token_split(rows, mul("tiles^2", tiles, tiles)?).0)
+    Ok(square_split(rows, k)?.0)
 }
 
 /// [`syrk_plan`] writing its `syrk_splits(rows, k)` slots at `partial`.
 pub(crate) fn syrk_plan_at(x: u64, rows: u64, k: u64, ld: u64, offset: u64, partial: u64) -> Result<LaunchPlan> {
-    let tiles = k.div_ceil(K_TILE);
-    let (s, rps) = token_split(rows, mul("tiles^2", tiles, tiles)?);
-    let t = fits_i32("k tiles", tiles)?;
+    let (s, rps) = square_split(rows, k)?;
+    let t = fits_i32("k tiles", k.div_ceil(K_TILE))?;
     Ok(LaunchPlan {
         kernel: "syrk_partial_f32".into(),
         grid: [t, t, fits_i32("row splits", s)?],
@@ -257,12 +263,9 @@ fn cov_two_phase(c: &CovSide) -> bool {
     !c.ids && c.k > K_TILE
 }
 
-/// Partial slots of one covariance side (a function of the shape only).
+/// Partial slots of one covariance side (a function of the shape only; the fused and the
+/// two-phase forms split the tokens alike).
 pub(crate) fn cov_side_splits(c: &CovSide) -> Result<u64> {
-    if !cov_two_phase(c) {
-        let tiles = c.k.div_ceil(K_TILE);
-        return Ok(token_split(c.rows, mul("tiles^2", tiles, tiles)?).0);
-    }
     syrk_splits(c.rows, c.k)
 }
 
@@ -299,9 +302,8 @@ pub(crate) fn cov_side_plans(c: &CovSide, partial: u64, ws: u64, carve: &mut Car
 
 /// The fused `kfac_cov_<dt>` / `kfac_cov_ids_f32` plan writing its slots at `partial`.
 fn kfac_cov_plan_at(c: &CovSide, partial: u64) -> Result<LaunchPlan> {
-    let tiles = c.k.div_ceil(K_TILE);
-    let (s, tps) = token_split(c.rows, mul("tiles^2", tiles, tiles)?);
-    let t = fits_i32("k tiles", tiles)?;
+    let (s, tps) = square_split(c.rows, c.k)?;
+    let t = fits_i32("k tiles", c.k.div_ceil(K_TILE))?;
     let kernel = if c.ids { "kfac_cov_ids_f32".to_string() } else { format!("kfac_cov_{}", c.dtype.kernel_suffix()) };
     Ok(LaunchPlan {
         kernel,
