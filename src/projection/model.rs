@@ -38,15 +38,16 @@
 
 use super::cpu;
 use super::gpu::{self, GpuProjectLayer, FLAG_IOTA, FLAG_TRANSPOSE};
-use super::ops::{check_spec, gpu_projection, host_matrices};
-use super::{ColumnGroup, ProjectionSpec};
+use super::ops::{check_spec, gpu_layer, gpu_projection, host_kron, host_matrices};
+use super::{ColumnGroup, EmbeddingLayer, ProjectInput, ProjectLayer, ProjectionSpec, TokenFactors};
 use crate::buffer::TensorMut;
-use crate::context::{cpu_train, dev_ptr, host_u8, Backend, Context};
+use crate::context::{dev_ptr, host_u8, Backend, Context};
 use crate::dtype::DType;
 use crate::error::{GhostError, Result};
 use crate::ghost_dot::gpu::{run_with_workspace, Carve};
 use crate::ghost_dot::validate_ops::TrainDims;
 use crate::ghost_dot::{Accumulate, LayerShape, TrainFactors};
+use crate::layers::reference::add_use_grad;
 use crate::layers::{LayerKind, LayerUse, Mode, WeightLayout};
 use crate::runtime::LaunchPlan;
 use crate::validate::{self as v, mul, product};
@@ -78,16 +79,28 @@ fn transposed(kind: &LayerKind) -> bool {
     matches!(kind, LayerKind::Linear { layout: WeightLayout::InOut, .. } | LayerKind::Embedding { .. })
 }
 
-/// A matrix use as the projection kernels see it: `(LayerShape, k_i, k_o)` of its natural
-/// orientation (`d_in` = the vocabulary for an embedding).
-fn natural(kind: &LayerKind, proj: &ProjectionSpec<'_>) -> (LayerShape, u64, u64) {
-    let (k_i, k_o) = if transposed(kind) { (proj.k_o, proj.k_i) } else { (proj.k_i, proj.k_o) };
-    let shape = match *kind {
-        LayerKind::Linear { d_in, d_out, has_bias, .. } => LayerShape { d_in, d_out, has_bias },
-        LayerKind::Embedding { vocab, d } => LayerShape { d_in: vocab, d_out: d, has_bias: false },
+/// A matrix use as a layer of the projection kernels in its natural orientation (`d_in` = the
+/// vocabulary for an embedding): `(layer, dims, k_i, k_o)`, the sizes of `proj` swapped for a
+/// transposed use (the layer carries `proj` only to be a complete [`ProjectInput`]; the callers
+/// pass the matrices in the matching roles themselves).
+fn natural<'a>(use_: &LayerUse<'a>, n: u64, dtype: DType, proj: ProjectionSpec<'a>) -> (ProjectInput<'a>, TrainDims, u64, u64) {
+    let (k_i, k_o) = if transposed(&use_.kind) { (proj.k_o, proj.k_i) } else { (proj.k_i, proj.k_o) };
+    let tr = use_.train;
+    let (layer, shape) = match use_.kind {
+        LayerKind::Linear { d_in, d_out, has_bias, .. } => {
+            let shape = LayerShape { d_in, d_out, has_bias };
+            let train = TrainFactors { a: tr.x, b: tr.b, n, t: tr.t, mask: tr.mask };
+            (ProjectInput::Linear(ProjectLayer { shape, train, proj }), shape)
+        }
+        LayerKind::Embedding { vocab, d } => {
+            let shape = LayerShape { d_in: vocab, d_out: d, has_bias: false };
+            let train = TokenFactors { ids: tr.x, b: tr.b, n, t: tr.t, mask: tr.mask };
+            (ProjectInput::Embedding(EmbeddingLayer { shape, train, proj }), shape)
+        }
         LayerKind::Norm { .. } => unreachable!("norm uses are not matrix uses"),
     };
-    (shape, k_i, k_o)
+    let dims = TrainDims { n, t: tr.t, d_in: shape.d_in, d_out: shape.d_out, has_bias: shape.has_bias, dtype };
+    (layer, dims, k_i, k_o)
 }
 
 /// One validated parameter.
@@ -134,7 +147,7 @@ impl Context {
                 let reference = matches!(backend, Backend::CpuReference);
                 let out = out.host("out")?;
                 for p in &checked {
-                    let res = host_param(n, uses, p, reference)?;
+                    let res = host_param(n, uses, &dims, p, reference)?;
                     cpu::write_columns(out, &res, p.proj.width() as usize, total as usize, p.offset as usize, acc);
                 }
             }
@@ -185,75 +198,40 @@ impl Context {
 
 /// `ĝ` of one parameter on the CPU backends, f64 `[N, k_o·k_i]`: the uses' `Ĝ` (each rounded to
 /// f32 on the fast path, exact on the reference) summed in f64 in use order.
-fn host_param(n: u64, uses: &[LayerUse<'_>], p: &Param<'_>, reference: bool) -> Result<Vec<f64>> {
+fn host_param(n: u64, uses: &[LayerUse<'_>], dims: &[crate::layers::UseDims], p: &Param<'_>, reference: bool) -> Result<Vec<f64>> {
     let (p_cols, p_rows) = host_matrices(&p.proj, p.cols, p.rows)?;
     let (k_i, k_o) = (p.proj.k_i as usize, p.proj.k_o as usize);
     let width = k_o * k_i;
     let nn = n as usize;
-    let mut total: Option<Vec<f64>> = None;
     if let LayerKind::Norm { d, has_bias } = uses[p.uses[0]].kind {
-        // G_n [d, 1 + bias] summed over the uses in f64, then P_rows G_n P_colsᵀ.
+        // Per sample: the uses' gradients summed in f64 ([γ | β], as the model-level reference
+        // materializes them), laid out as G_n [d, 1 + bias], then P_rows G_n P_colsᵀ.
         let (d, cols) = (d as usize, 1 + has_bias as usize);
-        let mut g = vec![0.0f64; nn * d * cols];
-        for &u in &p.uses {
-            let tr = &uses[u].train;
-            let (x, b, mask) = (tr.x.host("x")?, tr.b.host("b")?, host_u8("mask", tr.mask.as_ref())?);
-            let t = tr.t as usize;
-            for r in 0..nn * t {
-                if mask.is_some_and(|m| m[r] == 0) {
-                    continue;
-                }
-                let gn = &mut g[(r / t) * d * cols..][..d * cols];
-                for k in 0..d {
-                    let bk = b.get_f64(r * d + k);
-                    gn[k * cols] += bk * x.get_f64(r * d + k);
-                    if has_bias {
-                        gn[k * cols + 1] += bk;
-                    }
+        let (mut flat, mut g) = (vec![0.0f64; d * cols], vec![0.0f64; d * cols]);
+        let mut res = Vec::with_capacity(nn * width);
+        for s in 0..nn {
+            flat.fill(0.0);
+            for &u in &p.uses {
+                let tr = &uses[u].train;
+                let t = tr.t as usize;
+                add_use_grad(&uses[u].kind, &tr.x, &tr.b, host_u8("mask", tr.mask.as_ref())?, s * t..(s + 1) * t, false, &mut flat)?;
+            }
+            for k in 0..d {
+                for c in 0..cols {
+                    g[k * cols + c] = flat[c * d + k];
                 }
             }
-        }
-        let mut res = Vec::with_capacity(nn * width);
-        for gn in g.chunks_exact(d * cols) {
-            cpu::sandwich(gn, cols, d, &p_cols, &p_rows, k_i, k_o, false, &mut res);
+            cpu::sandwich(&g, cols, d, &p_cols, &p_rows, k_i, k_o, false, &mut res);
         }
         return Ok(res);
     }
+    let mut total: Option<Vec<f64>> = None;
     for &u in &p.uses {
-        let use_ = &uses[u];
-        let (shape, ki, ko) = natural(&use_.kind, &p.proj);
-        let tr = use_.train;
-        let t = transposed(&use_.kind);
+        let (layer, ldims, ki, ko) = natural(&uses[u], n, dims[u].dtype, p.proj);
+        let t = transposed(&uses[u].kind);
         let (kp_in, kp_out) = if t { (&p_rows, &p_cols) } else { (&p_cols, &p_rows) };
         let (ki, ko) = (ki as usize, ko as usize);
-        let dims = TrainDims { n, t: tr.t, d_in: shape.d_in, d_out: shape.d_out, has_bias: shape.has_bias, dtype: tr.b.dtype() };
-        let res = match use_.kind {
-            LayerKind::Embedding { .. } => {
-                let tt = cpu::TokenTrain {
-                    ids: super::ops::host_ids(&tr.x)?,
-                    b: tr.b.host("b")?,
-                    mask: host_u8("mask", tr.mask.as_ref())?,
-                    n: nn,
-                    t: tr.t as usize,
-                    vocab: shape.d_in as usize,
-                    d_out: shape.d_out as usize,
-                };
-                if reference {
-                    cpu::kron_project_ids_reference(&tt, kp_in, kp_out, ki, ko, false)
-                } else {
-                    cpu::kron_project_ids_fast(&tt, kp_in, kp_out, ki, ko)
-                }
-            }
-            _ => {
-                let tf = TrainFactors { a: tr.x, b: tr.b, n, t: tr.t, mask: tr.mask };
-                let ct = cpu_train(shape, &tf, &dims)?;
-                if reference {
-                    cpu::kron_project_reference(&ct, kp_in, kp_out, ki, ko, false)
-                } else {
-                    cpu::kron_project_fast(&ct, kp_in, kp_out, ki, ko)
-                }
-            }
-        };
+        let res = host_kron(&layer, &ldims, kp_in, kp_out, ki, ko, reference)?;
         if total.is_none() && !t {
             total = Some(res); // exactly this use's result (no `0 + x`, which would turn −0 into +0)
             continue;
@@ -273,6 +251,29 @@ fn host_param(n: u64, uses: &[LayerUse<'_>], p: &Param<'_>, reference: bool) -> 
         }
     }
     Ok(total.expect("a parameter has at least one use"))
+}
+
+/// Launches of several contributions that one fixed-order finalize sums: contribution `i`
+/// writes `splits[i]` partial slots of `slot_bytes` each, all back to back (no padding) in one
+/// region carved from `carve`, so the finalize reads `Σ splits` consecutive slots in
+/// contribution order. `plan(i, at, carve)` gives contribution `i`'s launches writing at `at`
+/// (scratch of its own from `carve`); they are appended to `plans`. Returns (region, slots).
+fn summed_slots(
+    splits: &[u64],
+    slot_bytes: u64,
+    ws: u64,
+    carve: &mut Carve,
+    plans: &mut Vec<LaunchPlan>,
+    mut plan: impl FnMut(usize, u64, &mut Carve) -> Result<Vec<LaunchPlan>>,
+) -> Result<(u64, u64)> {
+    let slots = splits.iter().try_fold(0u64, |a, &s| v::add("partial slots", a, s))?;
+    let region = ws + carve.take(mul("partial bytes", slots, slot_bytes)?)?;
+    let mut at = region;
+    for (i, &s) in splits.iter().enumerate() {
+        plans.extend(plan(i, at, carve)?);
+        at += mul("partial bytes", s, slot_bytes)?;
+    }
+    Ok((region, slots))
 }
 
 /// Launch plans of [`Context::kron_project_model`] on a GPU (partials carved from `ws`).
@@ -322,43 +323,21 @@ fn gpu_model_plans(
             layers.push((l, FLAG_IOTA));
         } else {
             for &u in &p.uses {
-                let use_ = &uses[u];
-                let (shape, k_i, k_o) = natural(&use_.kind, &p.proj);
-                let t = transposed(&use_.kind);
+                let (layer, ldims, k_i, k_o) = natural(&uses[u], n, dims[u].dtype, p.proj);
+                let t = transposed(&uses[u].kind);
                 let mut proj = base;
                 if t {
                     std::mem::swap(&mut proj.p_in, &mut proj.p_out);
                     std::mem::swap(&mut proj.key_in, &mut proj.key_out);
                     std::mem::swap(&mut proj.scale_in, &mut proj.scale_out);
                 }
-                let tr = &use_.train;
-                let dims = TrainDims { n, t: tr.t, d_in: shape.d_in, d_out: shape.d_out, has_bias: shape.has_bias, dtype: dims[u].dtype };
-                let l = GpuProjectLayer {
-                    dims,
-                    a: tr.x.device("x")?.ptr(),
-                    b: tr.b.device("b")?.ptr(),
-                    mask: dev_ptr(tr.mask.as_ref(), "mask")?,
-                    ids: matches!(use_.kind, LayerKind::Embedding { .. }),
-                    proj,
-                    k_i,
-                    k_o,
-                    offset: p.offset,
-                };
-                layers.push((l, if t { FLAG_TRANSPOSE } else { 0 }));
+                layers.push((gpu_layer(&layer, ldims, proj, k_i, k_o, p.offset)?, if t { FLAG_TRANSPOSE } else { 0 }));
             }
         }
-        // Consecutive partial slots for all uses, one finalize over all of them.
-        let mut splits = Vec::with_capacity(layers.len());
-        for (l, _) in &layers {
-            splits.push(gpu::kron_splits(l)?);
-        }
-        let slots = splits.iter().try_fold(0u64, |a, &s| v::add("partial slots", a, s))?;
-        let partial = ws + carve.take(product("projection partials", &[slots, n, width, 4])?)?;
-        let mut at = partial;
-        for ((l, flags), s) in layers.iter().zip(&splits) {
-            plans.push(gpu::kron_kernel_plan(l, at, *flags)?);
-            at += product("partial bytes", &[*s, n, width, 4])?;
-        }
+        let splits = layers.iter().map(|(l, _)| gpu::kron_splits(l)).collect::<Result<Vec<_>>>()?;
+        let (partial, slots) = summed_slots(&splits, product("partial slot bytes", &[n, width, 4])?, ws, &mut carve, &mut plans, |i, at, _| {
+            Ok(vec![gpu::kron_kernel_plan(&layers[i].0, at, layers[i].1)?])
+        })?;
         plans.push(gpu::kron_finalize_plan(partial, out, n, width, slots, ld, p.offset, acc)?);
     }
     Ok((plans, carve.bytes))
@@ -478,20 +457,11 @@ impl Context {
                                     k,
                                 });
                             }
-                            // The sides' slots lie back to back in one region (no padding between
-                            // them), so one finalize sums them all in side order.
                             let kk = mul("k*k", k, k)?;
-                            let mut splits = Vec::with_capacity(sides.len());
-                            for sd in &sides {
-                                splits.push(gpu::cov_side_splits(sd)?);
-                            }
-                            let slots = splits.iter().try_fold(0u64, |a, &s| v::add("partial slots", a, s))?;
-                            let region = ws + carve.take(product("covariance partials", &[slots, kk, 4])?)?;
-                            let mut at = region;
-                            for (sd, &s) in sides.iter().zip(&splits) {
-                                plans.extend(gpu::cov_side_plans(sd, at, ws, &mut carve)?);
-                                at += product("partial bytes", &[s, kk, 4])?;
-                            }
+                            let splits = sides.iter().map(gpu::cov_side_splits).collect::<Result<Vec<_>>>()?;
+                            let (region, slots) = summed_slots(&splits, mul("partial slot bytes", kk, 4)?, ws, &mut carve, &mut plans, |i, at, carve| {
+                                gpu::cov_side_plans(&sides[i], at, ws, carve)
+                            })?;
                             plans.push(crate::ghost_dot::gpu::finalize_plan(region, out, kk, slots, acc)?);
                         }
                     }

@@ -245,11 +245,7 @@ impl Context {
             Backend::Gpu(rt) => {
                 let mut gl = Vec::with_capacity(layers.len());
                 for (l, c) in layers.iter().zip(&checked) {
-                    let (a, b, mask, ids) = match l {
-                        ProjectInput::Linear(l) => (l.train.a.device("a")?.ptr(), l.train.b.device("b")?.ptr(), dev_ptr(l.train.mask.as_ref(), "mask")?, false),
-                        ProjectInput::Embedding(l) => (l.train.ids.device("ids")?.ptr(), l.train.b.device("b")?.ptr(), dev_ptr(l.train.mask.as_ref(), "mask")?, true),
-                    };
-                    gl.push(GpuProjectLayer { dims: c.dims, a, b, mask, ids, proj: gpu_projection(l.proj())?, k_i: c.k_i, k_o: c.k_o, offset: c.offset });
+                    gl.push(gpu_layer(l, c.dims, gpu_projection(l.proj())?, c.k_i, c.k_o, c.offset)?);
                 }
                 let out_ptr = out.device("out")?.ptr();
                 run_with_workspace(rt.as_ref(), |ws| gpu::kron_plans(&gl, out_ptr, ld, acc, ws))
@@ -261,24 +257,7 @@ impl Context {
                     let di = c.dims.d_in + c.dims.has_bias as u64;
                     let (p_in, p_out) = host_matrices(l.proj(), di, c.dims.d_out)?;
                     let (k_i, k_o) = (c.k_i as usize, c.k_o as usize);
-                    let res = match l {
-                        ProjectInput::Linear(l) => {
-                            let tr = cpu_train(l.shape, &l.train, &c.dims)?;
-                            if reference {
-                                cpu::kron_project_reference(&tr, &p_in, &p_out, k_i, k_o, false)
-                            } else {
-                                cpu::kron_project_fast(&tr, &p_in, &p_out, k_i, k_o)
-                            }
-                        }
-                        ProjectInput::Embedding(l) => {
-                            let tr = token_train(&l.train, &c.dims)?;
-                            if reference {
-                                cpu::kron_project_ids_reference(&tr, &p_in, &p_out, k_i, k_o, false)
-                            } else {
-                                cpu::kron_project_ids_fast(&tr, &p_in, &p_out, k_i, k_o)
-                            }
-                        }
-                    };
+                    let res = host_kron(l, &c.dims, &p_in, &p_out, k_i, k_o, reference)?;
                     cpu::write_columns(out, &res, k_o * k_i, ld as usize, c.offset as usize, acc);
                 }
                 Ok(())
@@ -476,6 +455,40 @@ impl Context {
             }
         }
     }
+}
+
+/// `Ĝ_n` of one validated layer on the CPU backends (the f64 reference or the fast path), f64
+/// `[N, k_o·k_i]`, with host matrices `p_in [k_i, ·]` and `p_out [k_o, ·]` (the layer's own
+/// projection spec is not read).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn host_kron(l: &ProjectInput<'_>, d: &TrainDims, p_in: &[f32], p_out: &[f32], k_i: usize, k_o: usize, reference: bool) -> Result<Vec<f64>> {
+    Ok(match l {
+        ProjectInput::Linear(l) => {
+            let tr = cpu_train(l.shape, &l.train, d)?;
+            if reference {
+                cpu::kron_project_reference(&tr, p_in, p_out, k_i, k_o, false)
+            } else {
+                cpu::kron_project_fast(&tr, p_in, p_out, k_i, k_o)
+            }
+        }
+        ProjectInput::Embedding(l) => {
+            let tr = token_train(&l.train, d)?;
+            if reference {
+                cpu::kron_project_ids_reference(&tr, p_in, p_out, k_i, k_o, false)
+            } else {
+                cpu::kron_project_ids_fast(&tr, p_in, p_out, k_i, k_o)
+            }
+        }
+    })
+}
+
+/// One validated layer as a kernel layer: its device factors with the device projection `proj`.
+pub(super) fn gpu_layer(l: &ProjectInput<'_>, dims: TrainDims, proj: GpuProjection, k_i: u64, k_o: u64, offset: u64) -> Result<GpuProjectLayer> {
+    let (a, b, mask, ids) = match l {
+        ProjectInput::Linear(l) => (l.train.a.device("a")?.ptr(), l.train.b.device("b")?.ptr(), dev_ptr(l.train.mask.as_ref(), "mask")?, false),
+        ProjectInput::Embedding(l) => (l.train.ids.device("ids")?.ptr(), l.train.b.device("b")?.ptr(), dev_ptr(l.train.mask.as_ref(), "mask")?, true),
+    };
+    Ok(GpuProjectLayer { dims, a, b, mask, ids, proj, k_i, k_o, offset })
 }
 
 /// The CPU view of validated token-id factors.
