@@ -485,7 +485,7 @@ fn main() -> ghostgrad::Result<()> {
             let same = |x: &[f64], y: &[f64]| x.iter().zip(y).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same(&b.phi, &run.phi) && same(&b.phi1, &run.phi1), "repeat {r}: values differ between identical runs");
         }
-        if best.as_ref().is_none_or(|b| run.secs - run.compare_secs < b.secs - b.compare_secs) {
+        if best.as_ref().map_or(true, |b| run.secs - run.compare_secs < b.secs - b.compare_secs) {
             best = Some(run);
         }
     }

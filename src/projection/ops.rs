@@ -395,7 +395,7 @@ impl Context {
         v::nonzero("groups", n_groups)?;
         for (g, c) in groups.iter().enumerate() {
             v::nonzero("groups[g].width", c.width)?;
-            if c.offset.checked_add(c.width).is_none_or(|end| end > row_stride) {
+            if c.offset.checked_add(c.width).map_or(true, |end| end > row_stride) {
                 return Err(GhostError::InvalidArgument {
                     what: "groups",
                     reason: format!("group {g} (columns {} + {}) does not fit rows of {row_stride}", c.offset, c.width),
