@@ -937,6 +937,22 @@ pub unsafe extern "C" fn gg_context_create_cuda(
     unsafe { create(out, make) }
 }
 
+/// Releases a handle that `Box::into_raw` gave out (NULL is ignored). A panic while dropping it
+/// (e.g. releasing GPU resources) is recorded, never propagated.
+///
+/// # Safety
+/// `p` is NULL or a live pointer from `Box::into_raw` of a `T`, not used again.
+unsafe fn destroy_handle<T>(p: *mut T) {
+    if p.is_null() {
+        return;
+    }
+    let _ = guard(|| {
+        // SAFETY: forwarded from this function's contract: allocated by Box::into_raw, destroyed once.
+        drop(unsafe { Box::from_raw(p) });
+        Ok(())
+    });
+}
+
 /// Releases a context (NULL is ignored). Operations already enqueued on a GPU stream must have
 /// completed (synchronize the stream first) when the memory they use is freed.
 ///
@@ -944,16 +960,8 @@ pub unsafe extern "C" fn gg_context_create_cuda(
 /// `ctx` is NULL or a handle from `gg_context_create_*` not yet destroyed; it is not used again.
 #[no_mangle]
 pub unsafe extern "C" fn gg_context_destroy(ctx: *mut gg_context) {
-    if ctx.is_null() {
-        return;
-    }
-    // A panic while releasing GPU resources is recorded, never propagated.
-    let _ = guard(|| {
-        // SAFETY: a live handle allocated by Box::into_raw in `create`, destroyed once
-        // (caller's contract).
-        drop(unsafe { Box::from_raw(ctx) });
-        Ok(())
-    });
+    // SAFETY: forwarded from this function's contract (a handle from `create`).
+    unsafe { destroy_handle(ctx) }
 }
 
 /// Copies a description of the context's backend (e.g. `"cpu (8 threads)"`, the GPU's name)
@@ -1975,14 +1983,8 @@ pub unsafe extern "C" fn gg_raw_fisher_damping(f: *const gg_raw_fisher, out: *mu
 /// `f` is NULL or a live handle from [`gg_raw_fisher_fit`]; it is not used again.
 #[no_mangle]
 pub unsafe extern "C" fn gg_raw_fisher_destroy(f: *mut gg_raw_fisher) {
-    if f.is_null() {
-        return;
-    }
-    let _ = guard(|| {
-        // SAFETY: allocated by Box::into_raw in gg_raw_fisher_fit, destroyed once (contract).
-        drop(unsafe { Box::from_raw(f) });
-        Ok(())
-    });
+    // SAFETY: forwarded from this function's contract (a handle from gg_raw_fisher_fit).
+    unsafe { destroy_handle(f) }
 }
 
 /// Fits K-FAC for one layer (MATH.md §4): projected covariances `C_A = Σ (P_i a)(P_i a)ᵀ`
@@ -2095,14 +2097,8 @@ pub unsafe extern "C" fn gg_kfac_damping(f: *const gg_kfac, out: *mut f64) -> gg
 /// `f` is NULL or a live handle from [`gg_kfac_fit`]; it is not used again.
 #[no_mangle]
 pub unsafe extern "C" fn gg_kfac_destroy(f: *mut gg_kfac) {
-    if f.is_null() {
-        return;
-    }
-    let _ = guard(|| {
-        // SAFETY: allocated by Box::into_raw in gg_kfac_fit, destroyed once (contract).
-        drop(unsafe { Box::from_raw(f) });
-        Ok(())
-    });
+    // SAFETY: forwarded from this function's contract (a handle from gg_kfac_fit).
+    unsafe { destroy_handle(f) }
 }
 
 // =============================================================================================
