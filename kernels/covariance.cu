@@ -150,12 +150,7 @@ __device__ __forceinline__ void kfac_cov_impl(const AIn* __restrict__ X,
 
     for (unsigned int t0 = t_begin; t0 < t_end; t0 += KP_TT) {
         __syncthreads();  // the previous tile's outer products have finished reading PI/PJ/keep
-        if (threadIdx.x < KP_TT) {
-            const unsigned int t = t0 + threadIdx.x;
-            const bool kept = t < t_end && keep_row(mask, t);
-            keep[threadIdx.x] = kept ? 1 : 0;
-            if constexpr (kIds) tok[threadIdx.x] = kept ? (int)X[t] : 0;  // masked: never read
-        }
+        kp_load_tokens(X, mask, t0, t_end, flags, keep, tok);
         __syncthreads();
         if constexpr (kIds) {
             kp_gather_tile(tok, keep, width, P, key, scale, flags, i0, k, PI);
@@ -220,10 +215,7 @@ __device__ __forceinline__ void project_rows_impl(const Elem* __restrict__ X,
     __shared__ __align__(16) float Y[KP_TT][KP_KT];
     __shared__ unsigned char keep[KP_TT];
     const unsigned int t0 = blockIdx.x * KP_TT, r0 = blockIdx.y * KP_KT;
-    if (threadIdx.x < KP_TT) {
-        const unsigned int t = t0 + threadIdx.x;
-        keep[threadIdx.x] = (t < rows && keep_row(mask, t)) ? 1 : 0;
-    }
+    kp_load_tokens(X, mask, t0, rows, flags, keep, nullptr);
     __syncthreads();
     kp_project_tile<Elem>(X, width, (flags & GG_FLAG_BIAS) != 0u, t0, keep, P, key, scale, flags,
                           r0, k, Xs, Ps, Y);

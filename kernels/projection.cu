@@ -117,13 +117,7 @@ __device__ __forceinline__ void kron_project_impl(
 
     for (unsigned int t0 = t_begin; t0 < t_end; t0 += KP_TT) {
         __syncthreads();  // the previous tile's outer products have finished reading PA/PB/keep
-        if (threadIdx.x < KP_TT) {
-            const unsigned int t = t0 + threadIdx.x;
-            const bool kept = t < t_end && keep_row(maskn, t);
-            keep[threadIdx.x] = kept ? 1 : 0;
-            if constexpr (kIds)  // masked: never read
-                tok[threadIdx.x] = !kept ? 0 : (flags & KP_FLAG_IOTA) ? (int)t : (int)An[t];
-        }
+        kp_load_tokens(An, maskn, t0, t_end, flags, keep, tok);
         __syncthreads();
         if constexpr (kIds)
             kp_gather_tile(tok, keep, d_in, P_in, key_in, scale_in, flags, i0, k_i, PA);

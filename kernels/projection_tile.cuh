@@ -13,6 +13,11 @@
 //   tq + 4m (m < 8) of column j and sums c in ascending order with fmaf. Contains barriers: the
 //   whole block calls it.
 //
+// kp_load_tokens<AIn>(X, mask, t0, t_end, flags, keep, tok): the 32-token tile's bookkeeping:
+//   keep[t] = token t0+t exists (< t_end) and is kept by the mask; for the id instantiations
+//   (AIn = int) also tok[t] = its id (X[t0+t], or t0+t itself under KP_FLAG_IOTA; 0 for tokens
+//   not kept, whose ids are never read). Threads < 32 write; the caller barriers around it.
+//
 // kp_gather_tile(tok, keep, V, P, key, scale, flags, r0, k, Y): the same Y for one-hot rows
 //   x_t = e_{tok[t]} (an embedding layer): Y[t][j] = P[r0+j][tok[t]] (0 for rows >= k and for
 //   tokens with keep[t] == 0). This is bit for bit what kp_project_tile returns for the one-hot
@@ -108,6 +113,20 @@ __device__ __forceinline__ void kp_project_tile(const Elem* __restrict__ X, unsi
     }
 #pragma unroll
     for (int m = 0; m < 8; ++m) Y[tq + 4 * m][j] = y[m];
+}
+
+template <typename AIn>
+__device__ __forceinline__ void kp_load_tokens(const AIn* __restrict__ X,
+                                               const unsigned char* __restrict__ mask,
+                                               unsigned int t0, unsigned int t_end,
+                                               unsigned int flags, unsigned char* keep, int* tok) {
+    if (threadIdx.x < KP_TT) {
+        const unsigned int t = t0 + threadIdx.x;
+        const bool kept = t < t_end && keep_row(mask, t);
+        keep[threadIdx.x] = kept ? 1 : 0;
+        if constexpr (kp_is_int<AIn>::value)  // masked: never read
+            tok[threadIdx.x] = !kept ? 0 : (flags & KP_FLAG_IOTA) ? (int)t : (int)X[t];
+    }
 }
 
 __device__ __forceinline__ void kp_gather_tile(const int* tok, const unsigned char* keep,
