@@ -477,16 +477,6 @@ fn main() {
     eprintln!("report written to {}", path.display());
 }
 
-fn criterion_dir() -> PathBuf {
-    if let Some(h) = std::env::var_os("CRITERION_HOME") {
-        return PathBuf::from(h);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("criterion")
-}
-
 // ---------------------------------------------------------------------------------------------
 // Report.
 
@@ -494,7 +484,7 @@ const GPU_HEADING: &str = "## Modeled GPU metrics (PTX interpreter)";
 
 #[path = "support/criterion_report.rs"]
 mod criterion_report;
-use criterion_report::{fmt_time, read_timing};
+use criterion_report::{criterion_dir, fmt_time, read_timing};
 
 fn fmt_bytes(b: usize) -> String {
     let b = b as f64;

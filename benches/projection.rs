@@ -30,7 +30,7 @@
 
 use std::fmt::Write as _;
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use criterion::{Criterion, SamplingMode};
@@ -469,22 +469,12 @@ fn main() {
     eprintln!("report written to {}", path.display());
 }
 
-fn criterion_dir() -> PathBuf {
-    if let Some(h) = std::env::var_os("CRITERION_HOME") {
-        return PathBuf::from(h);
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("criterion")
-}
-
 // ---------------------------------------------------------------------------------------------
 // Report.
 
 #[path = "support/criterion_report.rs"]
 mod criterion_report;
-use criterion_report::{fmt_time, read_timing};
+use criterion_report::{criterion_dir, fmt_time, read_timing};
 
 fn fmt_bytes(b: f64) -> String {
     if b >= 1e9 {

@@ -2,7 +2,18 @@
 //! markdown reports (included with `#[path]`).
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Where criterion writes its results: `$CRITERION_HOME`, else `<target dir>/criterion`.
+pub fn criterion_dir() -> PathBuf {
+    if let Some(h) = std::env::var_os("CRITERION_HOME") {
+        return PathBuf::from(h);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("criterion")
+}
 
 /// Criterion's median and 95 % interval of the median (seconds per call) of one benchmark.
 pub struct Timing {
