@@ -251,16 +251,21 @@ impl Context {
             }
             backend => {
                 // The layers' sum stays in f64 and is rounded once into `out`.
-                let mut total = vec![0.0f64; (n * nseg) as usize];
+                let mut cpu_layers = Vec::with_capacity(layers.len());
                 for ((l, (d, q)), c) in layers.iter().zip(&validated).zip(&choices) {
-                    let train = cpu_train(l.shape, &l.train, d)?;
-                    let query = cpu_query(&l.query, q)?;
-                    let r = match backend {
-                        Backend::CpuReference => reference::ghost_dot(&train, &query, false),
-                        _ => cpu::fast::ghost_dot_f64(&train, &query, c.form),
-                    };
-                    total.iter_mut().zip(&r).for_each(|(t, x)| *t += x);
+                    cpu_layers.push((cpu_train(l.shape, &l.train, d)?, cpu_query(&l.query, q)?, c.form));
                 }
+                let total = match backend {
+                    Backend::CpuReference => {
+                        let mut total = vec![0.0f64; (n * nseg) as usize];
+                        for (train, query, _) in &cpu_layers {
+                            let r = reference::ghost_dot(train, query, false);
+                            total.iter_mut().zip(&r).for_each(|(t, x)| *t += x);
+                        }
+                        total
+                    }
+                    _ => cpu::fast::ghost_dot_layers_f64(&cpu_layers, (n * nseg) as usize),
+                };
                 apply_accumulate(out.host("out")?, &total, acc);
             }
         }

@@ -33,16 +33,72 @@ use super::reference::{Query, Train};
 use crate::buffer::HostSlice;
 use crate::ghost_dot::{Accumulate, Form};
 
-/// Raw training rows per task of the Gram form (and rows of the score tiles).
+/// Raw training rows per block of the train×train forms (`ghost_gram`, `ghost_sqnorm`).
 const TRAIN_BLOCK: usize = 64;
-/// Query rows per score tile: `TRAIN_BLOCK × QUERY_BLOCK` f32 tiles (64 KiB) stay in L2.
-const QUERY_BLOCK: usize = 256;
 /// Raw training rows per task of the dense form.
 const DENSE_ROWS: usize = 128;
 /// Columns of `C = B M` computed at once (`DENSE_ROWS × DENSE_COLS` f32 = 256 KiB).
 const DENSE_COLS: usize = 512;
 /// Rows of `d_out` per task when materializing outer-product sums.
 const OUTER_ROWS: usize = 256;
+
+/// Training rows of one Gram tile at most, and query rows of one tile: the two score tiles
+/// (`GRAM_ROWS × GRAM_QUERY` f32 each, 512 KiB together) stay in this machine's 1 MiB L2.
+const GRAM_ROWS: usize = 256;
+const GRAM_QUERY: usize = 256;
+/// Tiles shrink (down to 32 rows) until the Gram form has this many tasks, so that both cores
+/// work on short inputs. Chosen from the shapes only, never from the thread count.
+const GRAM_MIN_TASKS: usize = 4;
+
+/// How training rows are cut into tiles: `per` whole samples per tile (`blocks == 1`), or
+/// `blocks` blocks of at most `rows` raw rows of one sample (`per == 1`).
+#[derive(Clone, Copy, Debug)]
+struct Tiles {
+    per: usize,
+    blocks: usize,
+    rows: usize,
+}
+
+impl Tiles {
+    fn new(n: usize, t: usize, max_rows: usize) -> Tiles {
+        if t <= max_rows {
+            Tiles { per: (max_rows / t).clamp(1, n), blocks: 1, rows: t }
+        } else {
+            let blocks = t.div_ceil(max_rows);
+            Tiles { per: 1, blocks, rows: t.div_ceil(blocks) }
+        }
+    }
+    /// The largest tiles (`GRAM_ROWS` rows, halved down to 32) that give `GRAM_MIN_TASKS` tasks
+    /// with `qtiles` query tiles each.
+    fn for_gram(n: usize, t: usize, qtiles: usize) -> Tiles {
+        let mut max_rows = GRAM_ROWS;
+        loop {
+            let tiles = Tiles::new(n, t, max_rows);
+            if max_rows <= 32 || tiles.count(n) * qtiles >= GRAM_MIN_TASKS {
+                return tiles;
+            }
+            max_rows /= 2;
+        }
+    }
+    fn count(&self, n: usize) -> usize {
+        if self.blocks == 1 {
+            n.div_ceil(self.per)
+        } else {
+            n * self.blocks
+        }
+    }
+    /// First sample, number of samples, and raw rows of tile `i`.
+    fn tile(&self, i: usize, n: usize, t: usize) -> (usize, usize, Range<usize>) {
+        if self.blocks == 1 {
+            let n0 = i * self.per;
+            let count = self.per.min(n - n0);
+            (n0, count, n0 * t..(n0 + count) * t)
+        } else {
+            let (s, b) = (i / self.blocks, i % self.blocks);
+            (s, 1, s * t + b * self.rows..s * t + t.min((b + 1) * self.rows))
+        }
+    }
+}
 
 /// Layer widths; `di` includes the bias column.
 #[derive(Clone, Copy)]
@@ -331,10 +387,10 @@ fn merge_blocks(partial: &[f64], outer: usize, blocks: usize, inner: usize) -> V
     res
 }
 
-/// `acc[g·V + v] += Σ_{t∈group g} Σ_{u∈segs[v]} (a_t·qa_u)(b_t·qb_u)` for the training rows `a`,
-/// `b` split into groups by `bounds` (group g = rows `bounds[g]..bounds[g+1]`, the last bound is
-/// the row count) and the query rows `qa`, `qb` (segments sorted, disjoint), one
-/// `rows × QUERY_BLOCK` tile pair at a time.
+/// `acc[g·V + v] += Σ_{t∈group g} Σ_{u∈segs[v], u∈qrange} (a_t·qa_u)(b_t·qb_u)` for the training
+/// rows `a`, `b` split into groups by `bounds` (group g = rows `bounds[g]..bounds[g+1]`, the last
+/// bound is the row count) and the query rows `qa`, `qb` (segments sorted, disjoint), one
+/// `rows × GRAM_QUERY` pair of score tiles (`S_a = A Aqᵀ`, `S_b = B Bqᵀ`, by GEMM) at a time.
 #[allow(clippy::too_many_arguments)]
 fn gram_tile(
     a: &[f32],
@@ -343,20 +399,20 @@ fn gram_tile(
     qa: &[f32],
     qb: &[f32],
     segs: &[Range<usize>],
+    qrange: Range<usize>,
     d: Dims,
     acc: &mut [f64],
     sa: &mut Vec<f32>,
     sb: &mut Vec<f32>,
 ) {
-    let rows = segs.last().map_or(0, |s| s.end);
     let tr = *bounds.last().expect("bounds end with the row count");
     let nv = segs.len();
-    if tr == 0 || rows == 0 {
+    if tr == 0 || qrange.is_empty() {
         return;
     }
     let mut first = 0; // first segment that may overlap the current block
-    for q0 in (0..rows).step_by(QUERY_BLOCK) {
-        let w = QUERY_BLOCK.min(rows - q0);
+    for q0 in qrange.clone().step_by(GRAM_QUERY) {
+        let w = GRAM_QUERY.min(qrange.end - q0);
         sa.resize(tr * w, 0.0);
         sb.resize(tr * w, 0.0);
         matmul(tr, w, d.di, sa, w, a, d.di, 1, &qa[q0 * d.di..], 1, d.di);
@@ -423,31 +479,39 @@ fn gather_samples<'x>(
     (bounds, a, b)
 }
 
-/// Gram form of `<G_n, Gq_v>`: `[N, V]`.
+/// Gram form of `<G_n, Gq_v>`: `[N, V]`. Tasks are (training tile, query tile) pairs (see
+/// [`Tiles`]); each writes its samples' partial sums, merged per sample in tile order.
 fn gram_dot(train: &Train<'_>, q: &Side<'_>, d: Dims) -> Vec<f64> {
     let nv = q.segs.len();
-    if train.t < TRAIN_BLOCK {
-        // Short samples: one task covers several whole samples, so the score tiles come from
-        // one GEMM of up to TRAIN_BLOCK rows instead of one tiny GEMM per sample.
-        let per = TRAIN_BLOCK / train.t;
-        let mut res = vec![0.0f64; train.n * nv];
-        let work = (train.n * train.t * q.rows()) as f64 * (d.di + d.d_out) as f64;
-        for_chunks(&mut res, per * nv, work, |s, g, acc| {
-            let (bounds, a, b) = gather_samples(train, g * per, acc.len() / nv, d, &mut s.a, &mut s.b);
-            gram_tile(a, b, &bounds, &q.a, &q.b, &q.segs, d, acc, &mut s.sa, &mut s.sb);
-        });
-        return res;
-    }
-    let blocks = train.t.div_ceil(TRAIN_BLOCK);
-    let mut partial = vec![0.0f64; train.n * blocks * nv];
-    partial.par_chunks_mut(nv).enumerate().for_each_init(Scratch::default, |s, (task, acc)| {
-        let (n, blk) = (task / blocks, task % blocks);
-        let rows = n * train.t + blk * TRAIN_BLOCK..n * train.t + train.t.min((blk + 1) * TRAIN_BLOCK);
-        let (a, tr) = gather(train.a, train.mask, rows.clone(), d.d_in, d.ones, None, &mut s.a);
-        let (b, _) = gather(train.b, train.mask, rows, d.d_out, false, None, &mut s.b);
-        gram_tile(a, b, &[0, tr], &q.a, &q.b, &q.segs, d, acc, &mut s.sa, &mut s.sb);
+    let qrows = q.rows();
+    let qtiles = qrows.div_ceil(GRAM_QUERY).max(1);
+    let tiles = Tiles::for_gram(train.n, train.t, qtiles);
+    let ntiles = tiles.count(train.n);
+    let chunk = tiles.per * nv;
+    let mut partial = vec![0.0f64; ntiles * qtiles * chunk];
+    let work = (train.n * train.t * qrows) as f64 * (d.di + d.d_out) as f64;
+    for_chunks(&mut partial, chunk, work, |s, task, acc| {
+        let (ti, qt) = (task / qtiles, task % qtiles);
+        let (n0, count, rows) = tiles.tile(ti, train.n, train.t);
+        let qr = qt * GRAM_QUERY..qrows.min((qt + 1) * GRAM_QUERY);
+        if tiles.blocks == 1 {
+            let (bounds, a, b) = gather_samples(train, n0, count, d, &mut s.a, &mut s.b);
+            gram_tile(a, b, &bounds, &q.a, &q.b, &q.segs, qr, d, acc, &mut s.sa, &mut s.sb);
+        } else {
+            let (a, tr) = gather(train.a, train.mask, rows.clone(), d.d_in, d.ones, None, &mut s.a);
+            let (b, _) = gather(train.b, train.mask, rows, d.d_out, false, None, &mut s.b);
+            gram_tile(a, b, &[0, tr], &q.a, &q.b, &q.segs, qr, d, acc, &mut s.sa, &mut s.sb);
+        }
     });
-    merge_blocks(&partial, train.n, blocks, nv)
+    let mut res = vec![0.0f64; train.n * nv];
+    for ti in 0..ntiles {
+        let (n0, count, _) = tiles.tile(ti, train.n, train.t);
+        for qt in 0..qtiles {
+            let p = &partial[(ti * qtiles + qt) * chunk..];
+            res[n0 * nv..(n0 + count) * nv].iter_mut().zip(p).for_each(|(r, x)| *r += x);
+        }
+    }
+    res
 }
 
 /// `Σ_t b_tᵀ M_v a_t` for every `v` (`m` holds `nv` matrices `[d_out, di]`): `[N, nv]`.
@@ -581,6 +645,32 @@ pub fn ghost_dot_f64(train: &Train<'_>, query: &Query<'_>, form: Form) -> Vec<f6
     }
 }
 
+/// `Σ_l <G^l_n, Gq^l_v>` `[N, V]` over `layers` (each in its form), before the output's
+/// rounding. The layers are scheduled together in one parallel region (each keeps its own
+/// fixed partition and merge), and their results are summed in layer order, so the bits do not
+/// depend on the scheduling. Materialize layers, whose scratch is `(N + V)·d_in·d_out`, run one
+/// after another so that their scratch is never live at once.
+pub fn ghost_dot_layers_f64(layers: &[(Train<'_>, Query<'_>, Form)], out_len: usize) -> Vec<f64> {
+    let together: Vec<usize> = (0..layers.len()).filter(|&l| layers[l].2 != Form::Materialize).collect();
+    let mut results: Vec<Option<Vec<f64>>> = vec![None; layers.len()];
+    let run = |l: usize| {
+        let (t, q, f) = &layers[l];
+        ghost_dot_f64(t, q, *f)
+    };
+    if together.len() > 1 {
+        let got: Vec<Vec<f64>> = together.par_iter().map(|&l| run(l)).collect();
+        for (&l, r) in together.iter().zip(got) {
+            results[l] = Some(r);
+        }
+    }
+    let mut total = vec![0.0f64; out_len];
+    for (l, r) in results.into_iter().enumerate() {
+        let r = r.unwrap_or_else(|| run(l));
+        total.iter_mut().zip(&r).for_each(|(t, x)| *t += x);
+    }
+    total
+}
+
 /// `out[n] = beta·out + scale·Σ_t (b_{n,t}ᵀ M a_{n,t} + b_{n,t}·m_bias)` (`m` `[d_out, d_in]`).
 pub fn ghost_dot_dense(train: &Train<'_>, m: &[f32], m_bias: Option<&[f32]>, out: &mut [f32], acc: Accumulate) {
     let d = Dims::of(train);
@@ -640,7 +730,7 @@ fn self_gram_block(train: &Train<'_>, n: usize, blk: usize, d: Dims, s: &mut Scr
         let (qa, qr) = gather(train.a, train.mask, block_rows(other), d.d_in, d.ones, None, &mut s.qa);
         let (qb, _) = gather(train.b, train.mask, block_rows(other), d.d_out, false, None, &mut s.qb);
         let mut acc = [0.0f64];
-        gram_tile(a, b, &[0, tr], qa, qb, std::slice::from_ref(&(0..qr)), d, &mut acc, &mut s.sa, &mut s.sb);
+        gram_tile(a, b, &[0, tr], qa, qb, std::slice::from_ref(&(0..qr)), 0..qr, d, &mut acc, &mut s.sa, &mut s.sb);
         total += if other == blk { acc[0] } else { 2.0 * acc[0] };
     }
     total
@@ -677,7 +767,7 @@ pub fn ghost_gram(train: &Train<'_>, form: Form, out: &mut [f32], acc: Accumulat
                     let (qa, qr) = gather(train.a, train.mask, rows_m.clone(), d.d_in, d.ones, None, &mut s.qa);
                     let (qb, _) = gather(train.b, train.mask, rows_m, d.d_out, false, None, &mut s.qb);
                     let mut one = [0.0f64];
-                    gram_tile(a, b, &[0, tr], qa, qb, std::slice::from_ref(&(0..qr)), d, &mut one, &mut s.sa, &mut s.sb);
+                    gram_tile(a, b, &[0, tr], qa, qb, std::slice::from_ref(&(0..qr)), 0..qr, d, &mut one, &mut s.sa, &mut s.sb);
                     *r = one[0];
                 }
             });
