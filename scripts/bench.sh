@@ -38,6 +38,17 @@ rm -rf "$CARGO_TARGET_DIR/criterion"
 "${cmd[@]}"
 echo "bench.sh: wrote $GHOSTGRAD_BENCH_REPORT"
 
+# ghostgrad against the pure-torch implementations it replaces (benches/peers/peers.py, issue 15):
+# the release cdylib through its C ABI (ctypes) and torch in one Python process, interleaved,
+# 2 threads each, every result checked against a float64 reference before timing; its table is
+# spliced into the report's "ghostgrad vs pure-torch peers (CPU)" section.
+bash scripts/setup-python.sh
+cargo build --release --no-default-features --lib
+GHOSTGRAD_LIB="$CARGO_TARGET_DIR/release/libghostgrad.so" "${GHOSTGRAD_VENV:-$root/.toolchain/venv}/bin/python" \
+  benches/peers/peers.py --out "$CARGO_TARGET_DIR/peers.md"
+splice_before_model "## ghostgrad vs pure-torch peers (CPU)" "$CARGO_TARGET_DIR/peers.md"
+echo "bench.sh: spliced the torch peers comparison into $GHOSTGRAD_BENCH_REPORT"
+
 # Modeled GPU metrics: every kernel at benchmark shapes on the PTX interpreter (sampled CTAs),
 # spliced into the report's "Modeled GPU metrics" section.
 cargo bench --bench gpu_model

@@ -8,7 +8,7 @@ use crate::buffer::{HostSlice, Tensor, TensorMut};
 use crate::cpu::{self, apply_accumulate, reference};
 use crate::dtype::DType;
 use crate::error::{GhostError, Result};
-use crate::ghost_dot::cost::{GhostDotSize, MachineRates};
+use crate::ghost_dot::cost::{CpuRates, GhostDotSize, MachineRates};
 use crate::ghost_dot::gpu::{self, GpuDotLayer, LayerPtrs};
 use crate::ghost_dot::validate_ops::{self as vo, QueryDims, SegKind, TrainDims};
 use crate::ghost_dot::{
@@ -152,6 +152,15 @@ impl Context {
         }
     }
 
+    /// The cost model's choice for one layer: the GPU rates on a GPU, the calibrated CPU model
+    /// ([`CpuRates::FAST_PATH`]) on the CPU backends; `train_only` for train×train calls.
+    pub(crate) fn choose(&self, size: &GhostDotSize, req: FormRequest, train_only: bool) -> FormChoice {
+        match self.backend {
+            Backend::Gpu(_) => size.choose(req, &self.rates),
+            _ => size.choose_cpu(req, &CpuRates::FAST_PATH, self.rates.max_extra_bytes, train_only),
+        }
+    }
+
     pub(crate) fn validate_dot(&self, shape: &LayerShape, train: &TrainFactors<'_>, query: &QueryFactors<'_>) -> Result<(TrainDims, QueryDims)> {
         let space = self.space();
         let d = vo::train("ghost_dot", shape, train, space)?;
@@ -182,7 +191,7 @@ impl Context {
         form: FormRequest,
     ) -> Result<FormChoice> {
         let (d, q) = self.validate_dot(shape, train, query)?;
-        Ok(Self::size_of(&d, &q).choose(form, &self.rates))
+        Ok(self.choose(&Self::size_of(&d, &q), form, false))
     }
 
     /// Ghost dot-products of one layer: `out[n, v] = beta·out + scale·<G_n, Gq_v>`, `out` f32
@@ -230,7 +239,7 @@ impl Context {
         let choices: Vec<FormChoice> = layers
             .iter()
             .zip(&validated)
-            .map(|(l, (d, q))| Self::size_of(d, q).choose(l.form, &self.rates))
+            .map(|(l, (d, q))| self.choose(&Self::size_of(d, q), l.form, false))
             .collect();
         match &self.backend {
             Backend::Gpu(rt) => {
@@ -461,7 +470,7 @@ impl Context {
             });
         }
         let size = GhostDotSize { n: d.n, t: d.t, q, v, d_in: d.d_in, d_out: d.d_out, has_bias: d.has_bias, elem_bytes: d.dtype.size() };
-        let mut choice = size.choose(form, &self.rates);
+        let mut choice = self.choose(&size, form, true);
         if choice.form == Form::DenseQuery {
             // Not applicable train×train: take the cheaper of the other two.
             let best = choice

@@ -35,10 +35,11 @@ use crate::ghost_dot::{Accumulate, Form};
 
 /// Raw training rows per block of the train×train forms (`ghost_gram`, `ghost_sqnorm`).
 const TRAIN_BLOCK: usize = 64;
-/// Raw training rows per task of the dense form.
-const DENSE_ROWS: usize = 128;
+/// Raw training rows per task of the dense form: gemm packs each strip of `M` once per task, so
+/// taller tasks pack less (measured: packing ∝ 1 / rows).
+const DENSE_ROWS: usize = 256;
 /// Columns of `C = B M` computed at once (`DENSE_ROWS × DENSE_COLS` f32 = 256 KiB).
-const DENSE_COLS: usize = 512;
+const DENSE_COLS: usize = 256;
 /// Rows of `d_out` per task when materializing outer-product sums.
 const OUTER_ROWS: usize = 256;
 
@@ -477,6 +478,14 @@ fn gather_samples<'x>(
     let (a, _) = gather(train.a, train.mask, rows.clone(), d.d_in, d.ones, None, sa);
     let (b, _) = gather(train.b, train.mask, rows, d.d_out, false, None, sb);
     (bounds, a, b)
+}
+
+/// Training rows per tile and number of tasks of the Gram form for `n` samples of `t` rows and
+/// `q` query rows (what the CPU cost model charges for gemm's packing and idle threads).
+pub(crate) fn gram_tiling(n: usize, t: usize, q: usize) -> (usize, usize) {
+    let qtiles = q.div_ceil(GRAM_QUERY).max(1);
+    let tiles = Tiles::for_gram(n, t, qtiles);
+    (tiles.per * tiles.rows, tiles.count(n) * qtiles)
 }
 
 /// Gram form of `<G_n, Gq_v>`: `[N, V]`. Tasks are (training tile, query tile) pairs (see

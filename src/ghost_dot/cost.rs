@@ -125,50 +125,167 @@ impl GhostDotSize {
 
     /// Picks the form with the smallest modeled time among those whose scratch fits.
     pub fn choose(&self, req: FormRequest, m: &MachineRates) -> FormChoice {
-        let costs = self.costs(m);
-        match req {
-            FormRequest::Force(form) => FormChoice {
-                form,
-                forced: true,
-                reason: format!("{form} requested explicitly"),
+        choose_from(self.costs(m), req, "")
+    }
+}
+
+/// The cheapest fitting form of `costs` (or the forced one), with the model's numbers in the
+/// reason; `rates` describes the rates used (may be empty).
+fn choose_from(costs: Vec<FormCost>, req: FormRequest, rates: &str) -> FormChoice {
+    match req {
+        FormRequest::Force(form) => FormChoice { form, forced: true, reason: format!("{form} requested explicitly"), costs },
+        FormRequest::Auto => {
+            let best = costs
+                .iter()
+                .filter(|c| c.fits)
+                .min_by(|a, b| a.est_seconds.total_cmp(&b.est_seconds))
+                .copied()
+                .unwrap_or(costs[0]); // Gram needs no scratch: always fits.
+            let others: Vec<String> = costs
+                .iter()
+                .filter(|c| c.form != best.form)
+                .map(|c| {
+                    format!(
+                        "{} {:.3e} s ({:.3e} FLOP){}",
+                        c.form,
+                        c.est_seconds,
+                        c.flops,
+                        if c.fits { String::new() } else { format!(" (needs {:.0} MB scratch)", c.extra_bytes / 1e6) }
+                    )
+                })
+                .collect();
+            FormChoice {
+                form: best.form,
+                forced: false,
+                reason: format!(
+                    "{} modeled at {:.3e} s ({:.3e} FLOP, {:.3e} B); others: {}{}",
+                    best.form,
+                    best.est_seconds,
+                    best.flops,
+                    best.bytes,
+                    others.join(", "),
+                    rates
+                ),
                 costs,
-            },
-            FormRequest::Auto => {
-                let best = costs
-                    .iter()
-                    .filter(|c| c.fits)
-                    .min_by(|a, b| a.est_seconds.total_cmp(&b.est_seconds))
-                    .copied()
-                    .unwrap_or(costs[0]); // Gram needs no scratch: always fits.
-                let others: Vec<String> = costs
-                    .iter()
-                    .filter(|c| c.form != best.form)
-                    .map(|c| {
-                        format!(
-                            "{} {:.3e} s{}",
-                            c.form,
-                            c.est_seconds,
-                            if c.fits { String::new() } else { format!(" (needs {:.0} MB scratch)", c.extra_bytes / 1e6) }
-                        )
-                    })
-                    .collect();
-                FormChoice {
-                    form: best.form,
-                    forced: false,
-                    reason: format!(
-                        "{} modeled at {:.3e} s ({:.3e} FLOP, {:.3e} B); others: {}",
-                        best.form,
-                        best.est_seconds,
-                        best.flops,
-                        best.bytes,
-                        others.join(", ")
-                    ),
-                    costs,
-                }
             }
         }
     }
 }
+
+// ---- CPU rates (cpuspeed branch) ----
+
+/// Rates of the fast CPU path (`Context::cpu()`), calibrated on the project's 2-core AMD EPYC
+/// (AVX2 + FMA, 1 MiB L2 per core) from perf profiles and interleaved timings of each forced form
+/// (`benches/peers`, BENCHMARKS.md). The model per form:
+///
+/// * Gram: `call_s + F_gemm / (R · e_par) · (1 + gram_pack_rows / rows) + F_hadamard / R_h`, where
+///   `rows` is the training tile height the fast path uses for these shapes (gemm packs each query
+///   tile once per training tile: about `gram_pack_rows / rows` of the micro-kernel time, measured
+///   26 % at 64 rows and 12 % at 256), `e_par = min(tasks, threads) / threads`;
+/// * dense-query: `call_s + 2·Q·dd / R + 2·N·T·V·dd / (R · dense_efficiency) + bytes / B`;
+/// * materialize: the outer products have `k = T`, so they run at `R · T / (T + materialize_half_k)`,
+///   plus `(N + V)·dd` f32 written and read back at `B`.
+///
+/// Only the shapes enter (never the thread count of the pool), so `Auto` picks the same form on
+/// every pool and results stay bitwise reproducible.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CpuRates {
+    /// gemm's f32 micro-kernel rate on all modeled threads together (large GEMMs).
+    pub gemm_flops_per_s: f64,
+    /// Threads the calibration assumes (for the idle share when a form has fewer tasks).
+    pub threads: f64,
+    /// Packing overhead of the Gram form's score GEMMs, in training rows (see above).
+    pub gram_pack_rows: f64,
+    /// Rate of the Gram form's Hadamard reduction `Σ S_a ⊙ S_b` (f32 reads from L2).
+    pub hadamard_flops_per_s: f64,
+    /// Fraction of the GEMM rate the dense-query form's `B·M` strips reach.
+    pub dense_efficiency: f64,
+    /// `k = T` at which the materialize form's outer products reach half the GEMM rate.
+    pub materialize_half_k: f64,
+    /// Main-memory bandwidth of all threads.
+    pub bytes_per_s: f64,
+    /// Fixed cost of one call: validation, query conversion, waking the thread pool.
+    pub call_s: f64,
+}
+
+impl CpuRates {
+    /// The project's 2-core machine (see the type's documentation).
+    pub const FAST_PATH: CpuRates = CpuRates {
+        gemm_flops_per_s: 2.0e11,
+        threads: 2.0,
+        gram_pack_rows: 28.0,
+        hadamard_flops_per_s: 2.0e10,
+        dense_efficiency: 0.8,
+        materialize_half_k: 130.0,
+        bytes_per_s: 1.5e10,
+        call_s: 3.0e-5,
+    };
+
+    fn par(&self, tasks: f64) -> f64 {
+        tasks.min(self.threads).max(1.0) / self.threads
+    }
+
+    fn note(&self) -> String {
+        format!(
+            " [CPU rates: GEMM {:.0} GFLOP/s on {} threads, Gram packing {} rows, dense {:.0} %, materialize k½ = {}, {:.0} GB/s, {:.0} µs per call]",
+            self.gemm_flops_per_s / 1e9,
+            self.threads,
+            self.gram_pack_rows,
+            self.dense_efficiency * 100.0,
+            self.materialize_half_k,
+            self.bytes_per_s / 1e9,
+            self.call_s * 1e6
+        )
+    }
+}
+
+impl GhostDotSize {
+    /// Modeled cost of each form on the fast CPU path (`est_seconds` from [`CpuRates`]; FLOPs,
+    /// bytes and scratch as in [`costs`](Self::costs)). `self_gram` for train×train calls
+    /// (`ghost_sqnorm`: `q = t`, `v = 1`), whose Gram form runs on 64-row blocks per sample.
+    pub fn cpu_costs(&self, r: &CpuRates, max_extra_bytes: f64, self_gram: bool) -> Vec<FormCost> {
+        let mut costs = self.costs(&MachineRates { max_extra_bytes, ..MachineRates::CPU });
+        let (n, t, q, v) = (self.n as f64, self.t as f64, self.q as f64, self.v as f64);
+        let di = (self.d_in + self.has_bias as u64) as f64;
+        let dd = di * self.d_out as f64;
+        let (rows, tasks) = if self_gram {
+            let blocks = self.t.div_ceil(64);
+            ((self.t.min(64)) as f64, (self.n * blocks) as f64)
+        } else {
+            let (rows, tasks) = crate::cpu::fast::gram_tiling(self.n as usize, self.t as usize, self.q as usize);
+            (rows as f64, tasks as f64)
+        };
+        let r_gemm = r.gemm_flops_per_s;
+        for c in &mut costs {
+            c.est_seconds = r.call_s
+                + match c.form {
+                    Form::Gram => {
+                        let gemm = 2.0 * n * t * q * (di + self.d_out as f64);
+                        gemm / (r_gemm * r.par(tasks)) * (1.0 + r.gram_pack_rows / rows.max(1.0))
+                            + 2.0 * n * t * q / r.hadamard_flops_per_s
+                    }
+                    Form::DenseQuery => {
+                        2.0 * q * dd / r_gemm + 2.0 * n * t * v * dd / (r_gemm * r.dense_efficiency) + c.bytes / r.bytes_per_s
+                    }
+                    Form::Materialize => {
+                        2.0 * (n * t + q) * dd / (r_gemm * t / (t + r.materialize_half_k))
+                            + 2.0 * n * v * dd / r.hadamard_flops_per_s
+                            + c.bytes / r.bytes_per_s
+                    }
+                };
+        }
+        costs
+    }
+
+    /// [`choose`](Self::choose) with the CPU model of [`cpu_costs`](Self::cpu_costs); the reason
+    /// names the rates used.
+    pub fn choose_cpu(&self, req: FormRequest, r: &CpuRates, max_extra_bytes: f64, self_gram: bool) -> FormChoice {
+        let note = if req == FormRequest::Auto { r.note() } else { String::new() };
+        choose_from(self.cpu_costs(r, max_extra_bytes, self_gram), req, &note)
+    }
+}
+
+// ---- end of the CPU rates ----
 
 #[cfg(test)]
 mod tests {
@@ -200,5 +317,25 @@ mod tests {
     fn scratch_limit_excludes_forms() {
         let m = MachineRates { max_extra_bytes: 0.0, ..MachineRates::GPU };
         assert_eq!(size(4096, 4096).choose(FormRequest::Auto, &m).form, Form::Gram);
+    }
+
+    #[test]
+    fn cpu_model_picks_the_measured_fastest_forms_and_says_why() {
+        let auto = |n, t, q, d_in, d_out| {
+            let s = GhostDotSize { n, t, q, v: 1, d_in, d_out, has_bias: false, elem_bytes: 4 };
+            s.choose_cpu(FormRequest::Auto, &CpuRates::FAST_PATH, 4e9, false)
+        };
+        // Issue 15's single-layer cases (N = 8, T = Q): Gram was the fastest forced form in every one.
+        for t in [32, 128, 512] {
+            for (d_in, d_out) in [(768, 3072), (3072, 768)] {
+                assert_eq!(auto(8, t, t, d_in, d_out).form, Form::Gram, "{d_in}->{d_out} T={t}");
+            }
+        }
+        // The GPT-2 step's layers (T = 128, 8 validation sequences: Q = 1024): dense-query.
+        for (d_in, d_out) in [(256, 768), (256, 256), (256, 1024), (1024, 256)] {
+            let c = auto(8, 128, 1024, d_in, d_out);
+            assert_eq!(c.form, Form::DenseQuery, "{d_in}->{d_out}");
+            assert!(c.reason.contains("CPU rates: GEMM 200 GFLOP/s"), "{}", c.reason);
+        }
     }
 }

@@ -283,7 +283,7 @@ impl Context {
         v::output("out", out, self.space(), n, OP)?;
         self.check_out_ptr("out", out)?;
         let choices: Vec<FormChoice> =
-            validated.iter().map(|(d, q)| Context::size_of(d, q).choose(form, &self.rates)).collect();
+            validated.iter().map(|(d, q)| self.choose(&Context::size_of(d, q), form, false)).collect();
         match &self.backend {
             Backend::Gpu(rt) => {
                 // Two passes per layer, as on the fast CPU path below: ghg_query_<dt>

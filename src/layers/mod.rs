@@ -476,7 +476,7 @@ impl Context {
         let LayerKind::Linear { d_in, d_out, has_bias, .. } = dims[i].kind else { unreachable!("a linear use") };
         let (q, nv, t) = (self.term_query_rows(n, dims, i, mode), self.term_segments(n, dims, i, mode), dims[i].t);
         let size = GhostDotSize { n, t, q, v: nv, d_in, d_out, has_bias, elem_bytes: dims[i].dtype.size() };
-        let mut choice = size.choose(req, &self.rates);
+        let mut choice = self.choose(&size, req, mode != Mode::Dot);
         if mode != Mode::Dot && choice.form == Form::DenseQuery {
             // The dense-query form needs a separate query; train×train uses the others.
             let best = choice
