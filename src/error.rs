@@ -35,6 +35,10 @@ pub enum GhostError {
     KernelsNotBuilt,
     #[error("CUDA driver unavailable: {0}")]
     CudaDriverUnavailable(String),
+    #[error("the CUDA driver is too old: found {found}, {needed_for} needs {needed} or newer")]
+    DriverTooOld { found: String, needed: String, needed_for: String },
+    #[error("unsupported GPU of compute capability {compute_capability}: {reason}")]
+    UnsupportedDevice { compute_capability: String, reason: String },
     #[error("CUDA driver call {call} failed: {message}")]
     Cuda { call: &'static str, message: String },
     #[error("kernel `{name}` is not in the embedded kernel images")]
