@@ -185,9 +185,9 @@ pub fn cubin_name(stem: &str, arch: u32) -> String {
     format!("{stem}.sm_{arch}.cubin")
 }
 
-#[allow(clippy::too_many_arguments)]
 /// NVRTC → PTX for every architecture in `ptx_archs` (which holds `sass_archs`), ptxas → cubin
 /// for every one of `sass_archs`, in `dir`. Returns ptxas' `-v` lines, prefixed with the stem.
+#[allow(clippy::too_many_arguments)]
 pub fn compile_one(
     nvrtc: &Nvrtc,
     tc: &Toolchain,

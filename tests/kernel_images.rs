@@ -242,3 +242,28 @@ fn interpreter_parses_both_sets_and_every_opcode_is_allowlisted() {
         }
     }
 }
+
+/// `GHOSTGRAD_INTERP_IMAGES` selects the set `InterpRuntime::new` (every interpreter test's
+/// runtime) executes; scripts/test.sh runs this binary beside gpu_interp with it set to cuda12.
+#[cfg(feature = "interp")]
+#[test]
+fn interp_images_env_selects_the_set_of_every_interpreter_test() {
+    use ghostgrad::runtime::interp::{InterpRuntime, INTERP_IMAGES_ENV};
+    use ghostgrad::runtime::KernelRuntime;
+    let want = match std::env::var(INTERP_IMAGES_ENV).as_deref() {
+        Ok("cuda12") => ImageSet::Cuda12,
+        Ok("") | Ok("cuda13") | Err(_) => ImageSet::Cuda13,
+        Ok(other) => {
+            assert!(InterpRuntime::new().is_err(), "{INTERP_IMAGES_ENV}={other} accepted");
+            return;
+        }
+    };
+    if !want.built() {
+        assert!(std::env::var("GHOSTGRAD_REQUIRE_KERNELS").is_err(), "{want} not built");
+        return;
+    }
+    let rt = InterpRuntime::new().unwrap();
+    assert_eq!(rt.images(), want);
+    assert!(rt.describe().contains(&format!("kernel images: {want} ")), "{}", rt.describe());
+    eprintln!("interpreter: {}", rt.describe());
+}
