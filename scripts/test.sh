@@ -21,6 +21,9 @@ run() {
 }
 
 run cargo test --workspace --all-targets --no-fail-fast
+# The CUDA 12 image set's PTX (NVRTC 12.9) through the ghost-dot family's interpreter tests,
+# against the same f64 reference as nvcc's PTX.
+run env GHOSTGRAD_INTERP_IMAGES=cuda12 cargo test --test gpu_interp --test kernel_images
 # Without any CUDA toolchain the crate builds and its CPU path works ...
 run env -u GHOSTGRAD_REQUIRE_KERNELS GHOSTGRAD_NO_CUDA=1 cargo test --no-default-features --test no_kernels
 # ... but when kernels are required, the build must fail instead of skipping them.
@@ -30,6 +33,17 @@ if GHOSTGRAD_NO_CUDA=1 GHOSTGRAD_REQUIRE_KERNELS=1 cargo build --no-default-feat
   status=1
 else
   echo "ok: the build refused to skip the kernels" | tee -a "$log"
+fi
+# ... and so must a build that can make the CUDA 13 set but not the CUDA 12 one.
+echo "+ GHOSTGRAD_CUDA12_HOME=/nonexistent GHOSTGRAD_REQUIRE_KERNELS=1 cargo build --no-default-features (must fail)" | tee -a "$log"
+if GHOSTGRAD_CUDA12_HOME=/nonexistent GHOSTGRAD_REQUIRE_KERNELS=1 cargo build --no-default-features >"$log.cuda12" 2>&1; then
+  echo "FAILED: the build succeeded without the CUDA 12 set although GHOSTGRAD_REQUIRE_KERNELS=1" | tee -a "$log"
+  status=1
+elif grep -q "CUDA 12 image set cannot be built" "$log.cuda12"; then
+  echo "ok: the build refused to skip the CUDA 12 set" | tee -a "$log"
+else
+  echo "FAILED: the build failed for another reason:" | tee -a "$log"; tail -n 20 "$log.cuda12" | tee -a "$log"
+  status=1
 fi
 
 read -r passed failed ignored < <(grep -E '^test result:' "$log" | awk '

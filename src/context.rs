@@ -77,8 +77,13 @@ impl Context {
 
     /// CUDA device `ordinal` on a new stream owned by ghostgrad.
     ///
-    /// Errors: [`GhostError::KernelsNotBuilt`] when the crate was built without nvcc,
-    /// [`GhostError::CudaDriverUnavailable`] on a machine without the NVIDIA driver.
+    /// Loads the kernel image set the driver can run (CUDA 13 on R580+, CUDA 12 on R525–R575;
+    /// README "Driver matrix"); [`describe`](Self::describe) names it (`kernel images: ...`).
+    ///
+    /// Errors: [`GhostError::KernelsNotBuilt`] when the crate was built without any kernel image
+    /// set, [`GhostError::CudaDriverUnavailable`] on a machine without the NVIDIA driver,
+    /// [`GhostError::DriverTooOld`] / [`GhostError::UnsupportedDevice`] when no embedded image
+    /// can run on the driver / device.
     pub fn cuda(ordinal: usize) -> Result<Self> {
         Ok(Self::with_runtime(Arc::new(CudaRuntime::new(ordinal)?)))
     }
@@ -101,6 +106,9 @@ impl Context {
         &self.backend
     }
 
+    /// What this context runs on. For a GPU runtime the text ends with `kernel images: <set>
+    /// <code>`, e.g. `kernel images: cuda12 sm_86 SASS` (CUDA driver) or `kernel images: cuda13
+    /// compute_80 PTX (interpreted)` (PTX interpreter).
     pub fn describe(&self) -> String {
         match &self.backend {
             Backend::CpuReference => "cpu-reference (f64)".into(),

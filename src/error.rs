@@ -28,13 +28,17 @@ pub enum GhostError {
     #[error("invalid argument `{what}`: {reason}")]
     InvalidArgument { what: &'static str, reason: String },
     #[error(
-        "ghostgrad was built without CUDA kernels (nvcc was not found at build time). \
-         Run `bash scripts/setup-cuda.sh` (installs nvcc from PyPI into .toolchain/) or set \
-         GHOSTGRAD_NVCC / CUDA_HOME, then rebuild"
+        "ghostgrad was built without CUDA kernels (neither nvcc 13 nor NVRTC 12 + ptxas 12 was \
+         found at build time). Run `bash scripts/setup-cuda.sh` (installs both from PyPI into \
+         .toolchain/) or set GHOSTGRAD_NVCC / CUDA_HOME / GHOSTGRAD_CUDA12_HOME, then rebuild"
     )]
     KernelsNotBuilt,
     #[error("CUDA driver unavailable: {0}")]
     CudaDriverUnavailable(String),
+    #[error("the CUDA driver is too old: found {found}, {needed_for} needs {needed} or newer")]
+    DriverTooOld { found: String, needed: String, needed_for: String },
+    #[error("unsupported GPU of compute capability {compute_capability}: {reason}")]
+    UnsupportedDevice { compute_capability: String, reason: String },
     #[error("CUDA driver call {call} failed: {message}")]
     Cuda { call: &'static str, message: String },
     #[error("kernel `{name}` is not in the embedded kernel images")]

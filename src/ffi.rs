@@ -153,7 +153,9 @@ impl From<&GhostError> for gg_status {
             GhostError::StreamMismatch(_) => GG_STATUS_STREAM_MISMATCH,
             GhostError::InvalidArgument { .. } => GG_STATUS_INVALID_ARGUMENT,
             GhostError::KernelsNotBuilt => GG_STATUS_KERNELS_NOT_BUILT,
-            GhostError::CudaDriverUnavailable(_) => GG_STATUS_DRIVER_UNAVAILABLE,
+            GhostError::CudaDriverUnavailable(_)
+            | GhostError::DriverTooOld { .. }
+            | GhostError::UnsupportedDevice { .. } => GG_STATUS_DRIVER_UNAVAILABLE,
             GhostError::Cuda { .. } => GG_STATUS_CUDA,
             GhostError::MissingKernel { .. } => GG_STATUS_MISSING_KERNEL,
             GhostError::LaunchLimit { .. } => GG_STATUS_LAUNCH_LIMIT,

@@ -215,6 +215,22 @@ pub(crate) fn parse_int(s: &str) -> Option<i64> {
     }
 }
 
+/// The PTX ISA versions the interpreter accepts: what nvcc 13 (9.x) and NVRTC / ptxas 12
+/// (8.x) emit for the kernels. Both define the same semantics for every instruction form of
+/// the allowlist; a version outside the range is rejected rather than assumed compatible.
+pub(crate) const ISA_VERSIONS: std::ops::RangeInclusive<(u32, u32)> = (7, 0)..=(9, 99);
+
+/// Checks a `.version M.m` line against [`ISA_VERSIONS`].
+fn check_isa_version(line: &str) -> Result<(), String> {
+    let v = line.trim().strip_prefix(".version").unwrap_or("").trim();
+    let parsed = v.split_once('.').and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?)));
+    match parsed {
+        Some(ver) if ISA_VERSIONS.contains(&ver) => Ok(()),
+        Some((a, b)) => Err(format!("PTX ISA {a}.{b} is outside the versions the interpreter accepts (7.0 to 9.x)")),
+        None => Err(format!("cannot read the PTX ISA version `{v}`")),
+    }
+}
+
 /// Parses a PTX module.
 pub(crate) fn parse_module(src: &str) -> Result<ParsedModule, ParseError> {
     let toks = lex(src)?;
@@ -232,7 +248,18 @@ pub(crate) fn parse_module(src: &str) -> Result<ParsedModule, ParseError> {
         let line = p.line();
         match p.next()? {
             Tok::Id(d) => match d.as_str() {
-                ".version" | ".target" => p.skip_line(line),
+                ".version" => {
+                    let text = p.lines.get(line.saturating_sub(1) as usize).copied().unwrap_or("");
+                    check_isa_version(text).map_err(|r| err(line, &p.lines, r))?;
+                    p.skip_line(line);
+                }
+                ".target" => p.skip_line(line),
+                // A module-scope `.global` variable: NVRTC 12 emits the `static constexpr` members
+                // of C++ traits (`gg_same_type<..>::value`) as initialised `.global .u8`s that no
+                // instruction references. They are accepted and dropped; an instruction naming one
+                // fails with "unknown operand" / "unknown address base" (global variables are not
+                // modelled).
+                ".global" => p.skip_past(';')?,
                 ".address_size" => {
                     let n = p.expect_num()?;
                     if n != 64 {
@@ -2085,4 +2112,40 @@ impl<'a> Dec<'a> {
 /// All forms used by a module, as strings.
 pub(crate) fn forms_set(forms: &[String]) -> BTreeSet<String> {
     forms.iter().cloned().collect()
+}
+
+#[cfg(test)]
+mod version_and_globals {
+    use super::parse_module;
+
+    fn module(version: &str, body_extra: &str, globals: &str) -> String {
+        format!(
+            ".version {version}\n.target sm_80\n.address_size 64\n{globals}\n.visible .entry k(.param .u64 k_out)\n{{\n\
+             .reg .b32 %r<2>;\n.reg .b64 %rd<2>;\nld.param.u64 %rd1, [k_out];\nmov.u32 %r1, 7;\n{body_extra}\
+             st.global.u32 [%rd1], %r1;\nret;\n}}\n"
+        )
+    }
+
+    #[test]
+    fn isa_versions_of_both_toolchains_are_accepted_others_rejected() {
+        for v in ["8.0", "8.8", "9.0", "9.5"] {
+            assert!(parse_module(&module(v, "", "")).is_ok(), ".version {v}");
+        }
+        for v in ["6.4", "10.0", "x"] {
+            let e = parse_module(&module(v, "", "")).err().unwrap_or_else(|| panic!(".version {v} accepted"));
+            assert!(e.reason.contains("PTX ISA"), "{v}: {}", e.reason);
+        }
+    }
+
+    #[test]
+    fn unreferenced_module_globals_are_dropped_referenced_ones_rejected() {
+        // What NVRTC 12.9 emits for `static constexpr bool value` members of C++ traits.
+        let g = ".global .align 1 .u8 _ZN12gg_same_typeIffE5valueE = 1;\n\
+                 .global .align 1 .u8 _ZN12gg_same_typeI6__halffE5valueE;\n\
+                 .visible .global .align 4 .b32 tbl[2] = {1, 2};";
+        assert!(parse_module(&module("8.8", "", g)).is_ok());
+        let uses = "ld.global.u32 %r1, [tbl];\n";
+        let e = parse_module(&module("8.8", uses, g)).err().expect("a referenced .global must be rejected");
+        assert!(e.reason.contains("tbl"), "{}", e.reason);
+    }
 }

@@ -1,5 +1,11 @@
-//! The CUDA driver backend: loads the embedded fatbins with the driver (through cudarc's
+//! The CUDA driver backend: loads the embedded kernel images with the driver (through cudarc's
 //! dynamically loaded bindings) and launches plans on the caller's stream.
+//!
+//! Which images: [`kernels::select::choose_image`] from `cuDriverGetVersion` and the device's
+//! compute capability — the CUDA 13 set on R580+ drivers, the CUDA 12 set below, the cubin of
+//! the device's SM (or the highest lower one of its major), else the PTX for the driver to JIT.
+//! Exactly that image is handed to `cuModuleLoadData`, so [`CudaRuntime::images`] (and
+//! `describe()`) say what was loaded.
 //!
 //! This is the only module that calls the driver, and the only place with `unsafe` launches.
 //! A machine without libcuda gets [`GhostError::CudaDriverUnavailable`] before any cudarc call
@@ -13,16 +19,17 @@ use cudarc::driver::{result, sys, CudaContext};
 
 use super::{KernelArg, KernelRuntime, LaunchPlan, MAX_GRID_X, MAX_GRID_YZ};
 use crate::error::{GhostError, Result};
-use crate::kernels;
+use crate::kernels::select::{self, Code, ComputeCapability, DriverVersion, ImageChoice};
+use crate::kernels::{self, ImageSet};
 
 fn driver_err(call: &'static str) -> impl Fn(result::DriverError) -> GhostError {
     // Only the CUresult's name: formatting it through the driver is avoided on purpose.
     move |e| GhostError::Cuda { call, message: format!("{:?}", e.0) }
 }
 
-/// Returns an error unless the kernels were built and a CUDA driver library can be loaded.
+/// Returns an error unless kernels were built and a CUDA driver library can be loaded.
 pub fn driver_available() -> Result<()> {
-    if !kernels::KERNELS_BUILT {
+    if !kernels::KERNELS_BUILT && !kernels::CUDA12_BUILT {
         return Err(GhostError::KernelsNotBuilt);
     }
     // SAFETY: only tries to dlopen the driver library; no symbol is called.
@@ -46,6 +53,9 @@ pub struct CudaRuntime {
     owns_stream: bool,
     functions: HashMap<String, sys::CUfunction>,
     modules: Vec<sys::CUmodule>,
+    images: ImageChoice,
+    driver: DriverVersion,
+    compute_capability: ComputeCapability,
     workspace: Mutex<Option<Workspace>>,
     op: Mutex<()>,
 }
@@ -64,7 +74,10 @@ impl CudaRuntime {
         // The stream is destroyed in Drop.
         let stream =
             result::stream::create(result::stream::StreamKind::NonBlocking).map_err(driver_err("cuStreamCreate"))?;
-        Self::with_stream(ctx, stream, true)
+        Self::with_stream(ctx, stream, true).inspect_err(|_| {
+            // SAFETY: the stream was created above and nothing was enqueued on it.
+            let _ = unsafe { result::stream::destroy(stream) };
+        })
     }
 
     /// A runtime that launches on a stream owned by the caller (e.g. PyTorch's
@@ -90,25 +103,62 @@ impl CudaRuntime {
     }
 
     fn with_stream(ctx: Arc<CudaContext>, stream: sys::CUstream, owns_stream: bool) -> Result<Self> {
+        let mut version = 0;
+        // SAFETY: one out-parameter; the driver is initialized (the context exists).
+        unsafe { sys::cuDriverGetVersion(&mut version) }.result().map_err(driver_err("cuDriverGetVersion"))?;
+        let driver = DriverVersion(version);
+        let (major, minor) = ctx.compute_capability().map_err(driver_err("cuDeviceGetAttribute (compute capability)"))?;
+        let compute_capability = ComputeCapability(major as u32, minor as u32);
+        let images = select::choose_image(driver, compute_capability, &select::embedded_sets())?;
         let mut functions = HashMap::new();
         let mut modules = Vec::new();
-        for file in kernels::KERNEL_FILES {
-            // cuModuleLoadData reads the image until its own size field: copy to an aligned buffer.
-            let mut image: Vec<u64> = vec![0; file.fatbin.len().div_ceil(8)];
-            bytemuck::cast_slice_mut::<u64, u8>(&mut image)[..file.fatbin.len()].copy_from_slice(file.fatbin);
-            // SAFETY: `image` is a well-formed fatbin produced by nvcc at build time.
-            let module = unsafe { result::module::load_data(image.as_ptr() as *const c_void) }
-                .map_err(driver_err("cuModuleLoadData"))?;
+        // Every file's image is loaded before the runtime exists: on an error, unload what was.
+        let unload_all = |modules: &mut Vec<sys::CUmodule>| {
+            for m in modules.drain(..) {
+                // SAFETY: loaded above, no function of it was handed out.
+                let _ = unsafe { result::module::unload(m) };
+            }
+        };
+        for (name, image, entry_ptx) in image_of_every_file(images)? {
+            let module = match load_image(image) {
+                Ok(m) => m,
+                Err(e) => {
+                    unload_all(&mut modules);
+                    return Err(GhostError::Cuda { call: "cuModuleLoadData", message: format!("{name} ({images}): {e}") });
+                }
+            };
             modules.push(module);
-            for name in kernels::ptx_entry_names(file.ptx) {
-                let cname = CString::new(name.clone()).map_err(|e| GhostError::Internal(e.to_string()))?;
+            for kernel in kernels::ptx_entry_names(entry_ptx) {
+                let cname = CString::new(kernel.clone()).map_err(|e| GhostError::Internal(e.to_string()))?;
                 // SAFETY: `module` was just loaded and is alive until Drop.
-                let f = unsafe { result::module::get_function(module, cname) }
-                    .map_err(driver_err("cuModuleGetFunction"))?;
-                functions.insert(name, f);
+                match unsafe { result::module::get_function(module, cname) } {
+                    Ok(f) => {
+                        functions.insert(kernel, f);
+                    }
+                    Err(e) => {
+                        unload_all(&mut modules);
+                        return Err(driver_err("cuModuleGetFunction")(e));
+                    }
+                }
             }
         }
-        Ok(CudaRuntime { ctx, stream, owns_stream, functions, modules, workspace: Mutex::new(None), op: Mutex::new(()) })
+        Ok(CudaRuntime {
+            ctx,
+            stream,
+            owns_stream,
+            functions,
+            modules,
+            images,
+            driver,
+            compute_capability,
+            workspace: Mutex::new(None),
+            op: Mutex::new(()),
+        })
+    }
+
+    /// The image set and code that were loaded (e.g. `cuda12 sm_80 SASS`).
+    pub fn images(&self) -> ImageChoice {
+        self.images
     }
 
     /// The raw stream this runtime launches on.
@@ -120,7 +170,14 @@ impl CudaRuntime {
 impl KernelRuntime for CudaRuntime {
     fn describe(&self) -> String {
         let name = self.ctx.name().unwrap_or_else(|_| "unknown device".into());
-        format!("CUDA device {} ({name}), stream {:p}", self.ctx.ordinal(), self.stream)
+        format!(
+            "CUDA device {} ({name}, compute capability {}), stream {:p}, driver {}, kernel images: {}",
+            self.ctx.ordinal(),
+            self.compute_capability,
+            self.stream,
+            self.driver,
+            self.images
+        )
     }
 
     fn launch(&self, plan: &LaunchPlan) -> Result<()> {
@@ -215,6 +272,55 @@ impl KernelRuntime for CudaRuntime {
         }
         Ok(())
     }
+}
+
+/// `(file name, image bytes, PTX naming its entry points)` for every kernel file, in the chosen
+/// set and code: a cubin (for CUDA 13 taken out of the file's fatbin), a PTX text, or for CUDA
+/// 13 PTX the whole fatbin (whose only usable code for this device is then the PTX).
+fn image_of_every_file(choice: ImageChoice) -> Result<Vec<(&'static str, &'static [u8], &'static str)>> {
+    let mut out = Vec::new();
+    match choice.set {
+        ImageSet::Cuda13 => {
+            for f in kernels::KERNEL_FILES {
+                let image: &'static [u8] = match choice.code {
+                    Code::Sass(sm) => fatbin_elf(f.fatbin, sm)
+                        .ok_or_else(|| GhostError::Internal(format!("{}: no sm_{sm} SASS in the fatbin", f.name)))?,
+                    Code::Ptx(_) => f.fatbin,
+                };
+                out.push((f.name, image, f.ptx));
+            }
+        }
+        ImageSet::Cuda12 => {
+            for f in kernels::CUDA12_FILES {
+                let image: &'static [u8] = match choice.code {
+                    Code::Sass(sm) => f
+                        .cubins
+                        .iter()
+                        .find(|(a, _)| *a == sm)
+                        .map(|(_, c)| *c)
+                        .ok_or_else(|| GhostError::Internal(format!("{}: no sm_{sm} cubin", f.name)))?,
+                    Code::Ptx(_) => f.jit_ptx.0.as_bytes(),
+                };
+                out.push((f.name, image, f.interp_ptx));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The ELF (SASS) entry for `sm` of an uncompressed fatbin, borrowed from it.
+fn fatbin_elf(fatbin: &'static [u8], sm: u32) -> Option<&'static [u8]> {
+    let e = kernels::parse_fatbin(fatbin).ok()?.into_iter().find(|e| e.kind == 2 && e.arch == sm)?;
+    fatbin.get(e.offset..e.offset + e.payload.len())
+}
+
+/// `cuModuleLoadData` on a copy of `image` in an 8-byte aligned buffer with a NUL after it (the
+/// driver reads ELF and fatbin images by their own size fields, PTX up to the NUL).
+fn load_image(image: &[u8]) -> std::result::Result<sys::CUmodule, String> {
+    let mut buf: Vec<u64> = vec![0; (image.len() + 1).div_ceil(8)];
+    bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..image.len()].copy_from_slice(image);
+    // SAFETY: `buf` holds a cubin, fatbin or NUL-terminated PTX built at build time.
+    unsafe { result::module::load_data(buf.as_ptr() as *const c_void) }.map_err(|e| format!("{:?}", e.0))
 }
 
 impl Drop for CudaRuntime {

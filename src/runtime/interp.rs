@@ -1,7 +1,9 @@
 //! The PTX interpreter backend: executes the embedded `-O3` PTX of every kernel on the CPU
 //! through the same [`LaunchPlan`]s that drive a real GPU, with memcheck, racecheck and
 //! performance counters (crate `ptx-interp`). Used by the tests and benches of machines without
-//! a GPU. Device memory lives in the interpreter's own address space: allocate inputs and
+//! a GPU. It runs the compute_80 PTX of either embedded image set: the CUDA 13 set (nvcc) by
+//! default, the CUDA 12 set (NVRTC 12.9) with [`InterpRuntime::with_images`] or the environment
+//! variable `GHOSTGRAD_INTERP_IMAGES=cuda12`, so both compilers' output meets the same tests. Device memory lives in the interpreter's own address space: allocate inputs and
 //! outputs with [`InterpRuntime::upload`] / [`InterpRuntime::alloc_f32`].
 
 use std::collections::HashMap;
@@ -13,7 +15,10 @@ use super::{KernelArg, KernelRuntime, LaunchPlan, MAX_GRID_X, MAX_GRID_YZ};
 use crate::buffer::{DeviceSlice, DeviceSliceMut};
 use crate::dtype::DType;
 use crate::error::{GhostError, Result};
-use crate::kernels;
+use crate::kernels::{self, ImageSet};
+
+/// The environment variable that selects the image set of [`InterpRuntime::new`].
+pub const INTERP_IMAGES_ENV: &str = "GHOSTGRAD_INTERP_IMAGES";
 
 /// One executed launch and the interpreter's report on it.
 #[derive(Debug, Clone)]
@@ -34,6 +39,7 @@ struct State {
 
 /// A [`KernelRuntime`] that runs kernels in the PTX interpreter.
 pub struct InterpRuntime {
+    images: ImageSet,
     state: Mutex<State>,
     op: Mutex<()>,
 }
@@ -65,21 +71,43 @@ impl InterpBuffer {
 }
 
 impl InterpRuntime {
-    /// Parses every embedded kernel file. Fails with [`GhostError::KernelsNotBuilt`] without nvcc.
+    /// Parses every embedded kernel file of the image set named by `GHOSTGRAD_INTERP_IMAGES`
+    /// (`cuda13`, the default, or `cuda12`). Fails with [`GhostError::KernelsNotBuilt`] when that
+    /// set was not built.
     pub fn new() -> Result<Self> {
-        if !kernels::KERNELS_BUILT {
+        let images = match std::env::var(INTERP_IMAGES_ENV) {
+            Err(_) => ImageSet::Cuda13,
+            Ok(v) => match v.as_str() {
+                "" | "cuda13" => ImageSet::Cuda13,
+                "cuda12" => ImageSet::Cuda12,
+                _ => {
+                    return Err(GhostError::InvalidArgument {
+                        what: INTERP_IMAGES_ENV,
+                        reason: format!("`{v}` is not an image set (cuda13 or cuda12)"),
+                    })
+                }
+            },
+        };
+        Self::with_images(images)
+    }
+
+    /// Parses the compute_80 PTX of every kernel file of `images`. Fails with
+    /// [`GhostError::KernelsNotBuilt`] when that set was not built.
+    pub fn with_images(images: ImageSet) -> Result<Self> {
+        if !images.built() {
             return Err(GhostError::KernelsNotBuilt);
         }
         let mut modules = Vec::new();
         let mut kernel_module = HashMap::new();
-        for file in kernels::KERNEL_FILES {
-            let m = Module::parse(file.ptx).map_err(|e| interp_err(format!("{}.ptx: {e}", file.name)))?;
+        for (name, ptx) in images.interp_ptx() {
+            let m = Module::parse(ptx).map_err(|e| interp_err(format!("{name}.ptx ({images}): {e}")))?;
             for k in m.kernel_names() {
                 kernel_module.insert(k, modules.len());
             }
             modules.push(m);
         }
         Ok(InterpRuntime {
+            images,
             state: Mutex::new(State {
                 device: Device::new(),
                 modules,
@@ -91,6 +119,11 @@ impl InterpRuntime {
             }),
             op: Mutex::new(()),
         })
+    }
+
+    /// The image set whose PTX this runtime executes.
+    pub fn images(&self) -> ImageSet {
+        self.images
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>> {
@@ -170,7 +203,11 @@ impl InterpRuntime {
 
 impl KernelRuntime for InterpRuntime {
     fn describe(&self) -> String {
-        "PTX interpreter (ptx-interp), executing compute_80 PTX on the CPU".into()
+        format!(
+            "PTX interpreter (ptx-interp) on the CPU, kernel images: {} compute_{} PTX (interpreted)",
+            self.images,
+            kernels::INTERP_PTX_ARCH
+        )
     }
 
     fn launch(&self, plan: &LaunchPlan) -> Result<()> {
