@@ -180,6 +180,10 @@ impl KernelRuntime for CudaRuntime {
         )
     }
 
+    fn sm_version(&self) -> u32 {
+        self.compute_capability.sm()
+    }
+
     fn launch(&self, plan: &LaunchPlan) -> Result<()> {
         let f = *self
             .functions

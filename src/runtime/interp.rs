@@ -42,6 +42,7 @@ pub struct InterpRuntime {
     images: ImageSet,
     state: Mutex<State>,
     op: Mutex<()>,
+    sm_version: std::sync::atomic::AtomicU32,
 }
 
 fn interp_err(e: impl std::fmt::Display) -> GhostError {
@@ -118,12 +119,20 @@ impl InterpRuntime {
                 records: Vec::new(),
             }),
             op: Mutex::new(()),
+            sm_version: std::sync::atomic::AtomicU32::new(kernels::INTERP_PTX_ARCH),
         })
     }
 
     /// The image set whose PTX this runtime executes.
     pub fn images(&self) -> ImageSet {
         self.images
+    }
+
+    /// The compute capability the launch plans see (default 80, the interpreter PTX's
+    /// architecture). Setting 75 makes them choose the kernels of an sm_75 device (no tensor
+    /// cores), which the interpreter then executes in their compute_80 PTX.
+    pub fn set_sm_version(&self, sm: u32) {
+        self.sm_version.store(sm, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>> {
@@ -208,6 +217,10 @@ impl KernelRuntime for InterpRuntime {
             self.images,
             kernels::INTERP_PTX_ARCH
         )
+    }
+
+    fn sm_version(&self) -> u32 {
+        self.sm_version.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn launch(&self, plan: &LaunchPlan) -> Result<()> {
