@@ -1,4 +1,4 @@
-//! The C ABI (`src/ffi.rs`, `include/ghostgrad.h`): a C program compiled against the static
+//! The C ABI (`src/ffi/`, `include/ghostgrad.h`): a C program compiled against the static
 //! library computes the right numbers, and every kind of bad input through the ABI comes back
 //! as the right status with a message naming the problem, never as a crash or a panic.
 
@@ -1639,7 +1639,7 @@ fn dvemb_layers_matches_the_rust_api_and_the_recursion_and_rejects_bad_arguments
 }
 
 // ---------------------------------------------------------------------------------------------
-// Projection extensions: embedding projections and second moments (end of src/ffi.rs)
+// Projection extensions: embedding projections and second moments (src/ffi/projection.rs, covariances.rs)
 // ---------------------------------------------------------------------------------------------
 
 mod projection_extensions {
