@@ -135,6 +135,32 @@ impl Buffers {
         self.output(what, t).map(Some)
     }
 
+    /// Checks a host array of `count` `T` that the call fills in (`choice_out`, `choices_out`,
+    /// `groups_out`), before anything runs: NULL is `None` when `optional` (else an error),
+    /// otherwise it must be aligned for `T` and fit the address space. On a host context it
+    /// joins the overlap check (on a GPU context the other buffers are device memory).
+    pub(super) fn out_array<T>(&mut self, what: &str, p: *mut T, count: usize, optional: bool) -> FfiResult<Option<OutArray<T>>> {
+        let name = self.name(what);
+        if p.is_null() {
+            return if optional { Ok(None) } else { Err(Failure::null(&name)) };
+        }
+        let align = std::mem::align_of::<T>();
+        if (p as usize) % align != 0 {
+            return Err(Failure::new(
+                GG_STATUS_MISALIGNED,
+                format!("`{name}` at {p:p} is not aligned to {align} bytes (its element type)"),
+            ));
+        }
+        let bytes = count
+            .checked_mul(std::mem::size_of::<T>())
+            .filter(|&b| b <= isize::MAX as usize && (p as usize).checked_add(b).is_some())
+            .ok_or_else(|| Failure::new(GG_STATUS_SHAPE_OVERFLOW, format!("shape overflow: `{name}` of {count} entries exceeds the address space")))?;
+        if self.space == Space::Host && bytes > 0 {
+            self.regions.push(Region { what: name, start: p as usize, end: p as usize + bytes, writable: true });
+        }
+        Ok(Some(OutArray { ptr: p, count }))
+    }
+
     /// Rejects an output overlapping any other buffer of the call (inputs may alias each other).
     pub(super) fn check_overlaps(&self) -> FfiResult {
         for (i, w) in self.regions.iter().enumerate().filter(|(_, r)| r.writable) {
@@ -151,6 +177,31 @@ impl Buffers {
             }
         }
         Ok(())
+    }
+}
+
+/// A checked caller array of `count` writable `T` ([`Buffers::out_array`]).
+#[derive(Debug)]
+pub(super) struct OutArray<T> {
+    ptr: *mut T,
+    count: usize,
+}
+
+impl<T> OutArray<T> {
+    /// Writes the first `count` items (the rest of `items` is dropped, as a too small capacity
+    /// asks); returns how many were written.
+    ///
+    /// # Safety
+    /// The caller's contract for the array: `count` writable `T`, used by nobody else during
+    /// the call (non-null, aligned and not overlapping another buffer: checked).
+    pub(super) unsafe fn fill(&self, items: impl IntoIterator<Item = T>) -> usize {
+        let mut written = 0;
+        for item in items.into_iter().take(self.count) {
+            // SAFETY: written < count entries of a checked array (this function's contract).
+            unsafe { self.ptr.add(written).write(item) };
+            written += 1;
+        }
+        written
     }
 }
 

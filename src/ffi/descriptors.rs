@@ -83,7 +83,8 @@ pub(super) fn dtype_from_code(what: &str, code: gg_dtype) -> FfiResult<DType> {
     })
 }
 
-pub(super) fn form_request_from_code(code: gg_form_request) -> FfiResult<FormRequest> {
+/// The form request behind a caller's code; `what` names the argument (`form`, `layers[2].form`).
+pub(super) fn form_request_from_code(what: &str, code: gg_form_request) -> FfiResult<FormRequest> {
     Ok(match code {
         GG_FORM_REQUEST_AUTO => FormRequest::Auto,
         GG_FORM_REQUEST_GRAM => FormRequest::Force(Form::Gram),
@@ -91,7 +92,7 @@ pub(super) fn form_request_from_code(code: gg_form_request) -> FfiResult<FormReq
         GG_FORM_REQUEST_MATERIALIZE => FormRequest::Force(Form::Materialize),
         other => {
             return Err(Failure::invalid(
-                "form",
+                what,
                 format!("{other} is not a gg_form_request (AUTO=0, GRAM=1, DENSE_QUERY=2, MATERIALIZE=3)"),
             ))
         }

@@ -5,26 +5,21 @@
 use super::*;
 
 /// Stores the reasons of one call for [`gg_last_form_reason`] and fills the optional
-/// `choices` out-array (`choices.len()` entries).
+/// out-array of choices (checked before the call ran, one entry per choice).
 ///
 /// # Safety
-/// `out` is NULL or points at `choices.len()` writable `gg_form_choice`.
-pub(super) unsafe fn publish_choices(choices: &[FormChoice], out: *mut gg_form_choice) -> FfiResult {
+/// As [`OutArray::fill`] for `out`.
+pub(super) unsafe fn publish_choices(choices: &[FormChoice], out: Option<OutArray<gg_form_choice>>) {
     let reason = if choices.len() == 1 {
         choices[0].reason.clone()
     } else {
         choices.iter().enumerate().map(|(i, c)| format!("layers[{i}]: {}", c.reason)).collect::<Vec<_>>().join("\n")
     };
     set_form_reason(&reason);
-    if out.is_null() {
-        return Ok(());
+    if let Some(out) = out {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { out.fill(choices.iter().map(gg_form_choice::from)) };
     }
-    check_out_param(out, "choice_out")?;
-    for (i, c) in choices.iter().enumerate() {
-        // SAFETY: out is non-null, aligned (checked) and has choices.len() entries (contract).
-        unsafe { out.add(i).write(gg_form_choice::from(c)) };
-    }
-    Ok(())
 }
 
 /// Ghost dot-products of one layer (MATH.md §1):
@@ -54,11 +49,12 @@ pub unsafe extern "C" fn gg_ghost_dot(
     guard(|| {
         // SAFETY: forwarded from this function's contract.
         let (ctx, train, query) = unsafe { (context_ref(ctx)?, read_desc(train, "train")?, read_desc(query, "query")?) };
-        let form = form_request_from_code(form)?;
+        let form = form_request_from_code("form", form)?;
         let mut bufs = Buffers::new(ctx);
         let raw_train = bufs.train(&train)?;
         let raw_query = bufs.query(&query)?;
         let raw_out = bufs.output("out", &out)?;
+        let choice_out = bufs.out_array("choice_out", choice_out, 1, true)?;
         bufs.check_overlaps()?;
         let space = bufs.space;
         // SAFETY: buffers checked (non-null, aligned, sized, no output aliasing) and valid for
@@ -66,8 +62,9 @@ pub unsafe extern "C" fn gg_ghost_dot(
         let (train, query, mut out) = unsafe { (raw_train.view(space), raw_query.view(space), raw_out.view_mut(space)) };
         set_form_reason("");
         let choice = ctx.ghost_dot(&layer_shape(&shape), &train, &query, &mut out, Accumulate { scale, beta }, form)?;
-        // SAFETY: forwarded from this function's contract.
-        unsafe { publish_choices(std::slice::from_ref(&choice), choice_out) }
+        // SAFETY: forwarded from this function's contract (choice_out checked above).
+        unsafe { publish_choices(std::slice::from_ref(&choice), choice_out) };
+        Ok(())
     })
 }
 
@@ -92,47 +89,34 @@ pub unsafe extern "C" fn gg_ghost_dot_layers(
     guard(|| {
         // SAFETY: forwarded from this function's contract.
         let ctx = unsafe { context_ref(ctx) }?;
-        if layers.is_null() {
-            return Err(Failure::null("layers"));
-        }
-        if (layers as usize) % std::mem::align_of::<gg_layer>() != 0 {
-            return Err(Failure::new(GG_STATUS_MISALIGNED, "`layers` is misaligned for gg_layer"));
-        }
-        if n_layers == 0 {
-            return Err(GhostError::ZeroSize { what: "n_layers" }.into());
-        }
-        // SAFETY: non-null, aligned, n_layers readable descriptors (caller's contract); copied
-        // out at once.
-        let descs: Vec<gg_layer> = unsafe { std::slice::from_raw_parts(layers, n_layers) }.to_vec();
+        // SAFETY: forwarded from this function's contract.
+        let descs = unsafe { read_array(layers, n_layers, "layers", "n_layers")? };
         let mut bufs = Buffers::new(ctx);
         let mut raw = Vec::with_capacity(n_layers);
         for (i, l) in descs.iter().enumerate() {
             bufs.prefix = format!("layers[{i}].");
-            let parsed = (|| {
-                Ok::<_, Failure>((bufs.train(&l.train)?, bufs.query(&l.query)?, form_request_from_code(l.form)?))
-            })()
-            .map_err(|f| if f.message.contains("layers[") { f } else { f.context(&format!("layers[{i}]")) })?;
-            raw.push(parsed);
+            let form = form_request_from_code(&bufs.name("form"), l.form)?;
+            raw.push((bufs.train(&l.train)?, bufs.query(&l.query)?, form));
         }
         bufs.prefix.clear();
         let raw_out = bufs.output("out", &out)?;
+        let choices_out = bufs.out_array("choices_out", choices_out, n_layers, true)?;
         bufs.check_overlaps()?;
         let space = bufs.space;
-        let mut gl = Vec::with_capacity(n_layers);
-        for (i, (l, (rt, rq, form))) in descs.iter().zip(&raw).enumerate() {
+        let gl: Vec<GhostDotLayer<'_>> = descs
+            .iter()
+            .zip(&raw)
             // SAFETY: checked buffers, valid for the call by this function's contract.
-            let (train, query) = unsafe { (rt.view(space), rq.view(space)) };
-            let shape = layer_shape(&l.shape);
-            // Validates this layer alone so that an error names it.
-            ctx.choose_form(&shape, &train, &query, *form).map_err(|e| Failure::from(e).context(&format!("layers[{i}]")))?;
-            gl.push(GhostDotLayer { shape, train, query, form: *form });
-        }
+            .map(|(l, (rt, rq, form))| unsafe { GhostDotLayer { shape: layer_shape(&l.shape), train: rt.view(space), query: rq.view(space), form: *form } })
+            .collect();
         // SAFETY: checked output, no aliasing (check_overlaps), exclusive by the contract.
         let mut out = unsafe { raw_out.view_mut(space) };
         set_form_reason("");
+        // Every layer is validated (errors name it: `layers[2].query.aq`) before anything runs.
         let choices = ctx.ghost_dot_layers(&gl, &mut out, Accumulate { scale, beta })?;
-        // SAFETY: forwarded from this function's contract.
-        unsafe { publish_choices(&choices, choices_out) }
+        // SAFETY: forwarded from this function's contract (choices_out checked above).
+        unsafe { publish_choices(&choices, choices_out) };
+        Ok(())
     })
 }
 
@@ -236,10 +220,11 @@ pub(super) unsafe fn train_only(
     guard(|| {
         // SAFETY: forwarded from this function's contract.
         let (ctx, train) = unsafe { (context_ref(ctx)?, read_desc(train, "train")?) };
-        let form = form_request_from_code(form)?;
+        let form = form_request_from_code("form", form)?;
         let mut bufs = Buffers::new(ctx);
         let raw_train = bufs.train(&train)?;
         let raw_out = bufs.output("out", &out)?;
+        let choice_out = bufs.out_array("choice_out", choice_out, 1, true)?;
         bufs.check_overlaps()?;
         let space = bufs.space;
         // SAFETY: checked buffers, no output aliasing, valid for the call (contract).
@@ -250,8 +235,9 @@ pub(super) unsafe fn train_only(
             TrainOnly::Gram => ctx.ghost_gram(&shape, &train, &mut out, acc, form)?,
             TrainOnly::SqNorm => ctx.ghost_sqnorm(&shape, &train, &mut out, acc, form)?,
         };
-        // SAFETY: forwarded from this function's contract.
-        unsafe { publish_choices(std::slice::from_ref(&choice), choice_out) }
+        // SAFETY: forwarded from this function's contract (choice_out checked above).
+        unsafe { publish_choices(std::slice::from_ref(&choice), choice_out) };
+        Ok(())
     })
 }
 
@@ -315,17 +301,19 @@ pub unsafe extern "C" fn gg_choose_form(
     guard(|| {
         // SAFETY: forwarded from this function's contract.
         let (ctx, train, query) = unsafe { (context_ref(ctx)?, read_desc(train, "train")?, read_desc(query, "query")?) };
-        check_out_param(choice_out, "choice_out")?;
-        let form = form_request_from_code(form)?;
+        let form = form_request_from_code("form", form)?;
         let mut bufs = Buffers::new(ctx);
         let raw_train = bufs.train(&train)?;
         let raw_query = bufs.query(&query)?;
+        let choice_out = bufs.out_array("choice_out", choice_out, 1, false)?;
+        bufs.check_overlaps()?;
         let space = bufs.space;
         // SAFETY: checked buffers, valid for the call (contract); nothing is written.
         let (train, query) = unsafe { (raw_train.view(space), raw_query.view(space)) };
         set_form_reason("");
         let choice = ctx.choose_form(&layer_shape(&shape), &train, &query, form)?;
-        // SAFETY: forwarded from this function's contract.
-        unsafe { publish_choices(std::slice::from_ref(&choice), choice_out) }
+        // SAFETY: forwarded from this function's contract (choice_out checked above).
+        unsafe { publish_choices(std::slice::from_ref(&choice), choice_out) };
+        Ok(())
     })
 }

@@ -49,11 +49,7 @@ pub unsafe extern "C" fn gg_ghg(
     guard(|| {
         // SAFETY: forwarded from this function's contract.
         let (ctx, descs) = unsafe { (context_ref(ctx)?, read_array(layers, n_layers, "layers", "n_layers")?) };
-        let form = form_request_from_code(form)?;
-        if !choices_out.is_null() {
-            // Checked before anything runs, so that a bad pointer never follows a computed output.
-            check_out_param(choices_out, "choices_out")?;
-        }
+        let form = form_request_from_code("form", form)?;
         let mut bufs = Buffers::new(ctx);
         let mut raw = Vec::with_capacity(n_layers);
         for (i, l) in descs.iter().enumerate() {
@@ -62,37 +58,24 @@ pub unsafe extern "C" fn gg_ghg(
         }
         bufs.prefix.clear();
         let raw_out = bufs.output("out", &out)?;
+        let choices_out = bufs.out_array("choices_out", choices_out, 3 * n_layers, true)?;
         bufs.check_overlaps()?;
         let space = bufs.space;
-        let mut gl = Vec::with_capacity(n_layers);
-        for (i, r) in raw.iter().enumerate() {
-            // SAFETY: checked buffers, valid for the call by this function's contract.
-            let l = unsafe { r.view(space) };
-            // Validates the layer's three pseudo-layers (nothing runs) so that an error names it.
-            let query = |aq, bq| QueryFactors { aq, bq, q: l.t_v, segments: Segments::Single, mask: l.val_mask };
-            for (shape, q) in [
-                (l.shape, query(l.a_val, l.b_val)),
-                (l.shape, query(l.a_val, l.b_dot)),
-                (l.shape.with_bias(false), query(l.a_dot, l.b_val)),
-            ] {
-                ctx.choose_form(&shape, &l.train, &q, form).map_err(|e| Failure::from(e).context(&format!("layers[{i}]")))?;
-            }
-            gl.push(l);
-        }
+        // SAFETY: checked buffers, valid for the call by this function's contract.
+        let gl: Vec<GhgLayer<'_>> = raw.iter().map(|r| unsafe { r.view(space) }).collect();
         // SAFETY: checked output, no aliasing (check_overlaps), exclusive by the contract.
         let mut out = unsafe { raw_out.view_mut(space) };
         set_form_reason("");
+        // Every layer is validated (errors name the field: `layers[1].a_dot`) before anything runs.
         let choices = ctx.ghg(&gl, eta, &mut out, Accumulate { scale, beta }, form)?;
         let labels = (0..n_layers)
             .map(|l| format!("layers[{l}] (a_val, b_val)"))
             .chain((0..n_layers).flat_map(|l| [format!("layers[{l}] (a_val, b_dot)"), format!("layers[{l}] (a_dot, b_val)")]));
         let reason = labels.zip(&choices).map(|(label, c)| format!("{label}: {}", c.reason)).collect::<Vec<_>>().join("\n");
         set_form_reason(&reason);
-        if !choices_out.is_null() {
-            for (i, c) in choices.iter().enumerate() {
-                // SAFETY: non-null, aligned (checked), 3·n_layers entries (contract).
-                unsafe { choices_out.add(i).write(gg_form_choice::from(c)) };
-            }
+        if let Some(dst) = choices_out {
+            // SAFETY: checked before the call ran; 3·n_layers entries (contract).
+            unsafe { dst.fill(choices.iter().map(gg_form_choice::from)) };
         }
         Ok(())
     })

@@ -113,7 +113,7 @@ pub(super) unsafe fn model_call(
             return Err(GhostError::ZeroSize { what: "n_uses" }.into());
         }
         let forms = ModelForms {
-            linear: form_request_from_code(linear_form)?,
+            linear: form_request_from_code("linear_form", linear_form)?,
             embedding: match embedding_form {
                 GG_EMBEDDING_FORM_AUTO => None,
                 GG_EMBEDDING_FORM_MASKED_GRAM => Some(EmbeddingForm::MaskedGram),

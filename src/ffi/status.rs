@@ -211,6 +211,10 @@ pub(super) fn guard_ptr(fallback: *const c_char, body: impl FnOnce() -> *const c
 /// # Safety
 /// `buf` is NULL or `cap` writable bytes; `len_out` is NULL or a writable `size_t`.
 pub(super) unsafe fn copy_to_caller(s: &[u8], buf: *mut c_char, cap: usize, len_out: *mut usize) -> FfiResult {
+    // Both out-parameters are checked before either is written.
+    if !len_out.is_null() {
+        check_out_param(len_out, "len_out")?;
+    }
     if cap > 0 {
         if buf.is_null() {
             return Err(Failure::new(GG_STATUS_NULL_POINTER, "`buf` is a null pointer with a nonzero capacity"));

@@ -135,13 +135,13 @@ impl Context {
         let d = vo::train(OP, shape, train, space)?;
         check_spec(space, proj, d.d_in + d.has_bias as u64, d.d_out, OP)?;
         self.check_proj_ptrs(proj)?;
-        self.check_device_ptrs(&[("a", Some(&train.a)), ("b", Some(&train.b)), ("mask", train.mask.as_ref())])?;
+        self.check_device_ptrs(&[("train.a", Some(&train.a)), ("train.b", Some(&train.b)), ("train.mask", train.mask.as_ref())])?;
         Ok(d)
     }
 
     pub(super) fn check_proj_ptrs(&self, proj: &ProjectionSpec<'_>) -> Result<()> {
         if let ProjectionKind::Dense { p_in, p_out } = &proj.kind {
-            self.check_device_ptrs(&[("p_in", Some(p_in)), ("p_out", Some(p_out))])?;
+            self.check_device_ptrs(&[("proj.p_in", Some(p_in)), ("proj.p_out", Some(p_out))])?;
         }
         Ok(())
     }
@@ -152,7 +152,7 @@ impl Context {
         let d = check_tokens(space, &l.shape, &l.train, op)?;
         check_spec(space, &l.proj, d.d_in, d.d_out, op)?;
         self.check_proj_ptrs(&l.proj)?;
-        self.check_device_ptrs(&[("ids", Some(&l.train.ids)), ("b", Some(&l.train.b)), ("mask", l.train.mask.as_ref())])?;
+        self.check_device_ptrs(&[("train.ids", Some(&l.train.ids)), ("train.b", Some(&l.train.b)), ("train.mask", l.train.mask.as_ref())])?;
         if space == Space::Host {
             check_host_ids(host_ids(&l.train.ids)?, host_u8("mask", l.train.mask.as_ref())?, d.t, d.d_in)?;
         }
