@@ -219,6 +219,22 @@ typedef struct gg_layer_use {
 // Embedding × embedding algorithm: by cost (0), masked Gram (1) or scatter/gather (2).
 typedef uint32_t gg_embedding_form_request;
 
+// The algorithm of one term of a model-level call (see [`gg_term_choice`]).
+typedef uint32_t gg_term_algorithm;
+
+// How one term of a model-level call was computed: the parameter, the two uses of the term
+// (indices into `uses`, equal for a use's own term) and the algorithm (a
+// `gg_term_algorithm`); `linear_form` is the `gg_form` of a `GG_TERM_LINEAR` term (0
+// otherwise). The same terms, with the cost model's reasons in words, are the lines of
+// [`gg_last_form_reason`].
+typedef struct gg_term_choice {
+    uint32_t param;
+    gg_term_algorithm algorithm;
+    gg_form linear_form;
+    uint64_t use_a;
+    uint64_t use_b;
+} gg_term_choice;
+
 // Where a layer's projection matrices come from (see [`gg_projection`]).
 typedef uint32_t gg_projection_kind;
 
@@ -374,6 +390,22 @@ typedef uint32_t gg_blocking;
 #define GG_EMBEDDING_FORM_MASKED_GRAM 1
 
 #define GG_EMBEDDING_FORM_SCATTER_GATHER 2
+
+// A Linear use's own term by a ghost dot-product form (`gg_term_choice.linear_form`).
+#define GG_TERM_LINEAR 0
+
+// Embedding × embedding by the masked Gram `Σ_t Σ_u [x_t = xq_u](b_t·bq_u)`.
+#define GG_TERM_EMBEDDING_MASKED_GRAM 1
+
+// Embedding × embedding by scatter/gather (sorted compact query table, binary-search gather).
+#define GG_TERM_EMBEDDING_SCATTER_GATHER 2
+
+// Two tied uses of different kinds or orientations (an embedding and its LM head) by their
+// cross Gram.
+#define GG_TERM_CROSS_GRAM 3
+
+// A norm parameter: per-sample gradients materialized (`d` long), then dotted.
+#define GG_TERM_NORM_MATERIALIZE 4
 
 // Standardized Irwin–Hall(4) entries of variance `1/k` (bit-exact on every backend).
 #define GG_DISTRIBUTION_GAUSSIAN 0
@@ -603,13 +635,22 @@ gg_status gg_choose_form(const struct gg_context *ctx,
 
 // Train × query inner products of whole-model per-sample gradients (every parameter of
 // `uses`, tied ones with their cross terms): `out[n, v] = beta·out + scale·Σ_params <G_n,
-// Gq_v>`, `out` f32 `[n, V]`. Every use needs a query side (same `V` for all). How each term
-// was computed: the lines of [`gg_last_form_reason`]. Errors name the use (`uses[i]`).
+// Gq_v>`, `out` f32 `[n, V]`. Every use needs a query side (same `V` for all). Errors name the
+// use and field as spelled here (`uses[3].query.b`).
+//
+// How each term was computed, as data: `choices_out` receives the first `choices_cap` terms
+// (`gg_term_choice`, in the order of the lines of [`gg_last_form_reason`], which give the
+// reasons in words) and `*choices_count_out` the number of terms, snprintf-style (a smaller
+// capacity truncates; call with a capacity of at least `n_uses²`, or three times that for
+// `gg_model_ghg`, to get them all). `choices_out` may be NULL with `choices_cap == 0`,
+// `choices_count_out` may be NULL. Both are checked (alignment, no overlap with another buffer)
+// before anything runs.
 //
 // # Safety
 // `ctx` is NULL or a live context; `uses` is NULL (an error) or points at `n_uses` readable
 // `gg_layer_use` whose buffers follow the [`gg_tensor`] / [`gg_tensor_mut`] contract for the
-// duration of the call.
+// duration of the call; `choices_out` is NULL or points at `choices_cap` writable
+// `gg_term_choice`; `choices_count_out` is NULL or points at a writable `size_t`.
 gg_status gg_model_dot(const struct gg_context *ctx,
                        uint64_t n,
                        const struct gg_layer_use *uses,
@@ -618,7 +659,10 @@ gg_status gg_model_dot(const struct gg_context *ctx,
                        float scale,
                        float beta,
                        gg_form_request linear_form,
-                       gg_embedding_form_request embedding_form);
+                       gg_embedding_form_request embedding_form,
+                       struct gg_term_choice *choices_out,
+                       size_t choices_cap,
+                       size_t *choices_count_out);
 
 // Train × train Gram matrix of whole-model per-sample gradients, `out` f32 `[n, n]`
 // (query sides are ignored). `linear_form`: AUTO, GRAM or MATERIALIZE.
@@ -633,7 +677,10 @@ gg_status gg_model_gram(const struct gg_context *ctx,
                         float scale,
                         float beta,
                         gg_form_request linear_form,
-                        gg_embedding_form_request embedding_form);
+                        gg_embedding_form_request embedding_form,
+                        struct gg_term_choice *choices_out,
+                        size_t choices_cap,
+                        size_t *choices_count_out);
 
 // Per-sample squared norms of whole-model gradients, `out` f32 `[n]` (query sides ignored).
 //
@@ -647,7 +694,10 @@ gg_status gg_model_sqnorm(const struct gg_context *ctx,
                           float scale,
                           float beta,
                           gg_form_request linear_form,
-                          gg_embedding_form_request embedding_form);
+                          gg_embedding_form_request embedding_form,
+                          struct gg_term_choice *choices_out,
+                          size_t choices_cap,
+                          size_t *choices_count_out);
 
 // In-Run Data Shapley, first + second order, over a whole model of mixed layer kinds
 // (`Context::model_ghg`): `out[n] = beta·out + scale·(−eta·Σ_p <G^p_n, g_val^p> +
@@ -671,7 +721,10 @@ gg_status gg_model_ghg(const struct gg_context *ctx,
                        float scale,
                        float beta,
                        gg_form_request linear_form,
-                       gg_embedding_form_request embedding_form);
+                       gg_embedding_form_request embedding_form,
+                       struct gg_term_choice *choices_out,
+                       size_t choices_cap,
+                       size_t *choices_count_out);
 
 // Projected per-sample gradients of one layer (MATH.md §3):
 // `out[n·row_stride + col_offset + o·k_i + i] = beta·out + scale·Ĝ_n[o, i]`,

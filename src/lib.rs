@@ -36,7 +36,7 @@ pub use ghost_dot::{
     Accumulate, Form, FormChoice, FormCost, FormRequest, GhostDotLayer, LayerShape, QueryFactors, Segments,
     TrainFactors,
 };
-pub use layers::{EmbeddingForm, GhgUse, LayerKind, LayerUse, ModelForms, TermChoice, UseQuery, UseTrain, WeightLayout};
+pub use layers::{EmbeddingForm, GhgUse, LayerKind, LayerUse, ModelForms, TermAlgorithm, TermChoice, UseQuery, UseTrain, WeightLayout};
 pub use projection::{
     ColumnGroup, Distribution, EmbeddingLayer, OutColumns, ParamProjection, ProjectInput, ProjectLayer, ProjectionKind, ProjectionSpec, ScoreDims,
     ScoreMode, TokenFactors, Which,

@@ -340,7 +340,7 @@ fn wrong_lengths_name_the_buffer_and_both_sizes() {
     let st = dot(ctx.0, &train, &p.query(), tm(&mut out), GG_FORM_REQUEST_AUTO);
     let expected = (N * T * D_OUT).to_string();
     let got = (N * T * D_OUT - 1).to_string();
-    expect(st, GG_STATUS_LENGTH_MISMATCH, &["`b`", &expected, &got]);
+    expect(st, GG_STATUS_LENGTH_MISMATCH, &["`train.b`", &expected, &got]);
     let mut short = vec![0.0f32; (N * V - 1) as usize];
     let st = dot(ctx.0, &p.train(), &p.query(), tm(&mut short), GG_FORM_REQUEST_AUTO);
     expect(st, GG_STATUS_LENGTH_MISMATCH, &["`out`"]);
@@ -786,7 +786,7 @@ fn kron_project_layers_matches_the_rust_api_and_names_the_bad_layer() {
     bad[1].train.a.len -= 1;
     // SAFETY: as above (the short length is detected).
     let st = unsafe { gg_kron_project_layers(ctx.0, bad.as_ptr(), 2, tm(&mut out), 1.0, 0.0) };
-    expect(st, GG_STATUS_LENGTH_MISMATCH, &["layers[1]", "`a`"]);
+    expect(st, GG_STATUS_LENGTH_MISMATCH, &["layers[1]", "`train.a`"]);
     let mut bad = layers;
     bad[1].proj.kind = 9;
     // SAFETY: as above.
@@ -1200,7 +1200,7 @@ fn kfac_handle_matches_the_rust_api_including_ekfac_and_rejects_bad_arguments() 
         expect(gg_kfac_fit(p.shape(), &p.train(), &bad, &mut h2), GG_STATUS_ZERO_SIZE, &["k_o"]);
         let mut train = p.train();
         train.a.len += 1;
-        expect(gg_kfac_fit(p.shape(), &train, &proj, &mut h2), GG_STATUS_LENGTH_MISMATCH, &["`a`"]);
+        expect(gg_kfac_fit(p.shape(), &train, &proj, &mut h2), GG_STATUS_LENGTH_MISMATCH, &["`train.a`"]);
         let mut train = p.train();
         let buf = vals(N * T * D_IN + 1, 63);
         train.a.ptr = (buf.as_ptr() as *const u8).add(2) as *const c_void;
@@ -1338,9 +1338,9 @@ fn model_level_calls_match_the_safe_api() {
             // SAFETY: descriptors point at live memory of this test.
             let st = unsafe {
                 match which {
-                    0 => gg_model_dot(ctx.0, 2, uses.as_ptr(), uses.len(), tm(&mut out), 1.5, 0.0, GG_FORM_REQUEST_AUTO, GG_EMBEDDING_FORM_AUTO),
-                    1 => gg_model_gram(ctx.0, 2, uses.as_ptr(), uses.len(), tm(&mut out), 1.5, 0.0, GG_FORM_REQUEST_AUTO, GG_EMBEDDING_FORM_SCATTER_GATHER),
-                    _ => gg_model_sqnorm(ctx.0, 2, uses.as_ptr(), uses.len(), tm(&mut out), 1.5, 0.0, GG_FORM_REQUEST_AUTO, GG_EMBEDDING_FORM_MASKED_GRAM),
+                    0 => gg_model_dot(ctx.0, 2, uses.as_ptr(), uses.len(), tm(&mut out), 1.5, 0.0, GG_FORM_REQUEST_AUTO, GG_EMBEDDING_FORM_AUTO, ptr::null_mut(), 0, ptr::null_mut()),
+                    1 => gg_model_gram(ctx.0, 2, uses.as_ptr(), uses.len(), tm(&mut out), 1.5, 0.0, GG_FORM_REQUEST_AUTO, GG_EMBEDDING_FORM_SCATTER_GATHER, ptr::null_mut(), 0, ptr::null_mut()),
+                    _ => gg_model_sqnorm(ctx.0, 2, uses.as_ptr(), uses.len(), tm(&mut out), 1.5, 0.0, GG_FORM_REQUEST_AUTO, GG_EMBEDDING_FORM_MASKED_GRAM, ptr::null_mut(), 0, ptr::null_mut()),
                 }
             };
             expect(st, GG_STATUS_OK, &[]);
@@ -1371,7 +1371,7 @@ fn model_level_errors_name_the_use() {
     let mut out = vec![0f32; 4];
     let call = |uses: &[gg_layer_use], out: &mut [f32], emb: u32| {
         // SAFETY: descriptors point at live memory of this test (or are invalid on purpose).
-        unsafe { gg_model_dot(ctx.0, 2, uses.as_ptr(), uses.len(), tm(out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, emb) }
+        unsafe { gg_model_dot(ctx.0, 2, uses.as_ptr(), uses.len(), tm(out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, emb, ptr::null_mut(), 0, ptr::null_mut()) }
     };
     let mut uses = p.uses();
     uses[1].kind = 7;
@@ -1400,7 +1400,7 @@ fn model_level_errors_name_the_use() {
     let uses = p.uses();
     expect(call(&uses, &mut out[..3], 0), GG_STATUS_LENGTH_MISMATCH, &["out"]);
     // SAFETY: a null descriptor array must be detected.
-    let st = unsafe { gg_model_sqnorm(ctx.0, 2, ptr::null(), 1, tm(&mut out), 1.0, 0.0, 0, 0) };
+    let st = unsafe { gg_model_sqnorm(ctx.0, 2, ptr::null(), 1, tm(&mut out), 1.0, 0.0, 0, 0, ptr::null_mut(), 0, ptr::null_mut()) };
     expect(st, GG_STATUS_NULL_POINTER, &["uses"]);
 }
 
@@ -1907,7 +1907,7 @@ fn model_ghg_matches_the_safe_api_with_and_without_the_tied_lm_head() {
     let ctx = Ctx::cpu();
     let mut out = vec![f32::NAN; 2 * 2];
     // SAFETY: every descriptor points at live memory of the right length.
-    let st = unsafe { gg_model_ghg(ctx.0, 2, uses.as_ptr(), x_dot.as_ptr(), b_dot.as_ptr(), 3, 0.3, tm(&mut out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, 0) };
+    let st = unsafe { gg_model_ghg(ctx.0, 2, uses.as_ptr(), x_dot.as_ptr(), b_dot.as_ptr(), 3, 0.3, tm(&mut out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, 0, ptr::null_mut(), 0, ptr::null_mut()) };
     expect(st, GG_STATUS_OK, &[]);
     let bd: [&[f32]; 3] = [&qemb_dot, &qln_dot, &qlin_dot];
     let gu: Vec<ghostgrad::GhgUse<'_>> = safe[..3]
@@ -1929,7 +1929,7 @@ fn model_ghg_matches_the_safe_api_with_and_without_the_tied_lm_head() {
     assert!(out.iter().all(|x| x.is_finite()), "{out:?}");
     // All four uses: the embedding (no x_dot) tied to the LM head (x_dot), as in GPT-2.
     // SAFETY: as above.
-    let st = unsafe { gg_model_ghg(ctx.0, 2, uses.as_ptr(), x_dot.as_ptr(), b_dot.as_ptr(), 4, 0.3, tm(&mut out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, 0) };
+    let st = unsafe { gg_model_ghg(ctx.0, 2, uses.as_ptr(), x_dot.as_ptr(), b_dot.as_ptr(), 4, 0.3, tm(&mut out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, 0, ptr::null_mut(), 0, ptr::null_mut()) };
     expect(st, GG_STATUS_OK, &[]);
     let bd4: [&[f32]; 4] = [&qemb_dot, &qln_dot, &qlin_dot, &qlogit_dot];
     let gu4: Vec<ghostgrad::GhgUse<'_>> = safe
@@ -1948,10 +1948,10 @@ fn model_ghg_matches_the_safe_api_with_and_without_the_tied_lm_head() {
     ghostgrad::Context::cpu().model_ghg(2, &gu4, 0.3, &mut (&mut want[..]).into(), Accumulate::overwrite(), ghostgrad::ModelForms::default()).unwrap();
     assert_eq!(out, want);
     // SAFETY: a null derivative array must be detected.
-    let st = unsafe { gg_model_ghg(ctx.0, 2, uses.as_ptr(), ptr::null(), b_dot.as_ptr(), 3, 0.3, tm(&mut out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, 0) };
+    let st = unsafe { gg_model_ghg(ctx.0, 2, uses.as_ptr(), ptr::null(), b_dot.as_ptr(), 3, 0.3, tm(&mut out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, 0, ptr::null_mut(), 0, ptr::null_mut()) };
     expect(st, GG_STATUS_NULL_POINTER, &["x_dot"]);
     let short = [t(&qemb_dot[..15], GG_DTYPE_F32), b_dot[1], b_dot[2]];
     // SAFETY: as above, with a short b_dot[0] on purpose.
-    let st = unsafe { gg_model_ghg(ctx.0, 2, uses.as_ptr(), x_dot.as_ptr(), short.as_ptr(), 3, 0.3, tm(&mut out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, 0) };
+    let st = unsafe { gg_model_ghg(ctx.0, 2, uses.as_ptr(), x_dot.as_ptr(), short.as_ptr(), 3, 0.3, tm(&mut out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, 0, ptr::null_mut(), 0, ptr::null_mut()) };
     assert_ne!(st, GG_STATUS_OK, "a short b_dot must be rejected");
 }

@@ -74,6 +74,58 @@ pub struct gg_layer_use {
     pub query: gg_use_query,
 }
 
+/// The algorithm of one term of a model-level call (see [`gg_term_choice`]).
+pub type gg_term_algorithm = u32;
+/// A Linear use's own term by a ghost dot-product form (`gg_term_choice.linear_form`).
+pub const GG_TERM_LINEAR: gg_term_algorithm = 0;
+/// Embedding × embedding by the masked Gram `Σ_t Σ_u [x_t = xq_u](b_t·bq_u)`.
+pub const GG_TERM_EMBEDDING_MASKED_GRAM: gg_term_algorithm = 1;
+/// Embedding × embedding by scatter/gather (sorted compact query table, binary-search gather).
+pub const GG_TERM_EMBEDDING_SCATTER_GATHER: gg_term_algorithm = 2;
+/// Two tied uses of different kinds or orientations (an embedding and its LM head) by their
+/// cross Gram.
+pub const GG_TERM_CROSS_GRAM: gg_term_algorithm = 3;
+/// A norm parameter: per-sample gradients materialized (`d` long), then dotted.
+pub const GG_TERM_NORM_MATERIALIZE: gg_term_algorithm = 4;
+
+/// How one term of a model-level call was computed: the parameter, the two uses of the term
+/// (indices into `uses`, equal for a use's own term) and the algorithm (a
+/// `gg_term_algorithm`); `linear_form` is the `gg_form` of a `GG_TERM_LINEAR` term (0
+/// otherwise). The same terms, with the cost model's reasons in words, are the lines of
+/// [`gg_last_form_reason`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct gg_term_choice {
+    pub param: u32,
+    pub algorithm: gg_term_algorithm,
+    pub linear_form: gg_form,
+    pub use_a: u64,
+    pub use_b: u64,
+}
+
+impl From<&crate::layers::TermChoice> for gg_term_choice {
+    fn from(c: &crate::layers::TermChoice) -> Self {
+        use crate::layers::{EmbeddingForm, TermAlgorithm};
+        let (algorithm, linear_form) = match c.algorithm {
+            TermAlgorithm::Linear(form) => (GG_TERM_LINEAR, form as u32),
+            TermAlgorithm::Embedding(EmbeddingForm::MaskedGram) => (GG_TERM_EMBEDDING_MASKED_GRAM, 0),
+            TermAlgorithm::Embedding(EmbeddingForm::ScatterGather) => (GG_TERM_EMBEDDING_SCATTER_GATHER, 0),
+            TermAlgorithm::CrossGram => (GG_TERM_CROSS_GRAM, 0),
+            TermAlgorithm::NormMaterialize => (GG_TERM_NORM_MATERIALIZE, 0),
+        };
+        gg_term_choice { param: c.param, algorithm, linear_form, use_a: c.uses.0 as u64, use_b: c.uses.1 as u64 }
+    }
+}
+
+/// The caller's out-parameters for the terms of a model-level call: `cap` entries at `ptr`
+/// (NULL with `cap == 0` for none) and the number of terms at `count` (NULL: not wanted).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct TermChoicesOut {
+    pub(super) ptr: *mut gg_term_choice,
+    pub(super) cap: usize,
+    pub(super) count: *mut usize,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(super) enum ModelCall {
     Dot,
@@ -98,6 +150,7 @@ pub(super) unsafe fn model_call(
     beta: f32,
     linear_form: gg_form_request,
     embedding_form: gg_embedding_form_request,
+    choices: TermChoicesOut,
 ) -> gg_status {
     guard(|| {
         use crate::layers::{EmbeddingForm, ModelForms};
@@ -148,6 +201,11 @@ pub(super) unsafe fn model_call(
             }
         }
         let raw_out = bufs.output("out", &out)?;
+        if choices.ptr.is_null() && choices.cap > 0 {
+            return Err(Failure::new(GG_STATUS_NULL_POINTER, "`choices_out` is a null pointer with a nonzero capacity"));
+        }
+        let choices_out = bufs.out_array("choices_out", choices.ptr, choices.cap, true)?;
+        let count_out = bufs.out_array("choices_count_out", choices.count, 1, true)?;
         bufs.check_overlaps()?;
         let space = bufs.space;
         // SAFETY: checked buffers, valid for the call by this function's contract.
@@ -176,19 +234,37 @@ pub(super) unsafe fn model_call(
             .map(|c| format!("param {} uses[{}]×uses[{}]: {}", c.param, c.uses.0, c.uses.1, c.method))
             .collect();
         set_form_reason(&lines.join("\n"));
+        // SAFETY: both arrays were checked before the call ran (caller's contract for the rest).
+        unsafe {
+            if let Some(dst) = choices_out {
+                dst.fill(report.iter().map(gg_term_choice::from));
+            }
+            if let Some(count) = count_out {
+                count.fill([report.len()]);
+            }
+        }
         Ok(())
     })
 }
 
 /// Train × query inner products of whole-model per-sample gradients (every parameter of
 /// `uses`, tied ones with their cross terms): `out[n, v] = beta·out + scale·Σ_params <G_n,
-/// Gq_v>`, `out` f32 `[n, V]`. Every use needs a query side (same `V` for all). How each term
-/// was computed: the lines of [`gg_last_form_reason`]. Errors name the use (`uses[i]`).
+/// Gq_v>`, `out` f32 `[n, V]`. Every use needs a query side (same `V` for all). Errors name the
+/// use and field as spelled here (`uses[3].query.b`).
+///
+/// How each term was computed, as data: `choices_out` receives the first `choices_cap` terms
+/// (`gg_term_choice`, in the order of the lines of [`gg_last_form_reason`], which give the
+/// reasons in words) and `*choices_count_out` the number of terms, snprintf-style (a smaller
+/// capacity truncates; call with a capacity of at least `n_uses²`, or three times that for
+/// `gg_model_ghg`, to get them all). `choices_out` may be NULL with `choices_cap == 0`,
+/// `choices_count_out` may be NULL. Both are checked (alignment, no overlap with another buffer)
+/// before anything runs.
 ///
 /// # Safety
 /// `ctx` is NULL or a live context; `uses` is NULL (an error) or points at `n_uses` readable
 /// `gg_layer_use` whose buffers follow the [`gg_tensor`] / [`gg_tensor_mut`] contract for the
-/// duration of the call.
+/// duration of the call; `choices_out` is NULL or points at `choices_cap` writable
+/// `gg_term_choice`; `choices_count_out` is NULL or points at a writable `size_t`.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn gg_model_dot(
@@ -201,9 +277,13 @@ pub unsafe extern "C" fn gg_model_dot(
     beta: f32,
     linear_form: gg_form_request,
     embedding_form: gg_embedding_form_request,
+    choices_out: *mut gg_term_choice,
+    choices_cap: usize,
+    choices_count_out: *mut usize,
 ) -> gg_status {
+    let choices = TermChoicesOut { ptr: choices_out, cap: choices_cap, count: choices_count_out };
     // SAFETY: forwarded from this function's contract.
-    unsafe { model_call(ModelCall::Dot, ctx, n, uses, n_uses, out, scale, beta, linear_form, embedding_form) }
+    unsafe { model_call(ModelCall::Dot, ctx, n, uses, n_uses, out, scale, beta, linear_form, embedding_form, choices) }
 }
 
 /// Train × train Gram matrix of whole-model per-sample gradients, `out` f32 `[n, n]`
@@ -223,9 +303,13 @@ pub unsafe extern "C" fn gg_model_gram(
     beta: f32,
     linear_form: gg_form_request,
     embedding_form: gg_embedding_form_request,
+    choices_out: *mut gg_term_choice,
+    choices_cap: usize,
+    choices_count_out: *mut usize,
 ) -> gg_status {
+    let choices = TermChoicesOut { ptr: choices_out, cap: choices_cap, count: choices_count_out };
     // SAFETY: forwarded from this function's contract.
-    unsafe { model_call(ModelCall::Gram, ctx, n, uses, n_uses, out, scale, beta, linear_form, embedding_form) }
+    unsafe { model_call(ModelCall::Gram, ctx, n, uses, n_uses, out, scale, beta, linear_form, embedding_form, choices) }
 }
 
 /// Per-sample squared norms of whole-model gradients, `out` f32 `[n]` (query sides ignored).
@@ -244,9 +328,13 @@ pub unsafe extern "C" fn gg_model_sqnorm(
     beta: f32,
     linear_form: gg_form_request,
     embedding_form: gg_embedding_form_request,
+    choices_out: *mut gg_term_choice,
+    choices_cap: usize,
+    choices_count_out: *mut usize,
 ) -> gg_status {
+    let choices = TermChoicesOut { ptr: choices_out, cap: choices_cap, count: choices_count_out };
     // SAFETY: forwarded from this function's contract.
-    unsafe { model_call(ModelCall::SqNorm, ctx, n, uses, n_uses, out, scale, beta, linear_form, embedding_form) }
+    unsafe { model_call(ModelCall::SqNorm, ctx, n, uses, n_uses, out, scale, beta, linear_form, embedding_form, choices) }
 }
 
 /// In-Run Data Shapley, first + second order, over a whole model of mixed layer kinds
@@ -275,7 +363,11 @@ pub unsafe extern "C" fn gg_model_ghg(
     beta: f32,
     linear_form: gg_form_request,
     embedding_form: gg_embedding_form_request,
+    choices_out: *mut gg_term_choice,
+    choices_cap: usize,
+    choices_count_out: *mut usize,
 ) -> gg_status {
+    let choices = TermChoicesOut { ptr: choices_out, cap: choices_cap, count: choices_count_out };
     // SAFETY: forwarded from this function's contract.
-    unsafe { model_call(ModelCall::Ghg { eta, x_dot, b_dot }, ctx, n, uses, n_uses, out, scale, beta, linear_form, embedding_form) }
+    unsafe { model_call(ModelCall::Ghg { eta, x_dot, b_dot }, ctx, n, uses, n_uses, out, scale, beta, linear_form, embedding_form, choices) }
 }

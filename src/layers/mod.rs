@@ -191,7 +191,24 @@ pub struct TermChoice {
     pub param: u32,
     /// Indices (into the call's `uses`) of the two uses of the term (equal for a single use).
     pub uses: (usize, usize),
+    /// The algorithm, as data.
+    pub algorithm: TermAlgorithm,
+    /// The algorithm and the cost model's reason, in words.
     pub method: String,
+}
+
+/// The algorithm of one term of a model call ([`TermChoice::algorithm`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TermAlgorithm {
+    /// A Linear use's own term, by a ghost dot-product form.
+    Linear(Form),
+    /// Two embedding uses (one use with itself included), by one of the two exact forms.
+    Embedding(EmbeddingForm),
+    /// Two tied uses of different kinds or orientations (e.g. an embedding and its LM head), by
+    /// their cross Gram `Σ_t Σ_u (x_t·xq_u)(b_t·bq_u)` (id equality for embedding sides).
+    CrossGram,
+    /// A norm parameter: its `d`-long per-sample gradients materialized, then dotted.
+    NormMaterialize,
 }
 
 /// Checked dimensions of one use.
@@ -427,12 +444,17 @@ impl Context {
             match u.kind {
                 LayerKind::Norm { d, has_bias } => {
                     terms.push(Term::Norm { uses: group.clone(), d, bias: has_bias });
-                    report.push(TermChoice { param: u.param, uses: (i, i), method: format!("norm: materialize {} use(s), dot", group.len()) });
+                    report.push(TermChoice {
+                        param: u.param,
+                        uses: (i, i),
+                        algorithm: TermAlgorithm::NormMaterialize,
+                        method: format!("norm: materialize {} use(s), dot", group.len()),
+                    });
                 }
                 LayerKind::Linear { .. } if group.len() == 1 => {
                     let (form, why) = self.linear_choice(n, dims, i, mode, forms.linear);
                     terms.push(Term::Linear { u: i, form });
-                    report.push(TermChoice { param: u.param, uses: (i, i), method: format!("linear {form}: {why}") });
+                    report.push(TermChoice { param: u.param, uses: (i, i), algorithm: TermAlgorithm::Linear(form), method: format!("linear {form}: {why}") });
                 }
                 _ => {
                     let bias = u.kind.has_bias();
@@ -447,19 +469,20 @@ impl Context {
                                 // A use's own term is a plain ghost dot-product: all its forms apply.
                                 let (form, why) = self.linear_choice(n, dims, a, mode, forms.linear);
                                 terms.push(Term::Linear { u: a, form });
-                                report.push(TermChoice { param: u.param, uses: (a, a), method: format!("linear {form}: {why}") });
+                                report.push(TermChoice { param: u.param, uses: (a, a), algorithm: TermAlgorithm::Linear(form), method: format!("linear {form}: {why}") });
                             } else if both_ids {
                                 let (form, why) = self.embedding_form(n, dims, a, b, mode, forms.embedding);
                                 terms.push(match form {
                                     EmbeddingForm::MaskedGram => Term::Cross { i: a, j: b, bias: false },
                                     EmbeddingForm::ScatterGather => Term::Gather { i: a, j: b },
                                 });
-                                report.push(TermChoice { param: u.param, uses: (a, b), method: format!("embedding {form:?}: {why}") });
+                                report.push(TermChoice { param: u.param, uses: (a, b), algorithm: TermAlgorithm::Embedding(form), method: format!("embedding {form:?}: {why}") });
                             } else {
                                 terms.push(Term::Cross { i: a, j: b, bias });
                                 report.push(TermChoice {
                                     param: u.param,
                                     uses: (a, b),
+                                    algorithm: TermAlgorithm::CrossGram,
                                     method: format!("{} × {}: cross Gram", uses[a].kind.name(), uses[b].kind.name()),
                                 });
                             }
