@@ -45,6 +45,14 @@ pub enum GhostError {
     Interpreter(String),
     #[error("internal error (a bug in ghostgrad): {0}")]
     Internal(String),
+    /// An invalid argument whose name is built from the call (`uses[3].query`,
+    /// `uses[2].train.x`): the same family as [`GhostError::InvalidArgument`].
+    #[error("invalid argument `{what}`: {reason}")]
+    InvalidField { what: String, reason: String },
+    /// A host allocation the machine could not satisfy (the shapes ask for more memory than
+    /// there is): nothing was computed or written.
+    #[error("out of memory: allocating {what} ({bytes} bytes) failed")]
+    OutOfMemory { what: String, bytes: u64 },
 }
 
 pub type Result<T, E = GhostError> = std::result::Result<T, E>;
@@ -80,6 +88,8 @@ impl GhostError {
             UnsupportedDtype { what, dtype, op } => UnsupportedDtype { what: intern(f(what)), dtype, op },
             WrongMemorySpace { what, expected, got } => WrongMemorySpace { what: intern(f(what)), expected, got },
             InvalidArgument { what, reason } => InvalidArgument { what: intern(f(what)), reason },
+            InvalidField { what, reason } => InvalidField { what: f(&what), reason },
+            OutOfMemory { what, bytes } => OutOfMemory { what, bytes },
             other @ (StreamMismatch(_)
             | KernelsNotBuilt
             | CudaDriverUnavailable(_)

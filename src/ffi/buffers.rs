@@ -222,13 +222,14 @@ impl RawBuf {
             // SAFETY (all arms): addr is non-null, aligned to the element type, len * size bytes
             // fit the address space (checked in Buffers::check), the memory is readable and
             // unmodified for 'a (caller's contract); every bit pattern is a valid f32, bf16, f16,
-            // u8 or i32.
+            // u8, i32 or i64.
             Space::Host => Tensor::Host(match self.dtype {
                 DType::F32 => HostSlice::F32(unsafe { std::slice::from_raw_parts(self.addr as *const f32, len) }),
                 DType::BF16 => HostSlice::BF16(unsafe { std::slice::from_raw_parts(self.addr as *const bf16, len) }),
                 DType::F16 => HostSlice::F16(unsafe { std::slice::from_raw_parts(self.addr as *const f16, len) }),
                 DType::U8 => HostSlice::U8(unsafe { std::slice::from_raw_parts(self.addr as *const u8, len) }),
                 DType::I32 => HostSlice::I32(unsafe { std::slice::from_raw_parts(self.addr as *const i32, len) }),
+                DType::I64 => HostSlice::I64(unsafe { std::slice::from_raw_parts(self.addr as *const i64, len) }),
                 DType::F64 => unreachable!("dtype_from_code never yields F64"),
             }),
         }

@@ -9,7 +9,7 @@ use super::*;
 // ---------------------------------------------------------------------------------------------
 
 /// Element type of a [`gg_tensor`] (same values as ghostgrad's `DType`). Factors: F32, BF16,
-/// F16; masks: U8 (nonzero = keep); segment offsets: I32.
+/// F16; masks: U8 (nonzero = keep); segment offsets: I32; token ids: I32 or I64.
 pub type gg_dtype = u32;
 
 pub const GG_DTYPE_F32: gg_dtype = 0;
@@ -21,6 +21,8 @@ pub const GG_DTYPE_F16: gg_dtype = 2;
 pub const GG_DTYPE_U8: gg_dtype = 3;
 
 pub const GG_DTYPE_I32: gg_dtype = 4;
+/// Token ids as frameworks hold them (torch.int64). Code 5 is not a C dtype.
+pub const GG_DTYPE_I64: gg_dtype = 6;
 
 const _: () = {
     assert!(GG_DTYPE_F32 == DType::F32 as u32);
@@ -28,6 +30,7 @@ const _: () = {
     assert!(GG_DTYPE_F16 == DType::F16 as u32);
     assert!(GG_DTYPE_U8 == DType::U8 as u32);
     assert!(GG_DTYPE_I32 == DType::I32 as u32);
+    assert!(GG_DTYPE_I64 == DType::I64 as u32);
 };
 
 /// An exact algorithm for ghost dot-products (reported in [`gg_form_choice`]; also the index
@@ -78,7 +81,7 @@ pub(super) fn dtype_from_code(what: &str, code: gg_dtype) -> FfiResult<DType> {
     DType::from_u32(code).filter(|d| *d != DType::F64).ok_or_else(|| {
         Failure::new(
             GG_STATUS_DTYPE,
-            format!("`{what}`: dtype code {code} is not a gg_dtype (F32=0, BF16=1, F16=2, U8=3, I32=4)"),
+            format!("`{what}`: dtype code {code} is not a gg_dtype (F32=0, BF16=1, F16=2, U8=3, I32=4, I64=6)"),
         )
     })
 }

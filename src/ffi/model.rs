@@ -72,6 +72,10 @@ pub struct gg_layer_use {
     pub layout: gg_weight_layout,
     pub train: gg_use_train,
     pub query: gg_use_query,
+    /// Nonzero: the use contributes its training gradient only, with no query side of its own
+    /// (`query` absent), in `gg_model_dot` for a non-norm use tied to uses that have query
+    /// factors. Zero with an absent `query` is an error in `gg_model_dot` naming the use.
+    pub train_only: u32,
 }
 
 /// The algorithm of one term of a model-level call (see [`gg_term_choice`]).
@@ -221,7 +225,7 @@ pub(super) unsafe fn model_call(
             ModelCall::Ghg { eta, .. } => {
                 let mut gu = Vec::with_capacity(views.len());
                 for (i, (u, (x, b))) in views.iter().zip(&dots).enumerate() {
-                    let val = u.query.ok_or_else(|| Failure::null("query (the validation factors)").context(&format!("uses[{i}]")))?;
+                    let val = *u.query.factors().ok_or_else(|| Failure::null("query (the validation factors)").context(&format!("uses[{i}]")))?;
                     // SAFETY: checked buffers, valid for the call by this function's contract.
                     let (x_dot, b_dot) = unsafe { (x.map(|x| x.view(space)), b.view(space)) };
                     gu.push(crate::layers::GhgUse { param: u.param, kind: u.kind, train: u.train, val, x_dot, b_dot });

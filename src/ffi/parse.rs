@@ -201,6 +201,7 @@ pub(super) struct RawUse {
     pub(super) kind: crate::layers::LayerKind,
     pub(super) train: (RawBuf, RawBuf, u64, Option<RawBuf>),
     pub(super) query: Option<(RawBuf, RawBuf, u64, RawSegments, Option<RawBuf>)>,
+    pub(super) train_only: bool,
 }
 
 pub(super) fn layer_kind_from(u: &gg_layer_use) -> FfiResult<crate::layers::LayerKind> {
@@ -252,7 +253,10 @@ impl Buffers {
                 self.optional_input("query.mask", &u.query.mask)?,
             ))
         };
-        Ok(RawUse { param: u.param, kind, train, query })
+        if u.train_only != 0 && query.is_some() {
+            return Err(Failure::invalid(&self.name("train_only"), "a train-only use has no query side: leave `query` absent".to_string()));
+        }
+        Ok(RawUse { param: u.param, kind, train, query, train_only: u.train_only != 0 })
     }
 }
 
@@ -260,7 +264,7 @@ impl RawUse {
     /// # Safety
     /// As [`RawBuf::view`] for every buffer.
     pub(super) unsafe fn view<'a>(self, space: Space) -> crate::layers::LayerUse<'a> {
-        use crate::layers::{LayerUse, UseQuery, UseTrain};
+        use crate::layers::{LayerUse, QuerySide, UseQuery, UseTrain};
         // SAFETY: forwarded from this function's contract.
         unsafe {
             LayerUse {
@@ -272,17 +276,21 @@ impl RawUse {
                     t: self.train.2,
                     mask: self.train.3.map(|m| m.view(space)),
                 },
-                query: self.query.map(|(x, b, q, seg, mask)| UseQuery {
-                    x: x.view(space),
-                    b: b.view(space),
-                    q,
-                    segments: match seg {
-                        RawSegments::Single => Segments::Single,
-                        RawSegments::Uniform(l) => Segments::Uniform(l),
-                        RawSegments::Offsets(o) => Segments::Offsets(o.view(space)),
-                    },
-                    mask: mask.map(|m| m.view(space)),
-                }),
+                query: match self.query {
+                    Some((x, b, q, seg, mask)) => QuerySide::Factors(UseQuery {
+                        x: x.view(space),
+                        b: b.view(space),
+                        q,
+                        segments: match seg {
+                            RawSegments::Single => Segments::Single,
+                            RawSegments::Uniform(l) => Segments::Uniform(l),
+                            RawSegments::Offsets(o) => Segments::Offsets(o.view(space)),
+                        },
+                        mask: mask.map(|m| m.view(space)),
+                    }),
+                    None if self.train_only => QuerySide::TrainOnly,
+                    None => QuerySide::Absent,
+                },
             }
         }
     }

@@ -44,11 +44,13 @@ pub enum gg_status {
     GG_STATUS_INTERNAL = 16,
     /// A panic inside ghostgrad was caught at the ABI boundary (a bug in ghostgrad).
     GG_STATUS_PANIC = 17,
+    /// A host allocation the shapes need could not be satisfied (nothing was computed).
+    GG_STATUS_OUT_OF_MEMORY = 18,
 }
 
 use gg_status::*;
 
-pub(super) const ALL_STATUSES: [gg_status; 18] = [
+pub(super) const ALL_STATUSES: [gg_status; 19] = [
     GG_STATUS_OK,
     GG_STATUS_NULL_POINTER,
     GG_STATUS_MISALIGNED,
@@ -67,6 +69,7 @@ pub(super) const ALL_STATUSES: [gg_status; 18] = [
     GG_STATUS_INTERPRETER,
     GG_STATUS_INTERNAL,
     GG_STATUS_PANIC,
+    GG_STATUS_OUT_OF_MEMORY,
 ];
 
 impl gg_status {
@@ -96,6 +99,7 @@ impl gg_status {
             GG_STATUS_INTERPRETER => c"GG_STATUS_INTERPRETER",
             GG_STATUS_INTERNAL => c"GG_STATUS_INTERNAL",
             GG_STATUS_PANIC => c"GG_STATUS_PANIC",
+            GG_STATUS_OUT_OF_MEMORY => c"GG_STATUS_OUT_OF_MEMORY",
         }
     }
 }
@@ -112,7 +116,7 @@ impl From<&GhostError> for gg_status {
             GhostError::DtypeMismatch { .. } | GhostError::UnsupportedDtype { .. } => GG_STATUS_DTYPE,
             GhostError::WrongMemorySpace { .. } => GG_STATUS_WRONG_MEMORY_SPACE,
             GhostError::StreamMismatch(_) => GG_STATUS_STREAM_MISMATCH,
-            GhostError::InvalidArgument { .. } => GG_STATUS_INVALID_ARGUMENT,
+            GhostError::InvalidArgument { .. } | GhostError::InvalidField { .. } => GG_STATUS_INVALID_ARGUMENT,
             GhostError::KernelsNotBuilt => GG_STATUS_KERNELS_NOT_BUILT,
             GhostError::CudaDriverUnavailable(_) => GG_STATUS_DRIVER_UNAVAILABLE,
             GhostError::Cuda { .. } => GG_STATUS_CUDA,
@@ -120,6 +124,7 @@ impl From<&GhostError> for gg_status {
             GhostError::LaunchLimit { .. } => GG_STATUS_LAUNCH_LIMIT,
             GhostError::Interpreter(_) => GG_STATUS_INTERPRETER,
             GhostError::Internal(_) => GG_STATUS_INTERNAL,
+            GhostError::OutOfMemory { .. } => GG_STATUS_OUT_OF_MEMORY,
         }
     }
 }

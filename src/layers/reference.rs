@@ -6,7 +6,7 @@
 //! absolute values of all products any algorithm adds up (the tests' rounding bound).
 
 use super::{LayerKind, LayerUse, Mode, WeightLayout};
-use crate::buffer::{HostSlice, Tensor};
+use crate::buffer::{HostIds, Tensor};
 use crate::context::host_u8;
 use crate::error::{GhostError, Result};
 
@@ -19,11 +19,9 @@ pub fn param_len(kind: &LayerKind) -> usize {
     }
 }
 
-fn ids<'a>(t: &Tensor<'a>) -> Result<&'a [i32]> {
-    match t.host("x")? {
-        HostSlice::I32(s) => Ok(s),
-        other => Err(GhostError::UnsupportedDtype { what: "x", dtype: other.dtype(), op: "embedding" }),
-    }
+fn ids<'a>(t: &Tensor<'a>) -> Result<HostIds<'a>> {
+    let h = t.host("x")?;
+    h.ids().ok_or(GhostError::UnsupportedDtype { what: "x", dtype: h.dtype(), op: "embedding" })
 }
 
 /// Adds the gradient of rows `rows` of one use to `g` (the parameter's flattened storage).
@@ -65,7 +63,7 @@ pub fn add_use_grad(
             }
             LayerKind::Embedding { d, .. } => {
                 let d = d as usize;
-                let id = ids(x)?[r] as usize;
+                let id = ids(x)?.get(r) as usize; // kept rows only: validated in [0, vocab)
                 for k in 0..d {
                     g[id * d + k] += f(bh.get_f64(r * d + k));
                 }
@@ -98,9 +96,9 @@ fn grads(n: usize, uses: &[LayerUse<'_>], query: bool, abs: bool) -> Result<Vec<
         seen.push(u.param);
         let len = param_len(&u.kind);
         let mut items: Vec<Vec<f64>> = Vec::new();
-        for w in uses.iter().filter(|w| w.param == u.param && (!query || w.query.is_some())) {
+        for w in uses.iter().filter(|w| w.param == u.param && (!query || w.query.factors().is_some())) {
             let (x, b, mask, ranges) = if query {
-                let q = w.query.as_ref().expect("validated");
+                let q = w.query.factors().expect("validated");
                 let qd = super::vo::segments(q.q, &q.segments, crate::validate::Space::Host, "reference")?;
                 (q.x, q.b, host_u8("query mask", q.mask.as_ref())?, qd.ranges())
             } else {
