@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use super::generator::{entry_scale, materialize_projection, stream_key, Distribution, Which};
+use super::generator::{entry_scale, fill_projection, stream_key, try_materialize_projection, Distribution, Which};
 use super::gpu::{self, GpuProjectLayer, GpuProjection, FLAG_RADEMACHER, FLAG_RANDOM};
 use super::{
     cpu, ColumnGroup, EmbeddingLayer, OutColumns, ProjectInput, ProjectLayer, ProjectionKind, ProjectionSpec, ScoreDims, ScoreMode,
@@ -91,8 +91,8 @@ pub(super) type HostMatrices<'a> = (Cow<'a, [f32]>, Cow<'a, [f32]>);
 pub(super) fn host_matrices<'a>(proj: &ProjectionSpec<'a>, di: u64, d_out: u64) -> Result<HostMatrices<'a>> {
     Ok(match &proj.kind {
         ProjectionKind::Random { seed, layer, dist } => (
-            Cow::Owned(materialize_projection(*seed, *layer, Which::In, proj.k_i, di, *dist)),
-            Cow::Owned(materialize_projection(*seed, *layer, Which::Out, proj.k_o, d_out, *dist)),
+            Cow::Owned(try_materialize_projection(*seed, *layer, Which::In, proj.k_i, di, *dist)?),
+            Cow::Owned(try_materialize_projection(*seed, *layer, Which::Out, proj.k_o, d_out, *dist)?),
         ),
         ProjectionKind::Dense { p_in, p_out } => (Cow::Borrowed(host_f32("p_in", p_in)?), Cow::Borrowed(host_f32("p_out", p_out)?)),
     })
@@ -285,7 +285,7 @@ impl Context {
                 rt.launch(&plan)
             }
             _ => {
-                out.host("out")?.copy_from_slice(&materialize_projection(seed, layer, which, k, d, dist));
+                fill_projection(seed, layer, which, k, d, dist, out.host("out")?);
                 Ok(())
             }
         }
