@@ -67,12 +67,11 @@ pub(super) fn check_tokens(space: Space, shape: &LayerShape, tr: &TokenFactors<'
 }
 
 /// Host ids (i32 or i64) of the kept tokens must lie in `[0, vocab)` (masked ids are never
-/// read). `what` names the buffer as the caller spells it (`ids`, `uses[2].train.x`).
-pub(super) fn check_host_ids(what: &dyn Fn() -> String, ids: HostIds<'_>, mask: Option<&[u8]>, t: u64, vocab: u64) -> Result<()> {
+/// read). `what` names the buffer (`ids`).
+pub(super) fn check_host_ids(what: &'static str, ids: HostIds<'_>, mask: Option<&[u8]>, t: u64, vocab: u64) -> Result<()> {
     if let Some((r, id)) = ids.first_out_of_range(mask, vocab) {
         let (n, tt) = (r as u64 / t, r as u64 % t);
-        let what = what();
-        return Err(GhostError::InvalidField { reason: format!("{what}[{n}, {tt}] = {id} is outside the vocabulary [0, {vocab})"), what });
+        return Err(GhostError::InvalidArgument { what, reason: format!("{what}[{n}, {tt}] = {id} is outside the vocabulary [0, {vocab})") });
     }
     Ok(())
 }
@@ -147,7 +146,7 @@ impl Context {
         self.check_proj_ptrs(&l.proj)?;
         self.check_device_ptrs(&[("ids", Some(&l.train.ids)), ("b", Some(&l.train.b)), ("mask", l.train.mask.as_ref())])?;
         if space == Space::Host {
-            check_host_ids(&|| "ids".to_string(), host_ids(&l.train.ids)?, host_u8("mask", l.train.mask.as_ref())?, d.t, d.d_in)?;
+            check_host_ids("ids", host_ids(&l.train.ids)?, host_u8("mask", l.train.mask.as_ref())?, d.t, d.d_in)?;
         }
         Ok(d)
     }
