@@ -29,3 +29,15 @@ pub(crate) fn try_vec<T: Clone>(what: &str, len: usize, value: T) -> Result<Vec<
 pub(crate) fn host_len(what: &str, len: u64, elem: u64) -> Result<usize> {
     usize::try_from(len).map_err(|_| oom(what, len, elem))
 }
+
+/// Checks that the host can hold the working set (`elems` elements of `elem` bytes) of a
+/// computation done by a library without fallible allocation (faer's products,
+/// factorizations and decompositions): reserves it once — address space only, never touched —
+/// and releases it, so a working set the machine cannot hold is an error before the library
+/// would abort on it.
+pub(crate) fn reserve_working_set(what: &str, elems: u64, elem: u64) -> Result<()> {
+    let len = elems.checked_mul(elem).and_then(|b| usize::try_from(b).ok()).ok_or_else(|| oom(what, elems, elem))?;
+    let mut probe: Vec<u8> = Vec::new();
+    probe.try_reserve_exact(len).map_err(|_| oom(what, elems, elem))?;
+    Ok(())
+}

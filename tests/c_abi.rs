@@ -1988,3 +1988,27 @@ fn model_ghg_matches_the_safe_api_with_and_without_the_tied_lm_head() {
     let st = unsafe { gg_model_ghg(ctx.0, 2, uses.as_ptr(), x_dot.as_ptr(), short.as_ptr(), 3, 0.3, tm(&mut out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, 0, ptr::null_mut(), 0, ptr::null_mut()) };
     assert_ne!(st, GG_STATUS_OK, "a short b_dot must be rejected");
 }
+
+/// Issue 11, defect 4 through the ABI: `GG_STATUS_OUT_OF_MEMORY` (not an abort, not
+/// `GG_STATUS_PANIC`) for a 64 GiB random projection matrix and a k = 2^16 raw Fisher fit.
+#[test]
+fn host_allocations_too_large_for_the_machine_are_out_of_memory() {
+    let ctx = Ctx::cpu();
+    let (d_in, k_i) = (1u64 << 14, 1u64 << 20);
+    let a: Vec<f32> = (0..d_in).map(|i| (i % 7) as f32 - 3.0).collect();
+    let b = vec![0.5f32, -1.0, 2.0];
+    let train = gg_train { a: t(&a, GG_DTYPE_F32), b: t(&b, GG_DTYPE_F32), n: 1, t: 1, mask: ABSENT };
+    let proj = gg_projection { k_i, k_o: 1, kind: GG_PROJECTION_RANDOM, dist: GG_DISTRIBUTION_GAUSSIAN, seed: 1, layer: 0, p_in: ABSENT, p_out: ABSENT };
+    let mut out = vec![f32::NAN; k_i as usize];
+    // SAFETY: every descriptor points at live memory of this test.
+    let st = unsafe { gg_kron_project(ctx.0, gg_layer_shape { d_in, d_out: 3, has_bias: 0 }, &train, &proj, tm(&mut out), 0, k_i, 1.0, 0.0) };
+    expect(st, GG_STATUS_OUT_OF_MEMORY, &["projection matrix", "68719476736 bytes"]);
+    assert!(out.iter().all(|x| x.is_nan()));
+    let k = 1u64 << 16;
+    let grads: Vec<f32> = (0..k).map(|i| ((i % 5) as f32 - 2.0) * 0.25).collect();
+    let mut f: *mut gg_raw_fisher = ptr::null_mut();
+    // SAFETY: as above; `f` is a valid out-parameter.
+    let st = unsafe { gg_raw_fisher_fit(t(&grads, GG_DTYPE_F32), 1, k, &mut f) };
+    expect(st, GG_STATUS_OUT_OF_MEMORY, &["raw Fisher"]);
+    assert!(f.is_null());
+}

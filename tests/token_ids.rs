@@ -418,13 +418,13 @@ fn kept_out_of_range_host_ids_of_the_projections_are_typed_errors() {
             let err = ctx
                 .kron_project_embedding(&shape, &train, &spec(5, 4, 0), &mut (&mut out[..]).into(), OutColumns { offset: 0, row_stride: 20 }, Accumulate::overwrite())
                 .unwrap_err();
-            assert!(matches!(&err, GhostError::InvalidField { what, .. } if what == "ids"), "{err:?}");
+            assert!(matches!(&err, GhostError::InvalidArgument { what: "ids", .. }), "{err:?}");
             assert!(err.to_string().contains(&bad.to_string()), "{err}");
             assert!(out.iter().all(|x| x.is_nan()));
             let (mut ca, mut cb) = (vec![f32::NAN; 25], vec![f32::NAN; 16]);
             let layer = EmbeddingLayer { shape, train, proj: spec(5, 4, 0) };
             let err = ctx.kfac_covariances(layer, &mut (&mut ca[..]).into(), &mut (&mut cb[..]).into(), Accumulate::overwrite()).unwrap_err();
-            assert!(matches!(&err, GhostError::InvalidField { what, .. } if what == "ids"), "{err:?}");
+            assert!(matches!(&err, GhostError::InvalidArgument { what: "ids", .. }), "{err:?}");
         }
     }
 }

@@ -106,7 +106,11 @@ fn grads(n: usize, uses: &[LayerUse<'_>], query: bool, abs: bool) -> Result<Vec<
                 (w.train.x, w.train.b, host_u8("mask", w.train.mask.as_ref())?, (0..n).map(|s| (s * t, (s + 1) * t)).collect())
             };
             if items.is_empty() {
-                items = vec![vec![0.0; len]; ranges.len()];
+                // One parameter gradient per sample / segment: [vocab, d] for an embedding, so
+                // this can exceed the inputs by far.
+                let what = format!("the reference gradients of param {} ({} × [{len}] f64)", u.param, ranges.len());
+                crate::alloc::reserve_working_set(&what, (len as u64).saturating_mul(ranges.len() as u64), 8)?;
+                items = (0..ranges.len()).map(|_| crate::alloc::try_vec(&what, len, 0.0)).collect::<Result<_>>()?;
             }
             for (item, &(s, e)) in items.iter_mut().zip(&ranges) {
                 add_use_grad(&w.kind, &x, &b, mask, s..e, abs, item)?;

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use super::generator::{entry_scale, materialize_projection, stream_key, Distribution, Which};
+use super::generator::{entry_scale, fill_projection, stream_key, try_materialize_projection, Distribution, Which};
 use super::gpu::{self, GpuProjectLayer, GpuProjection, FLAG_RADEMACHER, FLAG_RANDOM};
 use super::{
     cpu, ColumnGroup, EmbeddingLayer, OutColumns, ProjectInput, ProjectLayer, ProjectionKind, ProjectionSpec, ScoreDims, ScoreMode,
@@ -67,12 +67,11 @@ pub(super) fn check_tokens(space: Space, shape: &LayerShape, tr: &TokenFactors<'
 }
 
 /// Host ids (i32 or i64) of the kept tokens must lie in `[0, vocab)` (masked ids are never
-/// read). `what` names the buffer as the caller spells it (`ids`, `uses[2].train.x`).
-pub(super) fn check_host_ids(what: &dyn Fn() -> String, ids: HostIds<'_>, mask: Option<&[u8]>, t: u64, vocab: u64) -> Result<()> {
+/// read). `what` names the buffer (`ids`).
+pub(super) fn check_host_ids(what: &'static str, ids: HostIds<'_>, mask: Option<&[u8]>, t: u64, vocab: u64) -> Result<()> {
     if let Some((r, id)) = ids.first_out_of_range(mask, vocab) {
         let (n, tt) = (r as u64 / t, r as u64 % t);
-        let what = what();
-        return Err(GhostError::InvalidField { reason: format!("{what}[{n}, {tt}] = {id} is outside the vocabulary [0, {vocab})"), what });
+        return Err(GhostError::InvalidArgument { what, reason: format!("{what}[{n}, {tt}] = {id} is outside the vocabulary [0, {vocab})") });
     }
     Ok(())
 }
@@ -91,8 +90,8 @@ pub(super) type HostMatrices<'a> = (Cow<'a, [f32]>, Cow<'a, [f32]>);
 pub(super) fn host_matrices<'a>(proj: &ProjectionSpec<'a>, di: u64, d_out: u64) -> Result<HostMatrices<'a>> {
     Ok(match &proj.kind {
         ProjectionKind::Random { seed, layer, dist } => (
-            Cow::Owned(materialize_projection(*seed, *layer, Which::In, proj.k_i, di, *dist)),
-            Cow::Owned(materialize_projection(*seed, *layer, Which::Out, proj.k_o, d_out, *dist)),
+            Cow::Owned(try_materialize_projection(*seed, *layer, Which::In, proj.k_i, di, *dist)?),
+            Cow::Owned(try_materialize_projection(*seed, *layer, Which::Out, proj.k_o, d_out, *dist)?),
         ),
         ProjectionKind::Dense { p_in, p_out } => (Cow::Borrowed(host_f32("p_in", p_in)?), Cow::Borrowed(host_f32("p_out", p_out)?)),
     })
@@ -147,7 +146,7 @@ impl Context {
         self.check_proj_ptrs(&l.proj)?;
         self.check_device_ptrs(&[("train.ids", Some(&l.train.ids)), ("train.b", Some(&l.train.b)), ("train.mask", l.train.mask.as_ref())])?;
         if space == Space::Host {
-            check_host_ids(&|| "ids".to_string(), host_ids(&l.train.ids)?, host_u8("mask", l.train.mask.as_ref())?, d.t, d.d_in)?;
+            check_host_ids("ids", host_ids(&l.train.ids)?, host_u8("mask", l.train.mask.as_ref())?, d.t, d.d_in)?;
         }
         Ok(d)
     }
@@ -285,7 +284,7 @@ impl Context {
                 rt.launch(&plan)
             }
             _ => {
-                out.host("out")?.copy_from_slice(&materialize_projection(seed, layer, which, k, d, dist));
+                fill_projection(seed, layer, which, k, d, dist, out.host("out")?);
                 Ok(())
             }
         }
