@@ -334,7 +334,7 @@ fn embedding_layers_are_validated() {
     let e = run(LayerShape::new(5, 3), &tf, &dense);
     assert!(matches!(e, GhostError::LengthMismatch { what: "p_in", expected: 10, got: 8 }), "{e:?}");
     let e = run(LayerShape::new(0, 3), &tf, &proj);
-    assert!(matches!(e, GhostError::ZeroSize { what: "d_in" }), "{e:?}");
+    assert!(matches!(e, GhostError::ZeroSize { what: "shape.d_in" }), "{e:?}");
 }
 
 /// A linear layer and an embedding layer in one `kron_project_layers` call: each layer's
