@@ -179,13 +179,13 @@ impl Context {
             _ => None,
         };
         self.check_device_ptrs(&[
-            ("a", Some(&train.a)),
-            ("b", Some(&train.b)),
-            ("mask", train.mask.as_ref()),
-            ("aq", Some(&query.aq)),
-            ("bq", Some(&query.bq)),
-            ("query mask", query.mask.as_ref()),
-            ("segment offsets", seg),
+            ("train.a", Some(&train.a)),
+            ("train.b", Some(&train.b)),
+            ("train.mask", train.mask.as_ref()),
+            ("query.aq", Some(&query.aq)),
+            ("query.bq", Some(&query.bq)),
+            ("query.mask", query.mask.as_ref()),
+            ("query.segments.offsets", seg),
         ])?;
         Ok((d, q))
     }
@@ -215,33 +215,43 @@ impl Context {
         form: FormRequest,
     ) -> Result<FormChoice> {
         let layer = GhostDotLayer { shape: *shape, train: *train, query: *query, form };
-        Ok(self.ghost_dot_layers(&[layer], out, acc)?.remove(0))
+        Ok(self.dot_layers(&[layer], out, acc, false)?.remove(0))
     }
 
     /// Ghost dot-products summed over many layers (same `N` and `V`, any shapes and dtypes):
     /// `out[n, v] = beta·out + scale·Σ_l <G^l_n, Gq^l_v>`. On a GPU this is one kernel per layer
     /// writing partial sums plus one finalize, whatever the number of layers.
+    /// Errors name the layer: `layers[2].query.aq`.
     pub fn ghost_dot_layers(&self, layers: &[GhostDotLayer<'_>], out: &mut TensorMut<'_>, acc: Accumulate) -> Result<Vec<FormChoice>> {
+        self.dot_layers(layers, out, acc, true)
+    }
+
+    /// The body of [`ghost_dot_layers`](Self::ghost_dot_layers) and [`ghost_dot`](Self::ghost_dot);
+    /// `as_list`: errors name the layer (`layers[2].train.a`), not only its field (`train.a`).
+    fn dot_layers(&self, layers: &[GhostDotLayer<'_>], out: &mut TensorMut<'_>, acc: Accumulate, as_list: bool) -> Result<Vec<FormChoice>> {
         v::finite("scale", acc.scale)?;
         v::finite("beta", acc.beta)?;
         let first = layers.first().ok_or(GhostError::ZeroSize { what: "layers" })?;
+        let named = |i: usize, e: GhostError| if as_list { e.within(&format!("layers[{i}]")) } else { e };
         let mut validated = Vec::with_capacity(layers.len());
-        for l in layers {
-            let (d, q) = self.validate_dot(&l.shape, &l.train, &l.query)?;
+        for (i, l) in layers.iter().enumerate() {
+            let (d, q) = self.validate_dot(&l.shape, &l.train, &l.query).map_err(|e| named(i, e))?;
             if l.train.n != first.train.n {
-                return Err(GhostError::InvalidArgument {
-                    what: "layers",
-                    reason: format!("all layers need the same N: {} vs {}", l.train.n, first.train.n),
-                });
+                let e = GhostError::InvalidArgument {
+                    what: "train.n",
+                    reason: format!("all layers need the same N: {} vs {} in layers[0]", l.train.n, first.train.n),
+                };
+                return Err(named(i, e));
             }
             validated.push((d, q));
         }
         let (n, nseg) = (validated[0].0.n, validated[0].1.v);
-        if let Some((_, q)) = validated.iter().find(|(_, q)| q.v != nseg) {
-            return Err(GhostError::InvalidArgument {
-                what: "layers",
-                reason: format!("all layers need the same number of query segments V: {} vs {nseg}", q.v),
-            });
+        if let Some((i, (_, q))) = validated.iter().enumerate().find(|(_, (_, q))| q.v != nseg) {
+            let e = GhostError::InvalidArgument {
+                what: "query.segments",
+                reason: format!("all layers need the same number of query segments V: {} vs {nseg} in layers[0]", q.v),
+            };
+            return Err(named(i, e));
         }
         v::output("out", out, self.space(), v::mul("n*V", n, nseg)?, "ghost_dot")?;
         self.check_out_ptr("out", out)?;
@@ -322,9 +332,9 @@ impl Context {
         }
         v::output("out", out, space, d.n, OP)?;
         self.check_device_ptrs(&[
-            ("a", Some(&train.a)),
-            ("b", Some(&train.b)),
-            ("mask", train.mask.as_ref()),
+            ("train.a", Some(&train.a)),
+            ("train.b", Some(&train.b)),
+            ("train.mask", train.mask.as_ref()),
             ("m", Some(m)),
             ("m_bias", m_bias),
         ])?;
@@ -399,11 +409,11 @@ impl Context {
             _ => None,
         };
         self.check_device_ptrs(&[
-            ("aq", Some(&query.aq)),
-            ("bq", Some(&query.bq)),
-            ("query mask", query.mask.as_ref()),
+            ("query.aq", Some(&query.aq)),
+            ("query.bq", Some(&query.bq)),
+            ("query.mask", query.mask.as_ref()),
             ("row_weights", row_weights),
-            ("segment offsets", seg),
+            ("query.segments.offsets", seg),
         ])?;
         self.check_out_ptr("out", out)?;
         if let Some(ob) = &out_bias {
@@ -467,7 +477,7 @@ impl Context {
 
     fn train_only(&self, op: &'static str, shape: &LayerShape, train: &TrainFactors<'_>) -> Result<TrainDims> {
         let d = vo::train(op, shape, train, self.space())?;
-        self.check_device_ptrs(&[("a", Some(&train.a)), ("b", Some(&train.b)), ("mask", train.mask.as_ref())])?;
+        self.check_device_ptrs(&[("train.a", Some(&train.a)), ("train.b", Some(&train.b)), ("train.mask", train.mask.as_ref())])?;
         Ok(d)
     }
 

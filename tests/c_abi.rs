@@ -1,4 +1,4 @@
-//! The C ABI (`src/ffi.rs`, `include/ghostgrad.h`): a C program compiled against the static
+//! The C ABI (`src/ffi/`, `include/ghostgrad.h`): a C program compiled against the static
 //! library computes the right numbers, and every kind of bad input through the ABI comes back
 //! as the right status with a message naming the problem, never as a crash or a panic.
 
@@ -340,14 +340,14 @@ fn wrong_lengths_name_the_buffer_and_both_sizes() {
     let st = dot(ctx.0, &train, &p.query(), tm(&mut out), GG_FORM_REQUEST_AUTO);
     let expected = (N * T * D_OUT).to_string();
     let got = (N * T * D_OUT - 1).to_string();
-    expect(st, GG_STATUS_LENGTH_MISMATCH, &["`b`", &expected, &got]);
+    expect(st, GG_STATUS_LENGTH_MISMATCH, &["`train.b`", &expected, &got]);
     let mut short = vec![0.0f32; (N * V - 1) as usize];
     let st = dot(ctx.0, &p.train(), &p.query(), tm(&mut short), GG_FORM_REQUEST_AUTO);
     expect(st, GG_STATUS_LENGTH_MISMATCH, &["`out`"]);
     let mut train = p.train();
     train.n = 0;
     let st = dot(ctx.0, &train, &p.query(), tm(&mut out), GG_FORM_REQUEST_AUTO);
-    expect(st, GG_STATUS_ZERO_SIZE, &["`n`"]);
+    expect(st, GG_STATUS_ZERO_SIZE, &["`train.n`"]);
 }
 
 #[test]
@@ -786,7 +786,7 @@ fn kron_project_layers_matches_the_rust_api_and_names_the_bad_layer() {
     bad[1].train.a.len -= 1;
     // SAFETY: as above (the short length is detected).
     let st = unsafe { gg_kron_project_layers(ctx.0, bad.as_ptr(), 2, tm(&mut out), 1.0, 0.0) };
-    expect(st, GG_STATUS_LENGTH_MISMATCH, &["layers[1]", "`a`"]);
+    expect(st, GG_STATUS_LENGTH_MISMATCH, &["layers[1]", "`train.a`"]);
     let mut bad = layers;
     bad[1].proj.kind = 9;
     // SAFETY: as above.
@@ -1200,7 +1200,7 @@ fn kfac_handle_matches_the_rust_api_including_ekfac_and_rejects_bad_arguments() 
         expect(gg_kfac_fit(p.shape(), &p.train(), &bad, &mut h2), GG_STATUS_ZERO_SIZE, &["k_o"]);
         let mut train = p.train();
         train.a.len += 1;
-        expect(gg_kfac_fit(p.shape(), &train, &proj, &mut h2), GG_STATUS_LENGTH_MISMATCH, &["`a`"]);
+        expect(gg_kfac_fit(p.shape(), &train, &proj, &mut h2), GG_STATUS_LENGTH_MISMATCH, &["`train.a`"]);
         let mut train = p.train();
         let buf = vals(N * T * D_IN + 1, 63);
         train.a.ptr = (buf.as_ptr() as *const u8).add(2) as *const c_void;
@@ -1297,6 +1297,7 @@ impl ModelProblem {
             layout,
             train: gg_use_train { x, b, t: 3, mask: t(&self.mask, GG_DTYPE_U8) },
             query: gg_use_query { x: qx, b: qb, q: 4, segments: seg, mask: ABSENT },
+            train_only: 0,
         };
         vec![
             mk(0, GG_LAYER_EMBEDDING, 0, 0, 6, 4, 0, 0, t(&self.ids, GG_DTYPE_I32), f(&self.emb_b), t(&self.qids, GG_DTYPE_I32), f(&self.qemb_b)),
@@ -1313,7 +1314,7 @@ impl ModelProblem {
                 param,
                 kind,
                 train: UseTrain { x, b: b.into(), t: 3, mask: Some(mask.into()) },
-                query: Some(UseQuery { x: qx, b: qb.into(), q: 4, segments: Segments::Uniform(2), mask: None }),
+                query: ghostgrad::QuerySide::Factors(UseQuery { x: qx, b: qb.into(), q: 4, segments: Segments::Uniform(2), mask: None }),
             }
         }
         let m = &self.mask[..];
@@ -1338,9 +1339,9 @@ fn model_level_calls_match_the_safe_api() {
             // SAFETY: descriptors point at live memory of this test.
             let st = unsafe {
                 match which {
-                    0 => gg_model_dot(ctx.0, 2, uses.as_ptr(), uses.len(), tm(&mut out), 1.5, 0.0, GG_FORM_REQUEST_AUTO, GG_EMBEDDING_FORM_AUTO),
-                    1 => gg_model_gram(ctx.0, 2, uses.as_ptr(), uses.len(), tm(&mut out), 1.5, 0.0, GG_FORM_REQUEST_AUTO, GG_EMBEDDING_FORM_SCATTER_GATHER),
-                    _ => gg_model_sqnorm(ctx.0, 2, uses.as_ptr(), uses.len(), tm(&mut out), 1.5, 0.0, GG_FORM_REQUEST_AUTO, GG_EMBEDDING_FORM_MASKED_GRAM),
+                    0 => gg_model_dot(ctx.0, 2, uses.as_ptr(), uses.len(), tm(&mut out), 1.5, 0.0, GG_FORM_REQUEST_AUTO, GG_EMBEDDING_FORM_AUTO, ptr::null_mut(), 0, ptr::null_mut()),
+                    1 => gg_model_gram(ctx.0, 2, uses.as_ptr(), uses.len(), tm(&mut out), 1.5, 0.0, GG_FORM_REQUEST_AUTO, GG_EMBEDDING_FORM_SCATTER_GATHER, ptr::null_mut(), 0, ptr::null_mut()),
+                    _ => gg_model_sqnorm(ctx.0, 2, uses.as_ptr(), uses.len(), tm(&mut out), 1.5, 0.0, GG_FORM_REQUEST_AUTO, GG_EMBEDDING_FORM_MASKED_GRAM, ptr::null_mut(), 0, ptr::null_mut()),
                 }
             };
             expect(st, GG_STATUS_OK, &[]);
@@ -1371,7 +1372,7 @@ fn model_level_errors_name_the_use() {
     let mut out = vec![0f32; 4];
     let call = |uses: &[gg_layer_use], out: &mut [f32], emb: u32| {
         // SAFETY: descriptors point at live memory of this test (or are invalid on purpose).
-        unsafe { gg_model_dot(ctx.0, 2, uses.as_ptr(), uses.len(), tm(out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, emb) }
+        unsafe { gg_model_dot(ctx.0, 2, uses.as_ptr(), uses.len(), tm(out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, emb, ptr::null_mut(), 0, ptr::null_mut()) }
     };
     let mut uses = p.uses();
     uses[1].kind = 7;
@@ -1381,10 +1382,42 @@ fn model_level_errors_name_the_use() {
     expect(call(&uses, &mut out, 0), GG_STATUS_INVALID_ARGUMENT, &["uses[2]", "gg_weight_layout"]);
     let uses = p.uses();
     expect(call(&uses, &mut out, 5), GG_STATUS_INVALID_ARGUMENT, &["embedding_form"]);
-    let bad_ids = vec![1i32, 3, 1, 0, 6, 5];
+    // A kept row (mask [1, 1, 1, 1, 0, 1]) with id 6 = vocab is an error naming the use.
+    let bad_ids = vec![1i32, 3, 1, 0, 5, 6];
     let mut uses = p.uses();
     uses[0].train.x = t(&bad_ids, GG_DTYPE_I32);
-    expect(call(&uses, &mut out, 0), GG_STATUS_INVALID_ARGUMENT, &["id 6", "vocab = 6"]);
+    expect(call(&uses, &mut out, 0), GG_STATUS_INVALID_ARGUMENT, &["uses[0].train.x", "id 6", "vocab = 6"]);
+    let bad_ids64 = vec![1i64, 3, 1, 0, 5, 1 << 40];
+    uses[0].train.x = t(&bad_ids64, GG_DTYPE_I64);
+    expect(call(&uses, &mut out, 0), GG_STATUS_INVALID_ARGUMENT, &["uses[0].train.x", "1099511627776"]);
+    // Issue 11 defects 1, 6: the masked row's id is never read (−1, or any int64), and int64 ids
+    // give the int32 result bit for bit.
+    let mut want = vec![f32::NAN; 4];
+    assert_eq!(call(&p.uses(), &mut want, 0), GG_STATUS_OK);
+    for (ids, dt) in [(t(&vec![1i32, 3, 1, 0, -1, 5], GG_DTYPE_I32), 32), (t(&vec![1i64, 3, 1, 0, i64::MIN, 5], GG_DTYPE_I64), 64)] {
+        let mut uses = p.uses();
+        uses[0].train.x = ids;
+        let mut got = vec![f32::NAN; 4];
+        assert_eq!(call(&uses, &mut got, 0), GG_STATUS_OK, "{dt}: {}", last_error());
+        assert_eq!(got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "{dt}");
+    }
+    let ids64: Vec<i64> = p.ids.iter().map(|&x| x as i64).collect();
+    let qids64: Vec<i64> = p.qids.iter().map(|&x| x as i64).collect();
+    let mut uses = p.uses();
+    uses[0].train.x = t(&ids64, GG_DTYPE_I64);
+    uses[0].query.x = t(&qids64, GG_DTYPE_I64);
+    let mut got = vec![f32::NAN; 4];
+    assert_eq!(call(&uses, &mut got, 0), GG_STATUS_OK, "{}", last_error());
+    assert_eq!(got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+    // Defect 2: an absent query side is an error naming the use, unless `train_only` says so.
+    let mut uses = p.uses();
+    uses[0].query = gg_use_query { x: ABSENT, b: ABSENT, q: 0, segments: gg_segments { kind: GG_SEGMENTS_SINGLE, uniform_len: 0, offsets: ABSENT }, mask: ABSENT };
+    expect(call(&uses, &mut out, 0), GG_STATUS_INVALID_ARGUMENT, &["uses[0].query", "TrainOnly"]);
+    uses[0].train_only = 1;
+    assert_eq!(call(&uses, &mut out, 0), GG_STATUS_OK, "{}", last_error());
+    let mut uses = p.uses();
+    uses[0].train_only = 1;
+    expect(call(&uses, &mut out, 0), GG_STATUS_INVALID_ARGUMENT, &["uses[0].train_only"]);
     let mut uses = p.uses();
     uses[0].train.x = t(&p.emb_b[..6], GG_DTYPE_F32);
     expect(call(&uses, &mut out, 0), GG_STATUS_DTYPE, &["x"]);
@@ -1400,7 +1433,7 @@ fn model_level_errors_name_the_use() {
     let uses = p.uses();
     expect(call(&uses, &mut out[..3], 0), GG_STATUS_LENGTH_MISMATCH, &["out"]);
     // SAFETY: a null descriptor array must be detected.
-    let st = unsafe { gg_model_sqnorm(ctx.0, 2, ptr::null(), 1, tm(&mut out), 1.0, 0.0, 0, 0) };
+    let st = unsafe { gg_model_sqnorm(ctx.0, 2, ptr::null(), 1, tm(&mut out), 1.0, 0.0, 0, 0, ptr::null_mut(), 0, ptr::null_mut()) };
     expect(st, GG_STATUS_NULL_POINTER, &["uses"]);
 }
 
@@ -1639,7 +1672,7 @@ fn dvemb_layers_matches_the_rust_api_and_the_recursion_and_rejects_bad_arguments
 }
 
 // ---------------------------------------------------------------------------------------------
-// Projection extensions: embedding projections and second moments (end of src/ffi.rs)
+// Projection extensions: embedding projections and second moments (src/ffi/projection.rs, covariances.rs)
 // ---------------------------------------------------------------------------------------------
 
 mod projection_extensions {
@@ -1907,7 +1940,7 @@ fn model_ghg_matches_the_safe_api_with_and_without_the_tied_lm_head() {
     let ctx = Ctx::cpu();
     let mut out = vec![f32::NAN; 2 * 2];
     // SAFETY: every descriptor points at live memory of the right length.
-    let st = unsafe { gg_model_ghg(ctx.0, 2, uses.as_ptr(), x_dot.as_ptr(), b_dot.as_ptr(), 3, 0.3, tm(&mut out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, 0) };
+    let st = unsafe { gg_model_ghg(ctx.0, 2, uses.as_ptr(), x_dot.as_ptr(), b_dot.as_ptr(), 3, 0.3, tm(&mut out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, 0, ptr::null_mut(), 0, ptr::null_mut()) };
     expect(st, GG_STATUS_OK, &[]);
     let bd: [&[f32]; 3] = [&qemb_dot, &qln_dot, &qlin_dot];
     let gu: Vec<ghostgrad::GhgUse<'_>> = safe[..3]
@@ -1918,7 +1951,7 @@ fn model_ghg_matches_the_safe_api_with_and_without_the_tied_lm_head() {
             param: u.param,
             kind: u.kind,
             train: u.train,
-            val: u.query.unwrap(),
+            val: *u.query.factors().unwrap(),
             x_dot: (i > 0).then(|| qh_dot[..].into()),
             b_dot: b.into(),
         })
@@ -1929,7 +1962,7 @@ fn model_ghg_matches_the_safe_api_with_and_without_the_tied_lm_head() {
     assert!(out.iter().all(|x| x.is_finite()), "{out:?}");
     // All four uses: the embedding (no x_dot) tied to the LM head (x_dot), as in GPT-2.
     // SAFETY: as above.
-    let st = unsafe { gg_model_ghg(ctx.0, 2, uses.as_ptr(), x_dot.as_ptr(), b_dot.as_ptr(), 4, 0.3, tm(&mut out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, 0) };
+    let st = unsafe { gg_model_ghg(ctx.0, 2, uses.as_ptr(), x_dot.as_ptr(), b_dot.as_ptr(), 4, 0.3, tm(&mut out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, 0, ptr::null_mut(), 0, ptr::null_mut()) };
     expect(st, GG_STATUS_OK, &[]);
     let bd4: [&[f32]; 4] = [&qemb_dot, &qln_dot, &qlin_dot, &qlogit_dot];
     let gu4: Vec<ghostgrad::GhgUse<'_>> = safe
@@ -1940,7 +1973,7 @@ fn model_ghg_matches_the_safe_api_with_and_without_the_tied_lm_head() {
             param: u.param,
             kind: u.kind,
             train: u.train,
-            val: u.query.unwrap(),
+            val: *u.query.factors().unwrap(),
             x_dot: (i > 0).then(|| qh_dot[..].into()),
             b_dot: b.into(),
         })
@@ -1948,10 +1981,34 @@ fn model_ghg_matches_the_safe_api_with_and_without_the_tied_lm_head() {
     ghostgrad::Context::cpu().model_ghg(2, &gu4, 0.3, &mut (&mut want[..]).into(), Accumulate::overwrite(), ghostgrad::ModelForms::default()).unwrap();
     assert_eq!(out, want);
     // SAFETY: a null derivative array must be detected.
-    let st = unsafe { gg_model_ghg(ctx.0, 2, uses.as_ptr(), ptr::null(), b_dot.as_ptr(), 3, 0.3, tm(&mut out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, 0) };
+    let st = unsafe { gg_model_ghg(ctx.0, 2, uses.as_ptr(), ptr::null(), b_dot.as_ptr(), 3, 0.3, tm(&mut out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, 0, ptr::null_mut(), 0, ptr::null_mut()) };
     expect(st, GG_STATUS_NULL_POINTER, &["x_dot"]);
     let short = [t(&qemb_dot[..15], GG_DTYPE_F32), b_dot[1], b_dot[2]];
     // SAFETY: as above, with a short b_dot[0] on purpose.
-    let st = unsafe { gg_model_ghg(ctx.0, 2, uses.as_ptr(), x_dot.as_ptr(), short.as_ptr(), 3, 0.3, tm(&mut out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, 0) };
+    let st = unsafe { gg_model_ghg(ctx.0, 2, uses.as_ptr(), x_dot.as_ptr(), short.as_ptr(), 3, 0.3, tm(&mut out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, 0, ptr::null_mut(), 0, ptr::null_mut()) };
     assert_ne!(st, GG_STATUS_OK, "a short b_dot must be rejected");
+}
+
+/// Issue 11, defect 4 through the ABI: `GG_STATUS_OUT_OF_MEMORY` (not an abort, not
+/// `GG_STATUS_PANIC`) for a 64 GiB random projection matrix and a k = 2^16 raw Fisher fit.
+#[test]
+fn host_allocations_too_large_for_the_machine_are_out_of_memory() {
+    let ctx = Ctx::cpu();
+    let (d_in, k_i) = (1u64 << 14, 1u64 << 20);
+    let a: Vec<f32> = (0..d_in).map(|i| (i % 7) as f32 - 3.0).collect();
+    let b = vec![0.5f32, -1.0, 2.0];
+    let train = gg_train { a: t(&a, GG_DTYPE_F32), b: t(&b, GG_DTYPE_F32), n: 1, t: 1, mask: ABSENT };
+    let proj = gg_projection { k_i, k_o: 1, kind: GG_PROJECTION_RANDOM, dist: GG_DISTRIBUTION_GAUSSIAN, seed: 1, layer: 0, p_in: ABSENT, p_out: ABSENT };
+    let mut out = vec![f32::NAN; k_i as usize];
+    // SAFETY: every descriptor points at live memory of this test.
+    let st = unsafe { gg_kron_project(ctx.0, gg_layer_shape { d_in, d_out: 3, has_bias: 0 }, &train, &proj, tm(&mut out), 0, k_i, 1.0, 0.0) };
+    expect(st, GG_STATUS_OUT_OF_MEMORY, &["projection matrix", "68719476736 bytes"]);
+    assert!(out.iter().all(|x| x.is_nan()));
+    let k = 1u64 << 16;
+    let grads: Vec<f32> = (0..k).map(|i| ((i % 5) as f32 - 2.0) * 0.25).collect();
+    let mut f: *mut gg_raw_fisher = ptr::null_mut();
+    // SAFETY: as above; `f` is a valid out-parameter.
+    let st = unsafe { gg_raw_fisher_fit(t(&grads, GG_DTYPE_F32), 1, k, &mut f) };
+    expect(st, GG_STATUS_OUT_OF_MEMORY, &["raw Fisher"]);
+    assert!(f.is_null());
 }

@@ -493,11 +493,11 @@ fn device_pointers_are_checked_against_the_runtime() {
     let train = TrainFactors { a: Tensor::Device(bogus), b: b.view().into(), n: 1, t: 2, mask: None };
     let mut out = rt.alloc_f32(1, 0.0).unwrap();
     let err = ctx.ghost_sqnorm(&shape, &train, &mut out.view_mut().into(), Accumulate::overwrite(), FormRequest::Auto).unwrap_err();
-    assert!(matches!(err, GhostError::InvalidArgument { what: "a", .. }), "{err:?}");
+    assert!(matches!(err, GhostError::InvalidArgument { what: "train.a", .. }), "{err:?}");
     let host = vec![0f32; 6];
     let train = TrainFactors { a: host[..].into(), b: b.view().into(), n: 1, t: 2, mask: None };
     let err = ctx.ghost_sqnorm(&shape, &train, &mut out.view_mut().into(), Accumulate::overwrite(), FormRequest::Auto).unwrap_err();
-    assert!(matches!(err, GhostError::WrongMemorySpace { what: "a", expected: "device", got: "host" }), "{err:?}");
+    assert!(matches!(err, GhostError::WrongMemorySpace { what: "train.a", expected: "device", got: "host" }), "{err:?}");
     let _ = a;
 }
 

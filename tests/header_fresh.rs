@@ -1,4 +1,4 @@
-//! `include/ghostgrad.h` is exactly what cbindgen generates from `src/ffi.rs` and
+//! `include/ghostgrad.h` is exactly what cbindgen generates from `src/ffi/` and
 //! `cbindgen.toml`: a stale header fails here. `GHOSTGRAD_BLESS=1` writes the fresh one.
 
 use std::path::Path;
@@ -7,12 +7,13 @@ const REGENERATE: &str = "GHOSTGRAD_BLESS=1 cargo test --test header_fresh";
 
 fn generate(root: &Path) -> String {
     let config = cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("reading cbindgen.toml");
-    // Only the ABI module is parsed: every exported type is defined there (no `cargo metadata`).
+    // Only the ABI module is parsed (`mod.rs` and the submodules it declares): every exported
+    // type is defined there (no `cargo metadata`).
     let bindings = cbindgen::Builder::new()
         .with_config(config)
-        .with_src(root.join("src/ffi.rs"))
+        .with_src(root.join("src/ffi/mod.rs"))
         .generate()
-        .expect("cbindgen could not generate the header from src/ffi.rs");
+        .expect("cbindgen could not generate the header from src/ffi/");
     let mut bytes = Vec::new();
     bindings.write(&mut bytes);
     String::from_utf8(bytes).expect("cbindgen wrote UTF-8")
@@ -49,7 +50,7 @@ fn checked_in_header_matches_the_generated_one() {
 #[test]
 fn header_declares_every_exported_function() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let src = std::fs::read_to_string(root.join("src/ffi.rs")).unwrap();
+    let src = abi_sources(root);
     let header = generate(root);
     let exported: Vec<&str> = src
         .split("extern \"C\" fn ")
@@ -61,4 +62,15 @@ fn header_declares_every_exported_function() {
     for name in exported {
         assert!(header.contains(&format!("{name}(")), "`{name}` is missing from the generated header");
     }
+}
+
+/// The text of every file of the ABI module `src/ffi/`, concatenated in name order.
+fn abi_sources(root: &Path) -> String {
+    let mut files: Vec<_> = std::fs::read_dir(root.join("src/ffi"))
+        .expect("reading src/ffi")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "rs"))
+        .collect();
+    files.sort();
+    files.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect::<Vec<_>>().join("\n")
 }

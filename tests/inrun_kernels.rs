@@ -42,6 +42,10 @@ impl LayerData {
         let shape = LayerShape::new(rng.random_range(1..24), rng.random_range(1..20)).with_bias(rng.random_bool(0.5));
         let t = rng.random_range(1..7);
         let t_v = rng.random_range(1..6);
+        Self::with_shape(rng, shape, n, t, t_v, dtype, masked)
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn with_shape(rng: &mut TestRng, shape: LayerShape, n: usize, t: usize, t_v: usize, dtype: DType, masked: bool) -> Self {
         let train = TrainData::random(rng, shape, n, t, dtype, masked);
         let (di, dout) = (shape.d_in as usize, shape.d_out as usize);
         LayerData {
@@ -135,18 +139,21 @@ fn ghg_matches_reference_on_cpu_and_interpreter() {
     let cpu = Context::cpu();
     let reference = Context::cpu_reference();
     for case in 0..12u64 {
+        // dtype, mask, beta and form are drawn independently (issue 11, gap 9: derived from
+        // `case % k` they were correlated, e.g. beta != 0 only ever met f16).
         let mut rng = rng(0x1d5 + case);
-        let dtype = FLOAT_DTYPES[case as usize % 3];
+        let dtype = FLOAT_DTYPES[rng.random_range(0..3)];
         let n = rng.random_range(1..6);
-        let masked = case % 2 == 1;
+        let masked = rng.random_bool(0.5);
         let layers: Vec<LayerData> = (0..rng.random_range(1..4)).map(|_| LayerData::random(&mut rng, n, dtype, masked)).collect();
         let host: Vec<GhgLayer<'_>> = layers.iter().map(LayerData::host).collect();
         let eta = 0.05 + rng.random::<f32>();
-        let acc = random_acc(&mut rng, case % 3 == 2);
+        let beta_nonzero = rng.random_bool(0.5);
+        let acc = random_acc(&mut rng, beta_nonzero);
         let old = initial_out(&mut rng, n, acc);
         let (want, mag) = expected(&host, eta, &old, acc);
         let tol = Tol::for_depth(depth(&layers));
-        let form = FORMS[case as usize % 4];
+        let form = FORMS[rng.random_range(0..FORMS.len())];
         let what = format!("case {case} ({dtype}, n {n}, {} layers, {form:?}, {acc:?})", layers.len());
 
         let mut got = old.clone();
@@ -325,4 +332,44 @@ fn ghg_validates_its_arguments() {
     let mut short = vec![0.0f32; 1];
     let e = ctx.ghg(&[l.host()], 0.1, &mut TensorMut::from(short.as_mut_slice()), Accumulate::overwrite(), FormRequest::Auto).unwrap_err();
     assert!(matches!(e, GhostError::LengthMismatch { what: "out", .. }), "{e}");
+}
+
+/// Issue 11, gap 8: the f32-query path of bf16 / f16 training factors (`ghg_query_<dt>`, then
+/// `ghost_dot_gram_qf32_<dt>` / the other forms on the combined f32 query) past one tile and
+/// across a token split — d_in = 70, T = 70, T_v = 40 — through the production plans, against
+/// the f64 reference.
+#[test]
+fn ghg_f32_query_kernels_past_one_tile() {
+    let rt = interp();
+    let gpu = Context::with_runtime(rt.clone());
+    let reference = Context::cpu_reference();
+    for (case, (dtype, form)) in [(DType::BF16, FORMS[1]), (DType::F16, FORMS[1]), (DType::BF16, FORMS[0]), (DType::F16, FORMS[2])].into_iter().enumerate() {
+        let mut rng = rng(0x8a + case as u64);
+        let shape = LayerShape::new(70, 37).with_bias(case % 2 == 0);
+        let n = 2;
+        let layers = vec![LayerData::with_shape(&mut rng, shape, n, 70, 40, dtype, true)];
+        let host: Vec<GhgLayer<'_>> = layers.iter().map(LayerData::host).collect();
+        let eta = 0.3;
+        let acc = random_acc(&mut rng, case % 2 == 1);
+        let old = initial_out(&mut rng, n, acc);
+        let (want, mag) = expected(&host, eta, &old, acc);
+        let tol = Tol::for_depth(depth(&layers));
+        let what = format!("case {case} ({dtype}, {form:?})");
+        let mut got = old.clone();
+        reference.ghg(&host, eta, &mut TensorMut::from(got.as_mut_slice()), acc, form).unwrap();
+        assert_close(&format!("reference {what}"), &got, &want, &mag, &old, acc, tol);
+        let dev: Vec<DevLayer> = layers.iter().map(|l| DevLayer::new(&rt, l)).collect();
+        let dl: Vec<GhgLayer<'_>> = dev.iter().map(DevLayer::layer).collect();
+        let mut out = rt.upload(&old, DType::F32).unwrap();
+        rt.take_records().unwrap();
+        gpu.ghg(&dl, eta, &mut TensorMut::from(out.view_mut()), acc, form).unwrap();
+        let launched: Vec<String> = rt.take_records().unwrap().into_iter().map(|r| r.plan.kernel).collect();
+        let sfx = dtype.kernel_suffix();
+        assert!(launched.contains(&format!("ghg_query_{sfx}")), "{what}: {launched:?}");
+        if form == FORMS[1] {
+            assert!(launched.contains(&format!("ghost_dot_gram_qf32_{sfx}")), "{what}: {launched:?}");
+        }
+        let got = rt.read_f32(&out).unwrap();
+        assert_close(&format!("interpreter {what}"), &got, &want, &mag, &old, acc, tol);
+    }
 }

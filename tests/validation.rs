@@ -117,12 +117,12 @@ fn the_valid_fixture_is_accepted() {
 #[test]
 fn zero_sizes_are_rejected_by_name() {
     let zero = |what| GhostError::ZeroSize { what };
-    dot_err("d_in = 0", zero("d_in"), |x| (LayerShape::new(0, DO), x.train(), x.query(), N * V));
-    dot_err("d_out = 0", zero("d_out"), |x| (LayerShape::new(DI, 0), x.train(), x.query(), N * V));
-    dot_err("n = 0", zero("n"), |x| (shape(), TrainFactors { n: 0, ..x.train() }, x.query(), N * V));
-    dot_err("t = 0", zero("t"), |x| (shape(), TrainFactors { t: 0, ..x.train() }, x.query(), N * V));
-    dot_err("q = 0", zero("q"), |x| (shape(), x.train(), QueryFactors { q: 0, ..x.query() }, N * V));
-    dot_err("segment length 0", zero("segment length"), |x| {
+    dot_err("d_in = 0", zero("shape.d_in"), |x| (LayerShape::new(0, DO), x.train(), x.query(), N * V));
+    dot_err("d_out = 0", zero("shape.d_out"), |x| (LayerShape::new(DI, 0), x.train(), x.query(), N * V));
+    dot_err("n = 0", zero("train.n"), |x| (shape(), TrainFactors { n: 0, ..x.train() }, x.query(), N * V));
+    dot_err("t = 0", zero("train.t"), |x| (shape(), TrainFactors { t: 0, ..x.train() }, x.query(), N * V));
+    dot_err("q = 0", zero("query.q"), |x| (shape(), x.train(), QueryFactors { q: 0, ..x.query() }, N * V));
+    dot_err("segment length 0", zero("query.segments.uniform_len"), |x| {
         (shape(), x.train(), QueryFactors { segments: Segments::Uniform(0), ..x.query() }, N * V)
     });
     let mut out = [0.0f32; 1];
@@ -138,22 +138,22 @@ fn zero_sizes_are_rejected_by_name() {
 #[test]
 fn ghost_dot_length_mismatches_name_the_buffer() {
     let (nt, ntdi, ntdo) = (N * T, N * T * DI, N * T * DO);
-    dot_err("a", len_mismatch("a", ntdi, ntdi - 1), |x| {
+    dot_err("a", len_mismatch("train.a", ntdi, ntdi - 1), |x| {
         (shape(), TrainFactors { a: x.a[1..].into(), ..x.train() }, x.query(), N * V)
     });
-    dot_err("b", len_mismatch("b", ntdo, ntdo - 1), |x| {
+    dot_err("b", len_mismatch("train.b", ntdo, ntdo - 1), |x| {
         (shape(), TrainFactors { b: x.b[1..].into(), ..x.train() }, x.query(), N * V)
     });
-    dot_err("mask", len_mismatch("mask", nt, nt - 1), |x| {
+    dot_err("mask", len_mismatch("train.mask", nt, nt - 1), |x| {
         (shape(), TrainFactors { mask: Some(x.mask[1..].into()), ..x.train() }, x.query(), N * V)
     });
-    dot_err("aq", len_mismatch("aq", Q * DI, Q * DI - 1), |x| {
+    dot_err("aq", len_mismatch("query.aq", Q * DI, Q * DI - 1), |x| {
         (shape(), x.train(), QueryFactors { aq: x.aq[1..].into(), ..x.query() }, N * V)
     });
-    dot_err("bq", len_mismatch("bq", Q * DO, Q * DO - 1), |x| {
+    dot_err("bq", len_mismatch("query.bq", Q * DO, Q * DO - 1), |x| {
         (shape(), x.train(), QueryFactors { bq: x.bq[1..].into(), ..x.query() }, N * V)
     });
-    dot_err("query mask", len_mismatch("query mask", Q, Q - 1), |x| {
+    dot_err("query mask", len_mismatch("query.mask", Q, Q - 1), |x| {
         (shape(), x.train(), QueryFactors { mask: Some(x.qmask[1..].into()), ..x.query() }, N * V)
     });
     dot_err("out short", len_mismatch("out", N * V, N * V - 1), |x| (shape(), x.train(), x.query(), N * V - 1));
@@ -229,7 +229,7 @@ fn factored_grad_length_mismatches_name_the_buffer() {
     expect_err("out_bias", len_mismatch("out_bias", V * DO, V * DO + 1), |c| {
         run(c, x.query(), None, true, full, Some(V * DO + 1))
     });
-    expect_err("aq", len_mismatch("aq", Q * DI, Q * DI - 1), |c| {
+    expect_err("aq", len_mismatch("query.aq", Q * DI, Q * DI - 1), |c| {
         run(c, QueryFactors { aq: x.aq[1..].into(), ..x.query() }, None, false, full, None)
     });
     expect_err(
@@ -261,10 +261,10 @@ fn gram_and_sqnorm_length_mismatches_name_the_buffer() {
     }
     expect_err("gram out", len_mismatch("out", N * N, N), |c| gram(c, x.train(), N, FormRequest::Auto));
     expect_err("sqnorm out", len_mismatch("out", N, N * N), |c| norm(c, x.train(), N * N, FormRequest::Auto));
-    expect_err("gram a", len_mismatch("a", N * T * DI, N * T * DI - 1), |c| {
+    expect_err("gram a", len_mismatch("train.a", N * T * DI, N * T * DI - 1), |c| {
         gram(c, TrainFactors { a: x.a[1..].into(), ..x.train() }, N * N, FormRequest::Auto)
     });
-    expect_err("sqnorm mask", len_mismatch("mask", N * T, N * T - 1), |c| {
+    expect_err("sqnorm mask", len_mismatch("train.mask", N * T, N * T - 1), |c| {
         norm(c, TrainFactors { mask: Some(x.mask[1..].into()), ..x.train() }, N, FormRequest::Auto)
     });
     let dense_form = GhostError::InvalidArgument {
@@ -282,29 +282,29 @@ fn gram_and_sqnorm_length_mismatches_name_the_buffer() {
 
 #[test]
 fn dtype_mismatches_and_unsupported_dtypes_are_typed() {
-    dot_err("b bf16 with a f32", GhostError::DtypeMismatch { what: "b", expected: DType::F32, got: DType::BF16 }, |x| {
+    dot_err("b bf16 with a f32", GhostError::DtypeMismatch { what: "train.b", expected: DType::F32, got: DType::BF16 }, |x| {
         let b16: &'static [bf16] = Box::leak(vec![bf16::ONE; (N * T * DO) as usize].into_boxed_slice());
         (shape(), TrainFactors { b: b16.into(), ..x.train() }, x.query(), N * V)
     });
-    dot_err("aq f32 with a bf16", GhostError::DtypeMismatch { what: "aq", expected: DType::BF16, got: DType::F32 }, |x| {
+    dot_err("aq f32 with a bf16", GhostError::DtypeMismatch { what: "query.aq", expected: DType::BF16, got: DType::F32 }, |x| {
         let b16: &'static [bf16] = Box::leak(vec![bf16::ONE; (N * T * DO) as usize].into_boxed_slice());
         (shape(), TrainFactors { a: x.a16.as_slice().into(), b: b16.into(), ..x.train() }, x.query(), N * V)
     });
-    dot_err("bq bf16 with f32", GhostError::DtypeMismatch { what: "bq", expected: DType::F32, got: DType::BF16 }, |x| {
+    dot_err("bq bf16 with f32", GhostError::DtypeMismatch { what: "query.bq", expected: DType::F32, got: DType::BF16 }, |x| {
         let b16: &'static [bf16] = Box::leak(vec![bf16::ONE; (Q * DO) as usize].into_boxed_slice());
         (shape(), x.train(), QueryFactors { bq: b16.into(), ..x.query() }, N * V)
     });
-    dot_err("u8 as a", GhostError::UnsupportedDtype { what: "a", dtype: DType::U8, op: "ghost_dot" }, |x| {
+    dot_err("u8 as a", GhostError::UnsupportedDtype { what: "train.a", dtype: DType::U8, op: "ghost_dot" }, |x| {
         (shape(), TrainFactors { a: x.mask.as_slice().into(), ..x.train() }, x.query(), N * V)
     });
-    dot_err("f32 as mask", GhostError::UnsupportedDtype { what: "mask", dtype: DType::F32, op: "ghost_dot" }, |x| {
+    dot_err("f32 as mask", GhostError::UnsupportedDtype { what: "train.mask", dtype: DType::F32, op: "ghost_dot" }, |x| {
         (shape(), TrainFactors { mask: Some(x.a[..(N * T) as usize].into()), ..x.train() }, x.query(), N * V)
     });
-    dot_err("i32 as aq", GhostError::UnsupportedDtype { what: "aq", dtype: DType::I32, op: "ghost_dot" }, |x| {
+    dot_err("i32 as aq", GhostError::UnsupportedDtype { what: "query.aq", dtype: DType::I32, op: "ghost_dot" }, |x| {
         let i: &'static [i32] = Box::leak(vec![1i32; (Q * DI) as usize].into_boxed_slice());
         (shape(), x.train(), QueryFactors { aq: i.into(), ..x.query() }, N * V)
     });
-    dot_err("f32 offsets", GhostError::UnsupportedDtype { what: "segment offsets", dtype: DType::F32, op: "ghost_dot" }, |x| {
+    dot_err("f32 offsets", GhostError::UnsupportedDtype { what: "query.segments.offsets", dtype: DType::F32, op: "ghost_dot" }, |x| {
         (shape(), x.train(), QueryFactors { segments: Segments::Offsets(x.w[..3].into()), ..x.query() }, N * V)
     });
     let x = fx();
@@ -322,7 +322,7 @@ fn dtype_mismatches_and_unsupported_dtypes_are_typed() {
             c.factored_grad(&shape(), &x.query(), Some(&Tensor::from(w.as_slice())), &mut TensorMut::from(out.as_mut_slice()), None, Accumulate::overwrite())
         },
     );
-    expect_err("u8 as aq (factored)", GhostError::UnsupportedDtype { what: "aq", dtype: DType::U8, op: "factored_grad" }, |c| {
+    expect_err("u8 as aq (factored)", GhostError::UnsupportedDtype { what: "query.aq", dtype: DType::U8, op: "factored_grad" }, |c| {
         let aq = vec![1u8; (Q * DI) as usize];
         let mut out = vec![0.0f32; (V * DO * DI) as usize];
         let q = QueryFactors { aq: aq.as_slice().into(), ..x.query() };
@@ -344,17 +344,17 @@ fn device_buffers_are_rejected_by_cpu_contexts() {
     let wrong = |what| GhostError::WrongMemorySpace { what, expected: "host", got: "device" };
     // SAFETY: a CPU context never dereferences a DeviceSlice: it only reads its space and length.
     let dev = |len: u64, dtype| Tensor::from(unsafe { DeviceSlice::from_raw_parts(0x1000, len, dtype) });
-    dot_err("a on device", wrong("a"), |x| (shape(), TrainFactors { a: dev(N * T * DI, DType::F32), ..x.train() }, x.query(), N * V));
-    dot_err("b on device", wrong("b"), |x| (shape(), TrainFactors { b: dev(N * T * DO, DType::F32), ..x.train() }, x.query(), N * V));
-    dot_err("mask on device", wrong("mask"), |x| {
+    dot_err("a on device", wrong("train.a"), |x| (shape(), TrainFactors { a: dev(N * T * DI, DType::F32), ..x.train() }, x.query(), N * V));
+    dot_err("b on device", wrong("train.b"), |x| (shape(), TrainFactors { b: dev(N * T * DO, DType::F32), ..x.train() }, x.query(), N * V));
+    dot_err("mask on device", wrong("train.mask"), |x| {
         (shape(), TrainFactors { mask: Some(dev(N * T, DType::U8)), ..x.train() }, x.query(), N * V)
     });
-    dot_err("aq on device", wrong("aq"), |x| (shape(), x.train(), QueryFactors { aq: dev(Q * DI, DType::F32), ..x.query() }, N * V));
-    dot_err("bq on device", wrong("bq"), |x| (shape(), x.train(), QueryFactors { bq: dev(Q * DO, DType::F32), ..x.query() }, N * V));
-    dot_err("query mask on device", wrong("query mask"), |x| {
+    dot_err("aq on device", wrong("query.aq"), |x| (shape(), x.train(), QueryFactors { aq: dev(Q * DI, DType::F32), ..x.query() }, N * V));
+    dot_err("bq on device", wrong("query.bq"), |x| (shape(), x.train(), QueryFactors { bq: dev(Q * DO, DType::F32), ..x.query() }, N * V));
+    dot_err("query mask on device", wrong("query.mask"), |x| {
         (shape(), x.train(), QueryFactors { mask: Some(dev(Q, DType::U8)), ..x.query() }, N * V)
     });
-    dot_err("offsets on device", wrong("segment offsets"), |x| {
+    dot_err("offsets on device", wrong("query.segments.offsets"), |x| {
         (shape(), x.train(), QueryFactors { segments: Segments::Offsets(dev(4, DType::I32)), ..x.query() }, N * V)
     });
     let x = fx();
@@ -372,7 +372,7 @@ fn device_buffers_are_rejected_by_cpu_contexts() {
         let mut out = vec![0.0f32; (V * DO * DI) as usize];
         c.factored_grad(&shape(), &x.query(), Some(&dev(Q, DType::F32)), &mut TensorMut::from(out.as_mut_slice()), None, Accumulate::overwrite())
     });
-    expect_err("gram a on device", wrong("a"), |c| {
+    expect_err("gram a on device", wrong("train.a"), |c| {
         let mut out = vec![0.0f32; (N * N) as usize];
         let tr = TrainFactors { a: dev(N * T * DI, DType::F32), ..x.train() };
         c.ghost_gram(&shape(), &tr, &mut TensorMut::from(out.as_mut_slice()), Accumulate::overwrite(), FormRequest::Auto).map(|_| ())
@@ -428,7 +428,7 @@ fn big(n: u64, t: u64) -> impl Fn(&Fx) -> Call<'_> {
 
 #[test]
 fn bad_segment_offsets_are_rejected() {
-    let bad = |reason: &str| GhostError::InvalidArgument { what: "segment offsets", reason: reason.into() };
+    let bad = |reason: &str| GhostError::InvalidArgument { what: "query.segments.offsets", reason: reason.into() };
     dot_err("decreasing", bad("offsets must be nondecreasing within [0, Q=6]; offsets[2] = 1 after 4"), with(&[0, 4, 1, 6], 3));
     dot_err("beyond Q", bad("offsets must be nondecreasing within [0, Q=6]; offsets[2] = 7 after 2"), with(&[0, 2, 7], 2));
     dot_err("negative", bad("offsets must be nondecreasing within [0, Q=6]; offsets[0] = -1 after 0"), with(&[-1, 2], 1));
@@ -447,9 +447,9 @@ fn overflowing_shapes_are_rejected_before_touching_buffers() {
     dot_err("n*t > u64", overflow("n*t", "u64"), big(1 << 40, 1 << 40));
     dot_err("n*t*d_in > u64", overflow("n*t*d_in", "u64"), big(1 << 40, 1 << 22));
     dot_err("n*t >= 2^31", overflow("n*t", KERNEL_RANGE), big(1 << 16, 1 << 15));
-    dot_err("d_in >= 2^31", overflow("d_in", KERNEL_RANGE), |x| (LayerShape::new(1 << 31, DO), x.train(), x.query(), N * V));
-    dot_err("d_out >= 2^31", overflow("d_out", KERNEL_RANGE), |x| (LayerShape::new(DI, u64::MAX), x.train(), x.query(), N * V));
-    dot_err("q >= 2^31", overflow("q", KERNEL_RANGE), |x| (shape(), x.train(), QueryFactors { q: 1 << 31, ..x.query() }, N * V));
+    dot_err("d_in >= 2^31", overflow("shape.d_in", KERNEL_RANGE), |x| (LayerShape::new(1 << 31, DO), x.train(), x.query(), N * V));
+    dot_err("d_out >= 2^31", overflow("shape.d_out", KERNEL_RANGE), |x| (LayerShape::new(DI, u64::MAX), x.train(), x.query(), N * V));
+    dot_err("q >= 2^31", overflow("query.q", KERNEL_RANGE), |x| (shape(), x.train(), QueryFactors { q: 1 << 31, ..x.query() }, N * V));
     // q·d_in, q·d_out and V·d_out·d_in cannot overflow u64 once every factor is < 2^31 and the
     // query buffers have their exact lengths, so no host call can reach those overflows.
 }
@@ -462,7 +462,7 @@ fn layers_must_share_n_and_v() {
     let n1 = TrainFactors { n: 1, a: x.a[..(T * DI) as usize].into(), b: x.b[..(T * DO) as usize].into(), mask: None, ..x.train() };
     expect_err(
         "different N",
-        GhostError::InvalidArgument { what: "layers", reason: "all layers need the same N: 1 vs 2".into() },
+        GhostError::InvalidArgument { what: "layers[1].train.n", reason: "all layers need the same N: 1 vs 2 in layers[0]".into() },
         |c| {
             let mut out = vec![0.0f32; (N * V) as usize];
             c.ghost_dot_layers(&[layer(x.train(), x.query()), layer(n1, x.query())], &mut TensorMut::from(out.as_mut_slice()), Accumulate::overwrite())
@@ -472,7 +472,7 @@ fn layers_must_share_n_and_v() {
     let single = QueryFactors { segments: Segments::Single, ..x.query() };
     expect_err(
         "different V",
-        GhostError::InvalidArgument { what: "layers", reason: "all layers need the same number of query segments V: 1 vs 3".into() },
+        GhostError::InvalidArgument { what: "layers[1].query.segments", reason: "all layers need the same number of query segments V: 1 vs 3 in layers[0]".into() },
         |c| {
             let mut out = vec![0.0f32; (N * V) as usize];
             c.ghost_dot_layers(&[layer(x.train(), x.query()), layer(x.train(), single)], &mut TensorMut::from(out.as_mut_slice()), Accumulate::overwrite())
@@ -509,4 +509,40 @@ fn cuda_context_without_a_driver_is_a_typed_error() {
         Ok(ctx) => eprintln!("CUDA is available here: {}", ctx.describe()),
         Err(other) => panic!("Context::cuda(0) returned an unexpected error: {other:?}"),
     }
+}
+
+/// Issue 11, defect 4: a host matrix the machine cannot hold is a typed out-of-memory error
+/// naming it and its size, before anything is written (the process used to abort). Only the
+/// failing reservation is attempted: nothing large is allocated.
+#[test]
+fn host_allocations_too_large_for_the_machine_are_typed_errors() {
+    use ghostgrad::projection::precondition::RawFisher;
+    use ghostgrad::{Distribution, OutColumns, ProjectionKind, ProjectionSpec};
+    // kron_project with a random P_in of [2^20, 2^14] f32 = 64 GiB.
+    let (d_in, d_out, k_i) = (1u64 << 14, 3u64, 1u64 << 20);
+    let a: Vec<f32> = (0..d_in).map(|i| (i % 7) as f32 - 3.0).collect();
+    let b = [0.5f32, -1.0, 2.0];
+    let shape = LayerShape::new(d_in, d_out);
+    let train = TrainFactors { a: a[..].into(), b: b[..].into(), n: 1, t: 1, mask: None };
+    let proj = ProjectionSpec { k_i, k_o: 1, kind: ProjectionKind::Random { seed: 1, layer: 0, dist: Distribution::Gaussian } };
+    for ctx in contexts() {
+        let mut out = vec![f32::NAN; k_i as usize];
+        let e = ctx
+            .kron_project(&shape, &train, &proj, &mut (&mut out[..]).into(), OutColumns { offset: 0, row_stride: k_i }, Accumulate::overwrite())
+            .unwrap_err();
+        match &e {
+            GhostError::OutOfMemory { what, bytes } => {
+                assert!(what.contains("projection matrix") && what.contains("[1048576, 16384]"), "{e}");
+                assert_eq!(*bytes, 1u64 << 36, "{e}");
+            }
+            _ => panic!("expected OutOfMemory, got {e:?}"),
+        }
+        assert!(out.iter().all(|x| x.is_nan()), "nothing is written before the error");
+    }
+    // A raw Fisher fit with k = 2^16: three [k, k] f64 matrices (96 GiB).
+    let k = 1usize << 16;
+    let grads: Vec<f32> = (0..k).map(|i| ((i % 5) as f32 - 2.0) * 0.25).collect();
+    let e = RawFisher::fit(&grads, 1, k).err().expect("a fit of that size cannot succeed here");
+    assert!(matches!(&e, GhostError::OutOfMemory { what, .. } if what.contains("raw Fisher")), "{e:?}");
+    assert!(e.to_string().contains("bytes"), "{e}");
 }

@@ -11,7 +11,8 @@
  *   G_n[id, :] += b_emb (lookup),  G_n[v, :] += b_logit[v] h (head).
  *
  * Checked:
- *   gg_model_gram           K[n, m] = <G_n, G_m> over all parameters (tie cross terms included)
+ *   gg_model_gram           K[n, m] = <G_n, G_m> over all parameters (tie cross terms included),
+ *                           and how each term was computed (gg_term_choice)
  *   gg_kron_project_model   one block per parameter, P_rows G_n P_cols^T in storage layout
  *                           (wte [V, D] projected once for both uses, LayerNorm [D, 2])
  *   gg_influence_scores_groups  per-parameter train x train scores on those blocks
@@ -56,6 +57,8 @@ int main(void) {
     gg_param_projection params[2];
     gg_column_group groups[2];
     gg_status st;
+    gg_term_choice terms[9];
+    size_t n_terms = 0;
     size_t n, m, r, k, v, o, i, c;
     int failures = 0;
 
@@ -92,8 +95,32 @@ int main(void) {
     }
 
     /* 1. Gram matrix of whole-model per-sample gradients. */
-    st = gg_model_gram(cpu, N, uses, 3, tensor_mut(gram, N * N), 1.0f, 0.0f, GG_FORM_REQUEST_AUTO, 0);
+    st = gg_model_gram(cpu, N, uses, 3, tensor_mut(gram, N * N), 1.0f, 0.0f, GG_FORM_REQUEST_AUTO, 0, terms, 9,
+                       &n_terms);
     if (!status_ok("gg_model_gram", st)) return 1;
+    /* How each term was computed, as data: wte's four terms (lookup x lookup, the two cross terms
+     * with the LM head, LM head x LM head), then the LayerNorm's. */
+    {
+        static const gg_term_algorithm want_alg[5] = {GG_TERM_EMBEDDING_MASKED_GRAM, GG_TERM_CROSS_GRAM, GG_TERM_CROSS_GRAM,
+                                                      GG_TERM_LINEAR, GG_TERM_NORM_MATERIALIZE};
+        static const uint64_t want_use[5][2] = {{0, 0}, {0, 2}, {2, 0}, {2, 2}, {1, 1}};
+        if (n_terms != 5) {
+            printf("FAIL model_gram terms: %zu terms, expected 5\n", n_terms);
+            failures++;
+        } else {
+            for (i = 0; i < 5; i++) {
+                int alg_ok = terms[i].algorithm == want_alg[i] ||
+                             (i == 0 && terms[i].algorithm == GG_TERM_EMBEDDING_SCATTER_GATHER);
+                if (!alg_ok || terms[i].use_a != want_use[i][0] || terms[i].use_b != want_use[i][1] ||
+                    terms[i].param != (i < 4 ? 0u : 1u)) {
+                    printf("FAIL model_gram term %zu: param %u uses %llu x %llu algorithm %u\n", i, terms[i].param,
+                           (unsigned long long)terms[i].use_a, (unsigned long long)terms[i].use_b, terms[i].algorithm);
+                    failures++;
+                }
+            }
+            printf("ok   model_gram terms as data (%zu, e.g. LM head: linear form %u)\n", n_terms, terms[3].linear_form);
+        }
+    }
     for (n = 0; n < N; n++)
         for (m = 0; m < N; m++) {
             double s = 0.0;

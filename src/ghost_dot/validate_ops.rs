@@ -1,4 +1,6 @@
-//! Validation of the ghost dot-product family's arguments into checked dimensions.
+//! Validation of the ghost dot-product family's arguments into checked dimensions. Errors
+//! name the fields as the caller spells them (`train.a`, `query.segments.offsets`); a list
+//! element's prefix (`layers[2]`) is added by its caller ([`GhostError::within`]).
 
 use super::{LayerShape, QueryFactors, Segments, TrainFactors};
 use crate::buffer::{HostSlice, Tensor};
@@ -21,31 +23,31 @@ pub(crate) struct TrainDims {
 
 pub(crate) fn shape(op: &'static str, s: &LayerShape) -> Result<()> {
     let _ = op;
-    v::nonzero("d_in", s.d_in)?;
-    v::nonzero("d_out", s.d_out)?;
-    v::fits_i32("d_in", s.d_in)?;
-    v::fits_i32("d_out", s.d_out)?;
+    v::nonzero("shape.d_in", s.d_in)?;
+    v::nonzero("shape.d_out", s.d_out)?;
+    v::fits_i32("shape.d_in", s.d_in)?;
+    v::fits_i32("shape.d_out", s.d_out)?;
     Ok(())
 }
 
 pub(crate) fn train(op: &'static str, s: &LayerShape, tr: &TrainFactors<'_>, space: Space) -> Result<TrainDims> {
     shape(op, s)?;
-    v::nonzero("n", tr.n)?;
-    v::nonzero("t", tr.t)?;
+    v::nonzero("train.n", tr.n)?;
+    v::nonzero("train.t", tr.t)?;
     let nt = v::mul("n*t", tr.n, tr.t)?;
     let a_len = v::mul("n*t*d_in", nt, s.d_in)?;
     let b_len = v::mul("n*t*d_out", nt, s.d_out)?;
     v::fits_i32("n*t", nt)?;
     if space == Space::Device {
         // Kernels compute element offsets in 64 bits, but grid sizes and per-split counts are u32.
-        v::fits_i32("n", tr.n)?;
-        v::fits_i32("t", tr.t)?;
+        v::fits_i32("train.n", tr.n)?;
+        v::fits_i32("train.t", tr.t)?;
     }
-    let dtype = v::input("a", &tr.a, space, FLOAT_INPUTS, a_len, op)?;
-    let db = v::input("b", &tr.b, space, FLOAT_INPUTS, b_len, op)?;
-    v::same_dtype("b", dtype, db)?;
+    let dtype = v::input("train.a", &tr.a, space, FLOAT_INPUTS, a_len, op)?;
+    let db = v::input("train.b", &tr.b, space, FLOAT_INPUTS, b_len, op)?;
+    v::same_dtype("train.b", dtype, db)?;
     if let Some(m) = &tr.mask {
-        v::input("mask", m, space, &[DType::U8], nt, op)?;
+        v::input("train.mask", m, space, &[DType::U8], nt, op)?;
     }
     Ok(TrainDims { n: tr.n, t: tr.t, d_in: s.d_in, d_out: s.d_out, has_bias: s.has_bias, dtype })
 }
@@ -86,18 +88,18 @@ pub(crate) fn segments(q: u64, seg: &Segments<'_>, space: Space, op: &'static st
     Ok(match seg {
         Segments::Single => QueryDims { q, v: 1, seg: SegKind::Single },
         Segments::Uniform(len) => {
-            v::nonzero("segment length", *len)?;
+            v::nonzero("query.segments.uniform_len", *len)?;
             QueryDims { q, v: q.div_ceil(*len), seg: SegKind::Uniform(*len) }
         }
         Segments::Offsets(t) => {
             let count = t.len();
             if count < 2 {
                 return Err(GhostError::InvalidArgument {
-                    what: "segment offsets",
+                    what: "query.segments.offsets",
                     reason: format!("need V+1 >= 2 offsets, got {count}"),
                 });
             }
-            v::input("segment offsets", t, space, &[DType::I32], count, op)?;
+            v::input("query.segments.offsets", t, space, &[DType::I32], count, op)?;
             let nseg = count - 1;
             v::fits_i32("V", nseg)?;
             match t {
@@ -108,7 +110,7 @@ pub(crate) fn segments(q: u64, seg: &Segments<'_>, space: Space, op: &'static st
                         let o = o as i64;
                         if o < prev || o > q as i64 {
                             return Err(GhostError::InvalidArgument {
-                                what: "segment offsets",
+                                what: "query.segments.offsets",
                                 reason: format!(
                                     "offsets must be nondecreasing within [0, Q={q}]; offsets[{i}] = {o} after {prev}"
                                 ),
@@ -133,16 +135,16 @@ pub(crate) fn query(
     space: Space,
     dtype: DType,
 ) -> Result<QueryDims> {
-    v::nonzero("q", qf.q)?;
-    v::fits_i32("q", qf.q)?;
+    v::nonzero("query.q", qf.q)?;
+    v::fits_i32("query.q", qf.q)?;
     let aq_len = v::mul("q*d_in", qf.q, s.d_in)?;
     let bq_len = v::mul("q*d_out", qf.q, s.d_out)?;
-    let da = v::input("aq", &qf.aq, space, FLOAT_INPUTS, aq_len, op)?;
-    v::same_dtype("aq", dtype, da)?;
-    let db = v::input("bq", &qf.bq, space, FLOAT_INPUTS, bq_len, op)?;
-    v::same_dtype("bq", dtype, db)?;
+    let da = v::input("query.aq", &qf.aq, space, FLOAT_INPUTS, aq_len, op)?;
+    v::same_dtype("query.aq", dtype, da)?;
+    let db = v::input("query.bq", &qf.bq, space, FLOAT_INPUTS, bq_len, op)?;
+    v::same_dtype("query.bq", dtype, db)?;
     if let Some(m) = &qf.mask {
-        v::input("query mask", m, space, &[DType::U8], qf.q, op)?;
+        v::input("query.mask", m, space, &[DType::U8], qf.q, op)?;
     }
     segments(qf.q, &qf.segments, space, op)
 }

@@ -73,6 +73,22 @@ impl<'a> GhgLayer<'a> {
     }
 }
 
+/// The [`GhgLayer`] field behind a name in the errors of the ghost-dot validation of one of its
+/// pseudo-layers (`pair` 0: `(a_val, b_val)`, 1: `(a_val, b_dot)`, 2: `(a_dot, b_val)`): the
+/// query side of a pseudo-layer is made of the layer's validation factors.
+fn ghg_field(pair: usize, what: &str) -> String {
+    let field = match what {
+        "query.aq" if pair == 2 => "a_dot",
+        "query.aq" => "a_val",
+        "query.bq" if pair == 1 => "b_dot",
+        "query.bq" => "b_val",
+        "query.mask" => "val_mask",
+        "query.q" => "t_v",
+        other => return other.replace("q*", "t_v*"),
+    };
+    field.to_string()
+}
+
 /// Host layer of the float64 reference ([`reference_ghg`]).
 fn host_layer<'a>(l: &GhgLayer<'a>) -> Result<HostGhg<'a>> {
     Ok(HostGhg {
@@ -270,14 +286,17 @@ impl Context {
         }
         let n_first = layers.len();
         let mut validated = Vec::with_capacity(pseudo.len());
-        for (shape, train, query) in &pseudo {
+        for (i, (shape, train, query)) in pseudo.iter().enumerate() {
+            // Slot i is the pair (a_val, b_val) of layer i, then (a_val, ḃ), (ȧ, b_val) per layer.
+            let (layer, pair) = if i < n_first { (i, 0) } else { ((i - n_first) / 2, 1 + (i - n_first) % 2) };
+            let named = |e: GhostError| e.renamed(|what| format!("layers[{layer}].{}", ghg_field(pair, what)));
             if train.n != first.train.n {
-                return Err(GhostError::InvalidArgument {
-                    what: "layers",
-                    reason: format!("all layers need the same N: {} vs {}", train.n, first.train.n),
-                });
+                return Err(named(GhostError::InvalidArgument {
+                    what: "train.n",
+                    reason: format!("all layers need the same N: {} vs {} in layers[0]", train.n, first.train.n),
+                }));
             }
-            validated.push(self.validate_dot(shape, train, query)?);
+            validated.push(self.validate_dot(shape, train, query).map_err(named)?);
         }
         let n = validated[0].0.n;
         v::output("out", out, self.space(), n, OP)?;
