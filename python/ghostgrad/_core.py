@@ -163,7 +163,10 @@ class Call:
     def arr(self, obj: Any, name: str, dtypes: Sequence[str], shape: Optional[Tuple[int, ...]] = None) -> Any:
         """Imports ``obj`` (zero copy) and checks its dtype and (if given) its shape."""
         self._device_of(obj, name)
-        a = _native.Array(obj, name, self.stream)
+        try:
+            a = _native.Array(obj, name, self.stream)
+        except errors.Error as e:
+            raise type(e)(f"{self.op}: {e}", what=name, op=self.op) from None
         if a.dtype not in dtypes:
             raise self.fail(errors.DTypeError, name, f"has dtype {a.dtype}, expected {' or '.join(dtypes)}")
         if shape is not None and a.shape != shape:
