@@ -145,3 +145,14 @@ def test_device_and_stream_selection(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "torch", FakeTorch)
     assert _core.current_stream("torch", 1) == 4243
     _core.clear_context_cache()
+
+
+def test_import_with_numpy_only():
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['torch'] = None; sys.modules['jax'] = None; import numpy as np, ghostgrad as gg; " \
+        "a = np.ones((2, 3, 4), np.float32); print(gg.ghost_sqnorm(gg.Factors(a, a)).out)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "48." in r.stdout
