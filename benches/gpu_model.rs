@@ -316,7 +316,7 @@ fn use_of<'a>(param: u32, kind: LayerKind, t: u64, q: u64, x: &'a InterpBuffer, 
         param,
         kind,
         train: UseTrain { x: x.view().into(), b: b.view().into(), t, mask: None },
-        query: Some(UseQuery { x: qx.view().into(), b: qb.view().into(), q, segments: Segments::Single, mask: None }),
+        query: ghostgrad::QuerySide::Factors(UseQuery { x: qx.view().into(), b: qb.view().into(), q, segments: Segments::Single, mask: None }),
     }
 }
 
@@ -382,7 +382,7 @@ fn model_ops(m: &Model, s: &ModelShape) -> Vec<OpRun> {
             param: u.param,
             kind: u.kind,
             train: u.train,
-            val: u.query.unwrap(),
+            val: *u.query.factors().unwrap(),
             x_dot: xd.map(|x| x.view().into()),
             b_dot: bd.view().into(),
         })

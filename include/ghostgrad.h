@@ -58,6 +58,8 @@ enum gg_status
     GG_STATUS_INTERNAL = 16,
     // A panic inside ghostgrad was caught at the ABI boundary (a bug in ghostgrad).
     GG_STATUS_PANIC = 17,
+    // A host allocation the shapes need could not be satisfied (nothing was computed).
+    GG_STATUS_OUT_OF_MEMORY = 18,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -90,7 +92,7 @@ typedef struct gg_layer_shape {
 } gg_layer_shape;
 
 // Element type of a [`gg_tensor`] (same values as ghostgrad's `DType`). Factors: F32, BF16,
-// F16; masks: U8 (nonzero = keep); segment offsets: I32.
+// F16; masks: U8 (nonzero = keep); segment offsets: I32; token ids: I32 or I64.
 typedef uint32_t gg_dtype;
 
 // A read-only buffer: `len` elements of `dtype` at `ptr` (host memory for CPU contexts, device
@@ -271,6 +273,10 @@ typedef struct gg_layer_use {
     gg_weight_layout layout;
     struct gg_use_train train;
     struct gg_use_query query;
+    // Nonzero: the use contributes its training gradient only, with no query side of its own
+    // (`query` absent), in `gg_model_dot` for a non-norm use tied to uses that have query
+    // factors. Zero with an absent `query` is an error in `gg_model_dot` naming the use.
+    uint32_t train_only;
 } gg_layer_use;
 
 // Embedding × embedding algorithm: by cost (0), masked Gram (1) or scatter/gather (2).
@@ -328,6 +334,9 @@ typedef struct gg_token_train {
 #define GG_DTYPE_U8 3
 
 #define GG_DTYPE_I32 4
+
+// Token ids as frameworks hold them (torch.int64). Code 5 is not a C dtype.
+#define GG_DTYPE_I64 6
 
 // `Σ_t Σ_u (a·aq)(b·bq)`: no d_in×d_out memory.
 #define GG_FORM_GRAM 0

@@ -51,6 +51,18 @@ __device__ __forceinline__ bool keep_row(const unsigned char* mask, size_t idx) 
     return mask == nullptr || mask[idx] != 0;
 }
 
+// Token id `i` of an id buffer of int32 (wide == false) or int64 (wide == true) elements (torch
+// holds ids in int64). An int64 id outside the int32 range reads as -1, outside every vocabulary,
+// so it takes the same path as any out-of-range id (NaN, never an out-of-bounds access); every
+// int32-range id reads exactly. `wide` is uniform over the launch (a flag bit of the kernel).
+__device__ __forceinline__ int gg_load_id(const void* __restrict__ ids, size_t i, bool wide) {
+    if (wide) {
+        const long long v = static_cast<const long long*>(ids)[i];
+        return (v >= -1ll && v <= 2147483647ll) ? (int)v : -1;
+    }
+    return static_cast<const int*>(ids)[i];
+}
+
 // Fixed-order block reduction for blockDim.x == 256. Result valid in thread 0.
 __device__ __forceinline__ float block_sum_256(float v) {
     __shared__ float warp_tot[GG_BLOCK / 32];

@@ -43,7 +43,8 @@
 //                  unsigned long long key, float scale, float* partial, unsigned rows,
 //                  unsigned vocab, unsigned k, unsigned tokens_per_split, unsigned flags)
 //   The same for an embedding layer (x_r = e_{ids[r]}, (P x_r)[i] = P[i, ids[r]], gathered by
-//   kp_gather_tile): ids of masked tokens are never read; a kept id outside [0, vocab) turns
+//   kp_gather_tile; `ids` int32, or int64 under flags bit5 IDS64): ids of masked tokens are never
+//   read; a kept id outside [0, vocab) (an int64 one outside the int32 range included) turns
 //   every entry of the covariance tiles it meets into NaN, never an out-of-bounds read.
 //   Shared memory: PI, PJ, keep and tok[32] ints = 16544 bytes.
 //

@@ -11,6 +11,8 @@
 //          = R[(n*T+t)*dr + qid_u]      flags RQ_IDS         (dense × embedding)
 //          = R_{n,t}·Rq_u (dot over dr) neither              (dense × dense)
 //   An id outside [0, dr) (dr = vocab in the id modes) makes the pair's contribution NaN.
+//   Ids are int32, or int64 (torch's default) under flags RT_IDS64 (ids) / RQ_IDS64 (qids), read
+//   by gg_load_id (common.cuh): an int64 id outside the int32 range is out of range.
 // cross_gram_qf32_{bf16,f16}: the same with f32 query factors Cq, Rq beside bf16 / f16
 //   training factors C, R (the combined query of model_ghg, formed in f32 by ghg_query_<dt>,
 //   inrun.cu). Tiles are widened to f32 in shared memory (gram_tile.cuh) and the gathered Rq is
@@ -23,7 +25,8 @@
 //   (QElem = Elem, or float for the _qf32 variants.)
 //   C [N*T, dc], Cq [Q, dc], R [N*T, dr] / ids [N*T], Rq [Q, dr] / qids [Q]; pointers of the
 //   unused mode are ignored (may be null). flags: bit0 bias, bit1 DIAG, bit2 RT_IDS,
-//   bit3 RQ_IDS. Segments as in ghost_gram.cu (segment_rows, common.cuh).
+//   bit3 RQ_IDS, bit4 RT_IDS64, bit5 RQ_IDS64. Segments as in ghost_gram.cu (segment_rows,
+//   common.cuh).
 //   DIAG: block n pairs only with segment v = n (the query is the training set itself with
 //   seg_len = its T): V' = 1, grid (N, S), partial[s*N + n]. Otherwise V' = V, grid (N*V, S).
 // Tiling: as ghost_dot_gram (gram_tile.cuh): 64 train tokens × 64 query rows per step, the
@@ -37,7 +40,9 @@
 // Scatter/gather form of embedding × embedding (three kernels, then finalize_partials_f32):
 //
 // embed_sort(const int* qids, const unsigned char* qmask, const int* seg_offsets,
-//            unsigned seg_len, unsigned Q, unsigned V, unsigned vocab, int* perm, int* sid)
+//            unsigned seg_len, unsigned Q, unsigned V, unsigned vocab, int* perm, int* sid,
+//            unsigned flags)
+//   (flags bit5 RQ_IDS64: qids are int64.)
 //   Sorts the rows of every segment by key = INT_MIN (masked row), qid (valid, in [0, vocab)),
 //   INT_MAX (kept row with an invalid id), ties by row: row u of segment [s, e) goes to
 //   position s + rank(u), rank = #{w in [s,e): (key_w, w) < (key_u, u)}; perm[pos] = u,
@@ -64,7 +69,7 @@
 //   partial[s*N*V' + n*V' + v] = Σ_{t in split s, kept} B_{n,t} · table[k(id_t)], k = the
 //   first position of segment v with sid == id_t (binary search); no such position: 0.
 //   An id outside [0, vocab), or a segment holding an invalid kept id (sid[e-1] == INT_MAX),
-//   gives NaN. flags bit1 DIAG as above. Grid (N*V', S, 1); warp w of the block takes tokens
+//   gives NaN. flags bit1 DIAG as above, bit4 RT_IDS64: ids are int64. Grid (N*V', S, 1); warp w of the block takes tokens
 //   t_begin + w, + 8, ...; its lanes stride over d. Fixed order, then the block tree.
 // Assumes only element alignment; all sizes < 2^31.
 
@@ -74,12 +79,14 @@
 #define GG_FLAG_DIAG 2u
 #define GG_FLAG_RT_IDS 4u
 #define GG_FLAG_RQ_IDS 8u
+#define GG_FLAG_RT_IDS64 16u
+#define GG_FLAG_RQ_IDS64 32u
 #define GG_KEY_MASKED (-2147483647 - 1)
 #define GG_KEY_INVALID 2147483647
 
 template <typename Elem, typename QElem>
 __device__ __forceinline__ void cross_gram_impl(
-    const Elem* C, const QElem* Cq, const Elem* R, const QElem* Rq, const int* ids, const int* qids,
+    const Elem* C, const QElem* Cq, const Elem* R, const QElem* Rq, const void* ids, const void* qids,
     const int* seg_offsets, unsigned int seg_len, const unsigned char* mask,
     const unsigned char* qmask, float* partial, unsigned int N, unsigned int T, unsigned int dc,
     unsigned int dr, unsigned int Q, unsigned int V, unsigned int tokens_per_split,
@@ -94,6 +101,7 @@ __device__ __forceinline__ void cross_gram_impl(
     const bool diag = (flags & GG_FLAG_DIAG) != 0u;
     const bool t_ids = (flags & GG_FLAG_RT_IDS) != 0u;
     const bool q_ids = (flags & GG_FLAG_RQ_IDS) != 0u;
+    const bool t_wide = (flags & GG_FLAG_RT_IDS64) != 0u, q_wide = (flags & GG_FLAG_RQ_IDS64) != 0u;
     const float bias = (flags & GG_FLAG_BIAS) ? 1.0f : 0.0f;
     const unsigned int Veff = diag ? 1u : V;
     if (Veff == 0u || blockIdx.x >= N * Veff) return;  // uniform over the block
@@ -104,7 +112,6 @@ __device__ __forceinline__ void cross_gram_impl(
     const size_t row0 = (size_t)n * T;
     const Elem* Cn = C + row0 * dc;
     const Elem* Rn = R ? R + row0 * dr : nullptr;
-    const int* idn = ids ? ids + row0 : nullptr;
     const unsigned char* maskn = mask ? mask + row0 : nullptr;
 
     unsigned int u_begin, u_end;
@@ -125,13 +132,13 @@ __device__ __forceinline__ void cross_gram_impl(
                 const unsigned int t = t0 + threadIdx.x;
                 const bool k = t < t_end && keep_row(maskn, t);
                 keepT[threadIdx.x] = k ? 1 : 0;
-                idT[threadIdx.x] = (k && t_ids) ? idn[t] : 0;
+                idT[threadIdx.x] = (k && t_ids) ? gg_load_id(ids, row0 + t, t_wide) : 0;
             } else if (threadIdx.x < GR_TT + GR_TU) {
                 const unsigned int j = threadIdx.x - GR_TT;
                 const unsigned int u = u0 + j;
                 const bool k = u < u_end && keep_row(qmask, u);
                 keepU[j] = k ? 1 : 0;
-                idU[j] = (k && q_ids) ? qids[u] : 0;
+                idU[j] = (k && q_ids) ? gg_load_id(qids, u, q_wide) : 0;
             }
             __syncthreads();
 
@@ -175,7 +182,7 @@ __device__ __forceinline__ void cross_gram_impl(
 #define GG_CROSS_INSTANTIATE(NAME, ELEM, QELEM)                                                   \
     extern "C" __global__ void GG_LAUNCH_BOUNDS NAME(                                              \
         const ELEM* __restrict__ C, const QELEM* __restrict__ Cq, const ELEM* __restrict__ R,      \
-        const QELEM* __restrict__ Rq, const int* __restrict__ ids, const int* __restrict__ qids,   \
+        const QELEM* __restrict__ Rq, const void* __restrict__ ids, const void* __restrict__ qids, \
         const int* __restrict__ seg_offsets, unsigned int seg_len,                                 \
         const unsigned char* __restrict__ mask, const unsigned char* __restrict__ qmask,           \
         float* partial, unsigned int N, unsigned int T, unsigned int dc, unsigned int dr,          \
@@ -217,24 +224,25 @@ __device__ __forceinline__ bool segment_of(const int* seg_offsets, unsigned int 
     return u >= *s && u < *e;
 }
 
-__device__ __forceinline__ int sort_key(const int* qids, const unsigned char* qmask,
+__device__ __forceinline__ int sort_key(const void* qids, bool wide, const unsigned char* qmask,
                                         unsigned int u, unsigned int vocab) {
     if (!keep_row(qmask, u)) return GG_KEY_MASKED;
-    const int id = qids[u];
+    const int id = gg_load_id(qids, u, wide);
     return (id >= 0 && (unsigned int)id < vocab) ? id : GG_KEY_INVALID;
 }
 
 extern "C" __global__ void GG_LAUNCH_BOUNDS
-    embed_sort(const int* __restrict__ qids, const unsigned char* __restrict__ qmask,
+    embed_sort(const void* __restrict__ qids, const unsigned char* __restrict__ qmask,
                const int* __restrict__ seg_offsets, unsigned int seg_len, unsigned int Q,
-               unsigned int V, unsigned int vocab, int* perm, int* sid) {
+               unsigned int V, unsigned int vocab, int* perm, int* sid, unsigned int flags) {
+    const bool wide = (flags & GG_FLAG_RQ_IDS64) != 0u;
     __shared__ int keys[GG_BLOCK];
     __shared__ unsigned int lo[GG_BLOCK], hi[GG_BLOCK];
     const unsigned long long u64 = (unsigned long long)blockIdx.x * GG_BLOCK + threadIdx.x;
     const unsigned int u = (unsigned int)u64;
     unsigned int s = 0, e = 0;
     const bool mine = u64 < Q && segment_of(seg_offsets, seg_len, u, V, Q, &s, &e);
-    const int key = mine ? sort_key(qids, qmask, u, vocab) : 0;
+    const int key = mine ? sort_key(qids, wide, qmask, u, vocab) : 0;
     // The union [lo, hi) of this block's rows' segments (fixed tree: min / max are exact).
     lo[threadIdx.x] = mine ? s : 0xffffffffu;
     hi[threadIdx.x] = mine ? e : 0u;
@@ -251,7 +259,7 @@ extern "C" __global__ void GG_LAUNCH_BOUNDS
     for (unsigned int t0 = blo; t0 < bhi; t0 += GG_BLOCK) {
         __syncthreads();  // the previous tile has been read
         const unsigned int w = t0 + threadIdx.x;
-        keys[threadIdx.x] = w < bhi ? sort_key(qids, qmask, w, vocab) : 0;
+        keys[threadIdx.x] = w < bhi ? sort_key(qids, wide, qmask, w, vocab) : 0;
         __syncthreads();
         if (mine && e > t0 && s < t0 + GG_BLOCK) {  // this tile overlaps the row's segment
             const unsigned int jb = s > t0 ? s - t0 : 0u;
@@ -300,11 +308,12 @@ GG_TABLE_INSTANTIATE(f16, __half)
 
 template <typename Elem>
 __device__ __forceinline__ void embed_gather_impl(
-    const int* ids, const Elem* B, const unsigned char* mask, const int* sid, const float* table,
+    const void* ids, const Elem* B, const unsigned char* mask, const int* sid, const float* table,
     const int* seg_offsets, unsigned int seg_len, float* partial, unsigned int N, unsigned int T,
     unsigned int d, unsigned int Q, unsigned int V, unsigned int vocab,
     unsigned int tokens_per_split, unsigned int flags) {
     const bool diag = (flags & GG_FLAG_DIAG) != 0u;
+    const bool wide = (flags & GG_FLAG_RT_IDS64) != 0u;
     const unsigned int Veff = diag ? 1u : V;
     if (Veff == 0u || blockIdx.x >= N * Veff) return;  // uniform over the block
     const unsigned int n = blockIdx.x / Veff;
@@ -321,7 +330,7 @@ __device__ __forceinline__ void embed_gather_impl(
     float acc = 0.0f;
     for (unsigned long long t = tb + warp; t < te; t += GG_BLOCK / 32) {
         if (!keep_row(mask, row0 + t)) continue;  // uniform over the warp
-        const int id = ids[row0 + t];
+        const int id = gg_load_id(ids, row0 + t, wide);
         if (id < 0 || (unsigned int)id >= vocab) {
             if (lane == 0u) acc += __int_as_float(0x7fc00000);
             continue;
@@ -344,7 +353,7 @@ __device__ __forceinline__ void embed_gather_impl(
 
 #define GG_GATHER_INSTANTIATE(SUFFIX, ELEM)                                                        \
     extern "C" __global__ void GG_LAUNCH_BOUNDS embed_gather_##SUFFIX(                             \
-        const int* __restrict__ ids, const ELEM* __restrict__ B,                                   \
+        const void* __restrict__ ids, const ELEM* __restrict__ B,                                  \
         const unsigned char* __restrict__ mask, const int* __restrict__ sid,                       \
         const float* __restrict__ table, const int* __restrict__ seg_offsets,                      \
         unsigned int seg_len, float* partial, unsigned int N, unsigned int T, unsigned int d,      \

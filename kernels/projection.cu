@@ -18,7 +18,8 @@
 //   [d_in, d_out], or an embedding [V, d]: src/projection/model.rs sums such uses with the
 //   untransposed ones of the same parameter);
 //   bit4 IOTA (ids kernels only): token t of every sample has id t (`ids` is not read, may be
-//   null): projects per-sample columns stored as B [N, T, d] (a norm parameter [d, T]).
+//   null): projects per-sample columns stored as B [N, T, d] (a norm parameter [d, T]);
+//   bit5 IDS64 (ids kernels only): `ids` holds int64 elements (torch's default) instead of int32.
 //
 // Launch: grid = (N, S, ceil(k_o/64)*ceil(k_i/64)), blockIdx.z = to*ceil(k_i/64) + ti; block
 //   (256,1,1). The block owns a 64×64 tile (o0 = 64*to, i0 = 64*ti) of Ĝ_n for tokens of
@@ -37,7 +38,8 @@
 //
 // kron_project_ids_{f32,bf16,f16}: the same for an embedding layer, whose activations are the
 //   one-hot rows e_{x_{n,t}} of token ids: (P_i a_{n,t})[i] = P_i[i, x_{n,t}], a column gather.
-//   Signature as kron_project_<dt> with A replaced by `const int* ids` [N, T] and d_in by the
+//   Signature as kron_project_<dt> with A replaced by `const int* ids` [N, T] (int64 elements
+//   under flag IDS64; an int64 id outside the int32 range is out of range) and d_in by the
 //   vocabulary size V (P_in f32 [k_i, V] when dense; never a bias). Same grid, same token split,
 //   same outer-product order: the result is bit for bit the dense kernel's on one-hot A (finite P).
 //   Ids of masked tokens are never read. A kept id outside [0, V) (negative included) makes the
@@ -99,7 +101,9 @@ __device__ __forceinline__ void kron_project_impl(
     const unsigned int o0 = (blockIdx.z / tiles_i) * KP_KT;
     const bool has_bias = (flags & GG_FLAG_BIAS) != 0u;
 
-    const AIn* An = A ? A + (size_t)n * T * (kIds ? 1u : d_in) : A;  // null only with IOTA
+    // Row n of A; for int64 ids (IDS64) the row starts 2·T int32 slots further per sample.
+    const size_t a_stride = kIds ? ((flags & KP_FLAG_IDS64) ? 2u : 1u) : d_in;
+    const AIn* An = A ? A + (size_t)n * T * a_stride : A;  // null only with IOTA
     const Elem* Bn = B + (size_t)n * T * d_out;
     const unsigned char* maskn = mask ? mask + (size_t)n * T : nullptr;
 

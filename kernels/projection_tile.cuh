@@ -15,8 +15,9 @@
 //
 // kp_load_tokens<AIn>(X, mask, t0, t_end, flags, keep, tok): the 32-token tile's bookkeeping:
 //   keep[t] = token t0+t exists (< t_end) and is kept by the mask; for the id instantiations
-//   (AIn = int) also tok[t] = its id (X[t0+t], or t0+t itself under KP_FLAG_IOTA; 0 for tokens
-//   not kept, whose ids are never read). Threads < 32 write; the caller barriers around it.
+//   (AIn = int) also tok[t] = its id (X[t0+t] read by gg_load_id: int32 ids, or int64 under
+//   KP_FLAG_IDS64, where X is then the int64 buffer; t0+t itself under KP_FLAG_IOTA; 0 for
+//   tokens not kept, whose ids are never read). Threads < 32 write; the caller barriers around it.
 //
 // kp_gather_tile(tok, keep, V, P, key, scale, flags, r0, k, Y): the same Y for one-hot rows
 //   x_t = e_{tok[t]} (an embedding layer): Y[t][j] = P[r0+j][tok[t]] (0 for rows >= k and for
@@ -40,6 +41,7 @@ template <> struct kp_is_int<int> { static constexpr bool value = true; };
 #define KP_FLAG_RADEMACHER 4u
 #define KP_FLAG_TRANSPOSE 8u
 #define KP_FLAG_IOTA 16u
+#define KP_FLAG_IDS64 32u
 #define GG_GOLDEN 0x9E3779B97F4A7C15ull
 
 __device__ __forceinline__ unsigned long long gg_mix64(unsigned long long z) {
@@ -125,7 +127,9 @@ __device__ __forceinline__ void kp_load_tokens(const AIn* __restrict__ X,
         const bool kept = t < t_end && keep_row(mask, t);
         keep[threadIdx.x] = kept ? 1 : 0;
         if constexpr (kp_is_int<AIn>::value)  // masked: never read
-            tok[threadIdx.x] = !kept ? 0 : (flags & KP_FLAG_IOTA) ? (int)t : (int)X[t];
+            tok[threadIdx.x] = !kept                    ? 0
+                               : (flags & KP_FLAG_IOTA) ? (int)t
+                                                        : gg_load_id(X, t, (flags & KP_FLAG_IDS64) != 0u);
     }
 }
 

@@ -20,6 +20,8 @@ pub enum HostSlice<'a> {
     F16(&'a [f16]),
     U8(&'a [u8]),
     I32(&'a [i32]),
+    /// Token ids as frameworks hold them (torch's default integer type).
+    I64(&'a [i64]),
 }
 
 impl HostSlice<'_> {
@@ -30,6 +32,7 @@ impl HostSlice<'_> {
             HostSlice::F16(_) => DType::F16,
             HostSlice::U8(_) => DType::U8,
             HostSlice::I32(_) => DType::I32,
+            HostSlice::I64(_) => DType::I64,
         }
     }
     pub fn len(&self) -> usize {
@@ -39,6 +42,7 @@ impl HostSlice<'_> {
             HostSlice::F16(s) => s.len(),
             HostSlice::U8(s) => s.len(),
             HostSlice::I32(s) => s.len(),
+            HostSlice::I64(s) => s.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -53,6 +57,7 @@ impl HostSlice<'_> {
             HostSlice::F16(s) => s[i].to_f64(),
             HostSlice::U8(s) => s[i] as f64,
             HostSlice::I32(s) => s[i] as f64,
+            HostSlice::I64(s) => s[i] as f64,
         }
     }
     /// Converts `len` elements starting at `start` to f32 into `dst` (exact for every float dtype).
@@ -80,7 +85,58 @@ impl HostSlice<'_> {
                     *d = *x as f32;
                 }
             }
+            HostSlice::I64(s) => {
+                for (d, x) in dst.iter_mut().zip(&s[start..start + n]) {
+                    *d = *x as f32;
+                }
+            }
         }
+    }
+}
+
+impl<'a> HostSlice<'a> {
+    /// The token ids of an `I32` or `I64` slice; `None` for other dtypes.
+    pub fn ids(self) -> Option<HostIds<'a>> {
+        match self {
+            HostSlice::I32(s) => Some(HostIds::I32(s)),
+            HostSlice::I64(s) => Some(HostIds::I64(s)),
+            _ => None,
+        }
+    }
+}
+
+/// Host token ids of either width (`rows` of them), as the caller holds them.
+#[derive(Debug, Clone, Copy)]
+pub enum HostIds<'a> {
+    I32(&'a [i32]),
+    I64(&'a [i64]),
+}
+
+impl<'a> HostIds<'a> {
+    /// The id of row `r`, exact for both widths.
+    #[inline]
+    pub fn get(&self, r: usize) -> i64 {
+        match self {
+            HostIds::I32(s) => s[r] as i64,
+            HostIds::I64(s) => s[r],
+        }
+    }
+    pub fn len(&self) -> usize {
+        match self {
+            HostIds::I32(s) => s.len(),
+            HostIds::I64(s) => s.len(),
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The first kept row (`mask[r] != 0`, or every row without a mask) whose id lies outside
+    /// `[0, vocab)`, with that id. Masked rows are not read.
+    pub fn first_out_of_range(&self, mask: Option<&[u8]>, vocab: u64) -> Option<(usize, i64)> {
+        (0..self.len())
+            .filter(|&r| mask.map_or(true, |m| m[r] != 0))
+            .map(|r| (r, self.get(r)))
+            .find(|&(_, id)| id < 0 || id as u64 >= vocab)
     }
 }
 
@@ -107,6 +163,21 @@ impl<'a> From<&'a [u8]> for HostSlice<'a> {
 impl<'a> From<&'a [i32]> for HostSlice<'a> {
     fn from(s: &'a [i32]) -> Self {
         HostSlice::I32(s)
+    }
+}
+impl<'a> From<&'a [i32]> for HostIds<'a> {
+    fn from(s: &'a [i32]) -> Self {
+        HostIds::I32(s)
+    }
+}
+impl<'a> From<&'a [i64]> for HostIds<'a> {
+    fn from(s: &'a [i64]) -> Self {
+        HostIds::I64(s)
+    }
+}
+impl<'a> From<&'a [i64]> for HostSlice<'a> {
+    fn from(s: &'a [i64]) -> Self {
+        HostSlice::I64(s)
     }
 }
 

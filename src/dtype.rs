@@ -3,8 +3,9 @@
 use std::fmt;
 
 /// Element type of a buffer. Factor inputs may be `F32`, `BF16` or `F16`; masks are `U8`
-/// (nonzero = keep); segment offsets and sample ids are `I32`; results are `F32`, except the
-/// value accumulator of In-Run Data Shapley, which is `F64`.
+/// (nonzero = keep); segment offsets and sample ids are `I32`; token ids are `I32` or `I64`
+/// (torch's default integer type); results are `F32`, except the value accumulator of In-Run
+/// Data Shapley, which is `F64`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum DType {
@@ -14,6 +15,7 @@ pub enum DType {
     U8 = 3,
     I32 = 4,
     F64 = 5,
+    I64 = 6,
 }
 
 impl DType {
@@ -23,7 +25,7 @@ impl DType {
             DType::F32 | DType::I32 => 4,
             DType::BF16 | DType::F16 => 2,
             DType::U8 => 1,
-            DType::F64 => 8,
+            DType::F64 | DType::I64 => 8,
         }
     }
     /// True for the factor (activation/gradient) dtypes.
@@ -39,7 +41,12 @@ impl DType {
             DType::U8 => "u8",
             DType::I32 => "i32",
             DType::F64 => "f64",
+            DType::I64 => "i64",
         }
+    }
+    /// True for the dtypes token ids may have.
+    pub const fn is_token_id(self) -> bool {
+        matches!(self, DType::I32 | DType::I64)
     }
     pub fn from_u32(v: u32) -> Option<DType> {
         Some(match v {
@@ -49,6 +56,7 @@ impl DType {
             3 => DType::U8,
             4 => DType::I32,
             5 => DType::F64,
+            6 => DType::I64,
             _ => return None,
         })
     }
@@ -63,6 +71,7 @@ impl fmt::Display for DType {
             DType::U8 => "u8",
             DType::I32 => "i32",
             DType::F64 => "f64",
+            DType::I64 => "i64",
         })
     }
 }

@@ -45,6 +45,14 @@ pub enum GhostError {
     Interpreter(String),
     #[error("internal error (a bug in ghostgrad): {0}")]
     Internal(String),
+    /// An invalid argument whose name is built from the call (`uses[3].query`,
+    /// `uses[2].train.x`): the same family as [`GhostError::InvalidArgument`].
+    #[error("invalid argument `{what}`: {reason}")]
+    InvalidField { what: String, reason: String },
+    /// A host allocation the machine could not satisfy (the shapes ask for more memory than
+    /// there is): nothing was computed or written.
+    #[error("out of memory: allocating {what} ({bytes} bytes) failed")]
+    OutOfMemory { what: String, bytes: u64 },
 }
 
 pub type Result<T, E = GhostError> = std::result::Result<T, E>;

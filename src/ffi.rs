@@ -83,11 +83,13 @@ pub enum gg_status {
     GG_STATUS_INTERNAL = 16,
     /// A panic inside ghostgrad was caught at the ABI boundary (a bug in ghostgrad).
     GG_STATUS_PANIC = 17,
+    /// A host allocation the shapes need could not be satisfied (nothing was computed).
+    GG_STATUS_OUT_OF_MEMORY = 18,
 }
 
 use gg_status::*;
 
-const ALL_STATUSES: [gg_status; 18] = [
+const ALL_STATUSES: [gg_status; 19] = [
     GG_STATUS_OK,
     GG_STATUS_NULL_POINTER,
     GG_STATUS_MISALIGNED,
@@ -106,6 +108,7 @@ const ALL_STATUSES: [gg_status; 18] = [
     GG_STATUS_INTERPRETER,
     GG_STATUS_INTERNAL,
     GG_STATUS_PANIC,
+    GG_STATUS_OUT_OF_MEMORY,
 ];
 
 impl gg_status {
@@ -135,6 +138,7 @@ impl gg_status {
             GG_STATUS_INTERPRETER => c"GG_STATUS_INTERPRETER",
             GG_STATUS_INTERNAL => c"GG_STATUS_INTERNAL",
             GG_STATUS_PANIC => c"GG_STATUS_PANIC",
+            GG_STATUS_OUT_OF_MEMORY => c"GG_STATUS_OUT_OF_MEMORY",
         }
     }
 }
@@ -151,7 +155,7 @@ impl From<&GhostError> for gg_status {
             GhostError::DtypeMismatch { .. } | GhostError::UnsupportedDtype { .. } => GG_STATUS_DTYPE,
             GhostError::WrongMemorySpace { .. } => GG_STATUS_WRONG_MEMORY_SPACE,
             GhostError::StreamMismatch(_) => GG_STATUS_STREAM_MISMATCH,
-            GhostError::InvalidArgument { .. } => GG_STATUS_INVALID_ARGUMENT,
+            GhostError::InvalidArgument { .. } | GhostError::InvalidField { .. } => GG_STATUS_INVALID_ARGUMENT,
             GhostError::KernelsNotBuilt => GG_STATUS_KERNELS_NOT_BUILT,
             GhostError::CudaDriverUnavailable(_) => GG_STATUS_DRIVER_UNAVAILABLE,
             GhostError::Cuda { .. } => GG_STATUS_CUDA,
@@ -159,6 +163,7 @@ impl From<&GhostError> for gg_status {
             GhostError::LaunchLimit { .. } => GG_STATUS_LAUNCH_LIMIT,
             GhostError::Interpreter(_) => GG_STATUS_INTERPRETER,
             GhostError::Internal(_) => GG_STATUS_INTERNAL,
+            GhostError::OutOfMemory { .. } => GG_STATUS_OUT_OF_MEMORY,
         }
     }
 }
@@ -249,13 +254,15 @@ fn guard_ptr(fallback: *const c_char, body: impl FnOnce() -> *const c_char) -> *
 // ---------------------------------------------------------------------------------------------
 
 /// Element type of a [`gg_tensor`] (same values as ghostgrad's `DType`). Factors: F32, BF16,
-/// F16; masks: U8 (nonzero = keep); segment offsets: I32.
+/// F16; masks: U8 (nonzero = keep); segment offsets: I32; token ids: I32 or I64.
 pub type gg_dtype = u32;
 pub const GG_DTYPE_F32: gg_dtype = 0;
 pub const GG_DTYPE_BF16: gg_dtype = 1;
 pub const GG_DTYPE_F16: gg_dtype = 2;
 pub const GG_DTYPE_U8: gg_dtype = 3;
 pub const GG_DTYPE_I32: gg_dtype = 4;
+/// Token ids as frameworks hold them (torch.int64). Code 5 is not a C dtype.
+pub const GG_DTYPE_I64: gg_dtype = 6;
 
 const _: () = {
     assert!(GG_DTYPE_F32 == DType::F32 as u32);
@@ -263,6 +270,7 @@ const _: () = {
     assert!(GG_DTYPE_F16 == DType::F16 as u32);
     assert!(GG_DTYPE_U8 == DType::U8 as u32);
     assert!(GG_DTYPE_I32 == DType::I32 as u32);
+    assert!(GG_DTYPE_I64 == DType::I64 as u32);
 };
 
 /// An exact algorithm for ghost dot-products (reported in [`gg_form_choice`]; also the index
@@ -303,7 +311,7 @@ fn dtype_from_code(what: &str, code: gg_dtype) -> FfiResult<DType> {
     DType::from_u32(code).filter(|d| *d != DType::F64).ok_or_else(|| {
         Failure::new(
             GG_STATUS_DTYPE,
-            format!("`{what}`: dtype code {code} is not a gg_dtype (F32=0, BF16=1, F16=2, U8=3, I32=4)"),
+            format!("`{what}`: dtype code {code} is not a gg_dtype (F32=0, BF16=1, F16=2, U8=3, I32=4, I64=6)"),
         )
     })
 }
@@ -664,13 +672,14 @@ impl RawBuf {
             // SAFETY (all arms): addr is non-null, aligned to the element type, len * size bytes
             // fit the address space (checked in Buffers::check), the memory is readable and
             // unmodified for 'a (caller's contract); every bit pattern is a valid f32, bf16, f16,
-            // u8 or i32.
+            // u8, i32 or i64.
             Space::Host => Tensor::Host(match self.dtype {
                 DType::F32 => HostSlice::F32(unsafe { std::slice::from_raw_parts(self.addr as *const f32, len) }),
                 DType::BF16 => HostSlice::BF16(unsafe { std::slice::from_raw_parts(self.addr as *const bf16, len) }),
                 DType::F16 => HostSlice::F16(unsafe { std::slice::from_raw_parts(self.addr as *const f16, len) }),
                 DType::U8 => HostSlice::U8(unsafe { std::slice::from_raw_parts(self.addr as *const u8, len) }),
                 DType::I32 => HostSlice::I32(unsafe { std::slice::from_raw_parts(self.addr as *const i32, len) }),
+                DType::I64 => HostSlice::I64(unsafe { std::slice::from_raw_parts(self.addr as *const i64, len) }),
                 DType::F64 => unreachable!("dtype_from_code never yields F64"),
             }),
         }
@@ -2171,6 +2180,10 @@ pub struct gg_layer_use {
     pub layout: gg_weight_layout,
     pub train: gg_use_train,
     pub query: gg_use_query,
+    /// Nonzero: the use contributes its training gradient only, with no query side of its own
+    /// (`query` absent), in `gg_model_dot` for a non-norm use tied to uses that have query
+    /// factors. Zero with an absent `query` is an error in `gg_model_dot` naming the use.
+    pub train_only: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -2179,6 +2192,7 @@ struct RawUse {
     kind: crate::layers::LayerKind,
     train: (RawBuf, RawBuf, u64, Option<RawBuf>),
     query: Option<(RawBuf, RawBuf, u64, RawSegments, Option<RawBuf>)>,
+    train_only: bool,
 }
 
 fn layer_kind_from(u: &gg_layer_use) -> FfiResult<crate::layers::LayerKind> {
@@ -2230,7 +2244,10 @@ impl Buffers {
                 self.optional_input("query.mask", &u.query.mask)?,
             ))
         };
-        Ok(RawUse { param: u.param, kind, train, query })
+        if u.train_only != 0 && query.is_some() {
+            return Err(Failure::invalid(&self.name("train_only"), "a train-only use has no query side: leave `query` absent".to_string()));
+        }
+        Ok(RawUse { param: u.param, kind, train, query, train_only: u.train_only != 0 })
     }
 }
 
@@ -2238,7 +2255,7 @@ impl RawUse {
     /// # Safety
     /// As [`RawBuf::view`] for every buffer.
     unsafe fn view<'a>(self, space: Space) -> crate::layers::LayerUse<'a> {
-        use crate::layers::{LayerUse, UseQuery, UseTrain};
+        use crate::layers::{LayerUse, QuerySide, UseQuery, UseTrain};
         // SAFETY: forwarded from this function's contract.
         unsafe {
             LayerUse {
@@ -2250,17 +2267,21 @@ impl RawUse {
                     t: self.train.2,
                     mask: self.train.3.map(|m| m.view(space)),
                 },
-                query: self.query.map(|(x, b, q, seg, mask)| UseQuery {
-                    x: x.view(space),
-                    b: b.view(space),
-                    q,
-                    segments: match seg {
-                        RawSegments::Single => Segments::Single,
-                        RawSegments::Uniform(l) => Segments::Uniform(l),
-                        RawSegments::Offsets(o) => Segments::Offsets(o.view(space)),
-                    },
-                    mask: mask.map(|m| m.view(space)),
-                }),
+                query: match self.query {
+                    Some((x, b, q, seg, mask)) => QuerySide::Factors(UseQuery {
+                        x: x.view(space),
+                        b: b.view(space),
+                        q,
+                        segments: match seg {
+                            RawSegments::Single => Segments::Single,
+                            RawSegments::Uniform(l) => Segments::Uniform(l),
+                            RawSegments::Offsets(o) => Segments::Offsets(o.view(space)),
+                        },
+                        mask: mask.map(|m| m.view(space)),
+                    }),
+                    None if self.train_only => QuerySide::TrainOnly,
+                    None => QuerySide::Absent,
+                },
             }
         }
     }
@@ -2355,7 +2376,7 @@ unsafe fn model_call(
             ModelCall::Ghg { eta, .. } => {
                 let mut gu = Vec::with_capacity(views.len());
                 for (i, (u, (x, b))) in views.iter().zip(&dots).enumerate() {
-                    let val = u.query.ok_or_else(|| Failure::null("query (the validation factors)").context(&format!("uses[{i}]")))?;
+                    let val = *u.query.factors().ok_or_else(|| Failure::null("query (the validation factors)").context(&format!("uses[{i}]")))?;
                     // SAFETY: checked buffers, valid for the call by this function's contract.
                     let (x_dot, b_dot) = unsafe { (x.map(|x| x.view(space)), b.view(space)) };
                     gu.push(crate::layers::GhgUse { param: u.param, kind: u.kind, train: u.train, val, x_dot, b_dot });

@@ -11,6 +11,7 @@
 //! driver or the PTX interpreter executing the same launch plans). [`Context`] is the entry point;
 //! [`ffi`] exposes it through a C ABI (`include/ghostgrad.h`).
 
+pub(crate) mod alloc;
 pub mod buffer;
 pub mod context;
 pub mod cpu;
@@ -26,7 +27,7 @@ pub mod layers;
 pub mod runtime;
 pub mod validate;
 
-pub use buffer::{DeviceSlice, DeviceSliceMut, HostSlice, Tensor, TensorMut};
+pub use buffer::{DeviceSlice, DeviceSliceMut, HostIds, HostSlice, Tensor, TensorMut};
 pub use context::{Backend, Context};
 pub use dtype::DType;
 pub use dvemb::{Blocking, DvembLayer, DvembReport, DvembSteps, LossReduction};
@@ -36,7 +37,7 @@ pub use ghost_dot::{
     Accumulate, Form, FormChoice, FormCost, FormRequest, GhostDotLayer, LayerShape, QueryFactors, Segments,
     TrainFactors,
 };
-pub use layers::{EmbeddingForm, GhgUse, LayerKind, LayerUse, ModelForms, TermChoice, UseQuery, UseTrain, WeightLayout};
+pub use layers::{EmbeddingForm, GhgUse, LayerKind, LayerUse, ModelForms, QuerySide, TermChoice, UseQuery, UseTrain, WeightLayout};
 pub use projection::{
     ColumnGroup, Distribution, EmbeddingLayer, OutColumns, ParamProjection, ProjectInput, ProjectLayer, ProjectionKind, ProjectionSpec, ScoreDims,
     ScoreMode, TokenFactors, Which,

@@ -1297,6 +1297,7 @@ impl ModelProblem {
             layout,
             train: gg_use_train { x, b, t: 3, mask: t(&self.mask, GG_DTYPE_U8) },
             query: gg_use_query { x: qx, b: qb, q: 4, segments: seg, mask: ABSENT },
+            train_only: 0,
         };
         vec![
             mk(0, GG_LAYER_EMBEDDING, 0, 0, 6, 4, 0, 0, t(&self.ids, GG_DTYPE_I32), f(&self.emb_b), t(&self.qids, GG_DTYPE_I32), f(&self.qemb_b)),
@@ -1313,7 +1314,7 @@ impl ModelProblem {
                 param,
                 kind,
                 train: UseTrain { x, b: b.into(), t: 3, mask: Some(mask.into()) },
-                query: Some(UseQuery { x: qx, b: qb.into(), q: 4, segments: Segments::Uniform(2), mask: None }),
+                query: ghostgrad::QuerySide::Factors(UseQuery { x: qx, b: qb.into(), q: 4, segments: Segments::Uniform(2), mask: None }),
             }
         }
         let m = &self.mask[..];
@@ -1381,10 +1382,42 @@ fn model_level_errors_name_the_use() {
     expect(call(&uses, &mut out, 0), GG_STATUS_INVALID_ARGUMENT, &["uses[2]", "gg_weight_layout"]);
     let uses = p.uses();
     expect(call(&uses, &mut out, 5), GG_STATUS_INVALID_ARGUMENT, &["embedding_form"]);
-    let bad_ids = vec![1i32, 3, 1, 0, 6, 5];
+    // A kept row (mask [1, 1, 1, 1, 0, 1]) with id 6 = vocab is an error naming the use.
+    let bad_ids = vec![1i32, 3, 1, 0, 5, 6];
     let mut uses = p.uses();
     uses[0].train.x = t(&bad_ids, GG_DTYPE_I32);
-    expect(call(&uses, &mut out, 0), GG_STATUS_INVALID_ARGUMENT, &["id 6", "vocab = 6"]);
+    expect(call(&uses, &mut out, 0), GG_STATUS_INVALID_ARGUMENT, &["uses[0].train.x", "id 6", "vocab = 6"]);
+    let bad_ids64 = vec![1i64, 3, 1, 0, 5, 1 << 40];
+    uses[0].train.x = t(&bad_ids64, GG_DTYPE_I64);
+    expect(call(&uses, &mut out, 0), GG_STATUS_INVALID_ARGUMENT, &["uses[0].train.x", "1099511627776"]);
+    // Issue 11 defects 1, 6: the masked row's id is never read (−1, or any int64), and int64 ids
+    // give the int32 result bit for bit.
+    let mut want = vec![f32::NAN; 4];
+    assert_eq!(call(&p.uses(), &mut want, 0), GG_STATUS_OK);
+    for (ids, dt) in [(t(&vec![1i32, 3, 1, 0, -1, 5], GG_DTYPE_I32), 32), (t(&vec![1i64, 3, 1, 0, i64::MIN, 5], GG_DTYPE_I64), 64)] {
+        let mut uses = p.uses();
+        uses[0].train.x = ids;
+        let mut got = vec![f32::NAN; 4];
+        assert_eq!(call(&uses, &mut got, 0), GG_STATUS_OK, "{dt}: {}", last_error());
+        assert_eq!(got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "{dt}");
+    }
+    let ids64: Vec<i64> = p.ids.iter().map(|&x| x as i64).collect();
+    let qids64: Vec<i64> = p.qids.iter().map(|&x| x as i64).collect();
+    let mut uses = p.uses();
+    uses[0].train.x = t(&ids64, GG_DTYPE_I64);
+    uses[0].query.x = t(&qids64, GG_DTYPE_I64);
+    let mut got = vec![f32::NAN; 4];
+    assert_eq!(call(&uses, &mut got, 0), GG_STATUS_OK, "{}", last_error());
+    assert_eq!(got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+    // Defect 2: an absent query side is an error naming the use, unless `train_only` says so.
+    let mut uses = p.uses();
+    uses[0].query = gg_use_query { x: ABSENT, b: ABSENT, q: 0, segments: gg_segments { kind: GG_SEGMENTS_SINGLE, uniform_len: 0, offsets: ABSENT }, mask: ABSENT };
+    expect(call(&uses, &mut out, 0), GG_STATUS_INVALID_ARGUMENT, &["uses[0].query", "TrainOnly"]);
+    uses[0].train_only = 1;
+    assert_eq!(call(&uses, &mut out, 0), GG_STATUS_OK, "{}", last_error());
+    let mut uses = p.uses();
+    uses[0].train_only = 1;
+    expect(call(&uses, &mut out, 0), GG_STATUS_INVALID_ARGUMENT, &["uses[0].train_only"]);
     let mut uses = p.uses();
     uses[0].train.x = t(&p.emb_b[..6], GG_DTYPE_F32);
     expect(call(&uses, &mut out, 0), GG_STATUS_DTYPE, &["x"]);
@@ -1918,7 +1951,7 @@ fn model_ghg_matches_the_safe_api_with_and_without_the_tied_lm_head() {
             param: u.param,
             kind: u.kind,
             train: u.train,
-            val: u.query.unwrap(),
+            val: *u.query.factors().unwrap(),
             x_dot: (i > 0).then(|| qh_dot[..].into()),
             b_dot: b.into(),
         })
@@ -1940,7 +1973,7 @@ fn model_ghg_matches_the_safe_api_with_and_without_the_tied_lm_head() {
             param: u.param,
             kind: u.kind,
             train: u.train,
-            val: u.query.unwrap(),
+            val: *u.query.factors().unwrap(),
             x_dot: (i > 0).then(|| qh_dot[..].into()),
             b_dot: b.into(),
         })
@@ -1954,4 +1987,28 @@ fn model_ghg_matches_the_safe_api_with_and_without_the_tied_lm_head() {
     // SAFETY: as above, with a short b_dot[0] on purpose.
     let st = unsafe { gg_model_ghg(ctx.0, 2, uses.as_ptr(), x_dot.as_ptr(), short.as_ptr(), 3, 0.3, tm(&mut out), 1.0, 0.0, GG_FORM_REQUEST_AUTO, 0) };
     assert_ne!(st, GG_STATUS_OK, "a short b_dot must be rejected");
+}
+
+/// Issue 11, defect 4 through the ABI: `GG_STATUS_OUT_OF_MEMORY` (not an abort, not
+/// `GG_STATUS_PANIC`) for a 64 GiB random projection matrix and a k = 2^16 raw Fisher fit.
+#[test]
+fn host_allocations_too_large_for_the_machine_are_out_of_memory() {
+    let ctx = Ctx::cpu();
+    let (d_in, k_i) = (1u64 << 14, 1u64 << 20);
+    let a: Vec<f32> = (0..d_in).map(|i| (i % 7) as f32 - 3.0).collect();
+    let b = vec![0.5f32, -1.0, 2.0];
+    let train = gg_train { a: t(&a, GG_DTYPE_F32), b: t(&b, GG_DTYPE_F32), n: 1, t: 1, mask: ABSENT };
+    let proj = gg_projection { k_i, k_o: 1, kind: GG_PROJECTION_RANDOM, dist: GG_DISTRIBUTION_GAUSSIAN, seed: 1, layer: 0, p_in: ABSENT, p_out: ABSENT };
+    let mut out = vec![f32::NAN; k_i as usize];
+    // SAFETY: every descriptor points at live memory of this test.
+    let st = unsafe { gg_kron_project(ctx.0, gg_layer_shape { d_in, d_out: 3, has_bias: 0 }, &train, &proj, tm(&mut out), 0, k_i, 1.0, 0.0) };
+    expect(st, GG_STATUS_OUT_OF_MEMORY, &["projection matrix", "68719476736 bytes"]);
+    assert!(out.iter().all(|x| x.is_nan()));
+    let k = 1u64 << 16;
+    let grads: Vec<f32> = (0..k).map(|i| ((i % 5) as f32 - 2.0) * 0.25).collect();
+    let mut f: *mut gg_raw_fisher = ptr::null_mut();
+    // SAFETY: as above; `f` is a valid out-parameter.
+    let st = unsafe { gg_raw_fisher_fit(t(&grads, GG_DTYPE_F32), 1, k, &mut f) };
+    expect(st, GG_STATUS_OUT_OF_MEMORY, &["raw Fisher"]);
+    assert!(f.is_null());
 }

@@ -15,8 +15,8 @@ mod gpt2;
 use common::*;
 use ghostgrad::layers::reference::{model_reference, ModelOp};
 use ghostgrad::{
-    Accumulate, Context, DType, EmbeddingForm, LayerKind, LayerUse, ModelForms, Segments, Tensor, UseQuery, UseTrain,
-    WeightLayout,
+    Accumulate, Context, DType, EmbeddingForm, LayerKind, LayerUse, ModelForms, QuerySide, Segments, Tensor, UseQuery,
+    UseTrain, WeightLayout,
 };
 use gpt2::{Factors, Gpt2};
 use rand::Rng;
@@ -162,7 +162,7 @@ fn uses<'a>(
             param,
             kind,
             train: UseTrain { x: pick(train.0, train.1, train.2, xi), b: train.0[bi], t: T as u64, mask: Some(train.3) },
-            query: Some(UseQuery {
+            query: QuerySide::Factors(UseQuery {
                 x: pick(query.0, query.1, query.2, xi),
                 b: query.0[bi],
                 q: nq_rows,

@@ -8,8 +8,8 @@ mod common;
 use common::model::*;
 use common::*;
 use ghostgrad::{
-    Accumulate, Context, DType, EmbeddingForm, GhgUse, GhostError, LayerKind, LayerUse, ModelForms, Segments, Tensor,
-    UseQuery, UseTrain,
+    Accumulate, Context, DType, EmbeddingForm, GhgUse, GhostError, LayerKind, LayerUse, ModelForms, QuerySide, Segments,
+    Tensor, UseQuery, UseTrain,
 };
 use proptest::prelude::*;
 
@@ -157,7 +157,7 @@ fn emb_use<'a>(param: u32, vocab: u64, d: u64, ids: &'a [i32], b: &'a [f32], q: 
         param,
         kind: LayerKind::Embedding { vocab, d },
         train: UseTrain { x: ids.into(), b: b.into(), t: ids.len() as u64, mask: None },
-        query: q,
+        query: q.map_or(QuerySide::Absent, QuerySide::Factors),
     }
 }
 
@@ -171,7 +171,7 @@ fn validation_errors_are_typed() {
     // Id outside [0, vocab).
     let u = emb_use(0, 3, 2, &ids, &b, None);
     let err = ctx.model_sqnorm(1, &[u], &mut (&mut out[..]).into(), Accumulate::overwrite(), forms).unwrap_err();
-    assert!(matches!(err, GhostError::InvalidArgument { what: "x", .. }), "{err:?}");
+    assert!(matches!(&err, GhostError::InvalidField { what, .. } if what == "uses[0].train.x"), "{err:?}");
     // Float ids.
     let fids = [0f32, 1.0];
     let mut u = emb_use(0, 3, 2, &ids, &b, None);
@@ -185,7 +185,7 @@ fn validation_errors_are_typed() {
         param: 0,
         kind: LayerKind::linear(2, 4, false),
         train: UseTrain { x: a[..].into(), b: [1.0f32; 8][..].into(), t: 2, mask: None },
-        query: None,
+        query: QuerySide::Absent,
     };
     let bb = [1.0f32; 8];
     let lin = LayerUse { train: UseTrain { b: bb[..].into(), ..lin.train }, ..lin };
@@ -199,7 +199,7 @@ fn validation_errors_are_typed() {
         param: 0,
         kind: LayerKind::Norm { d: 2, has_bias: false },
         train: UseTrain { x: xh[..].into(), b: b[..].into(), t: 2, mask: None },
-        query: None,
+        query: QuerySide::Absent,
     };
     let err = ctx
         .model_sqnorm(1, &[emb_use(0, 3, 2, &ids, &b, None), norm], &mut (&mut out[..]).into(), Accumulate::overwrite(), forms)
@@ -209,7 +209,7 @@ fn validation_errors_are_typed() {
     let err = ctx
         .model_dot(1, &[emb_use(0, 3, 2, &ids, &b, None)], &mut (&mut out[..]).into(), Accumulate::overwrite(), forms)
         .unwrap_err();
-    assert!(matches!(err, GhostError::InvalidArgument { what: "query", .. }), "{err:?}");
+    assert!(matches!(&err, GhostError::InvalidField { what, .. } if what == "uses[0].query"), "{err:?}");
     // Different V across uses.
     let q1 = UseQuery { x: ids[..].into(), b: b[..].into(), q: 2, segments: Segments::Single, mask: None };
     let q2 = UseQuery { segments: Segments::Uniform(1), ..q1 };
@@ -359,7 +359,7 @@ fn ghg_expected(p: &GhgProblem, eta: f64) -> (Vec<f64>, Vec<f64>) {
 fn ghg_uses<'a>(uses: &[LayerUse<'a>], b_dot: &[Tensor<'a>], x_dot: &[Option<Tensor<'a>>]) -> Vec<GhgUse<'a>> {
     uses.iter()
         .zip(b_dot.iter().zip(x_dot))
-        .map(|(u, (b, x))| GhgUse { param: u.param, kind: u.kind, train: u.train, val: u.query.unwrap(), x_dot: *x, b_dot: *b })
+        .map(|(u, (b, x))| GhgUse { param: u.param, kind: u.kind, train: u.train, val: *u.query.factors().unwrap(), x_dot: *x, b_dot: *b })
         .collect()
 }
 
@@ -412,18 +412,18 @@ fn model_ghg_checks_eta_and_model_dot_takes_query_less_tied_uses_only() {
     assert!(matches!(e, GhostError::InvalidArgument { what: "eta", .. }), "{e:?}");
     // model_dot: a use alone without a query side, or a tied norm use without one, is an error.
     let mut lone = uses.clone();
-    lone[0].query = None;
+    lone[0].query = QuerySide::TrainOnly;
     let mut out = vec![0f32; p.m.n * p.m.v];
     let e = Context::cpu().model_dot(p.m.n as u64, &lone, &mut (&mut out[..]).into(), Accumulate::overwrite(), ModelForms::default()).unwrap_err();
-    assert!(matches!(e, GhostError::InvalidArgument { what: "query", .. }), "{e:?}");
+    assert!(matches!(&e, GhostError::InvalidField { what, .. } if what == "uses[0].query"), "{e:?}");
     let shared_norm = p.m.uses.iter().enumerate().find(|(i, u)| {
         matches!(u.kind, LayerKind::Norm { .. }) && p.m.uses.iter().enumerate().any(|(j, w)| j != *i && w.param == u.param)
     });
     let (i, _) = shared_norm.expect("seed 1 has a shared norm");
     let mut tied_norm = uses.clone();
-    tied_norm[i].query = None;
+    tied_norm[i].query = QuerySide::TrainOnly;
     let e = Context::cpu().model_dot(p.m.n as u64, &tied_norm, &mut (&mut out[..]).into(), Accumulate::overwrite(), ModelForms::default()).unwrap_err();
-    assert!(matches!(e, GhostError::InvalidArgument { what: "query", .. }), "{e:?}");
+    assert!(matches!(&e, GhostError::InvalidField { what, .. } if *what == format!("uses[{i}].query")), "{e:?}");
 }
 
 #[test]
@@ -436,7 +436,7 @@ fn an_f32_query_beside_bf16_training_factors_stays_an_error_of_the_public_calls(
     let wide = Buf::F32((0..p.m.uses[i].query.b.len()).map(|k| p.m.uses[i].query.b.get(k) as f32).collect());
     for ctx in [Context::cpu(), Context::cpu_reference()] {
         let mut bad = uses.clone();
-        bad[i].query = Some(UseQuery { b: wide.tensor(), ..bad[i].query.unwrap() });
+        bad[i].query = QuerySide::Factors(UseQuery { b: wide.tensor(), ..*bad[i].query.factors().unwrap() });
         let mut out = vec![f32::NAN; p.m.n];
         let e = ctx.model_dot(p.m.n as u64, &bad, &mut (&mut out[..]).into(), Accumulate::overwrite(), ModelForms::default()).unwrap_err();
         assert!(matches!(e, GhostError::DtypeMismatch { what: "query x" | "query b", .. }), "{e:?}");
@@ -717,6 +717,7 @@ mod gpu {
         s.b = cut(&s.b, rows * bw);
         s.x = match &s.x {
             XBuf::Ids(v) => XBuf::Ids(v[..rows].to_vec()),
+            XBuf::Ids64(v) => XBuf::Ids64(v[..rows].to_vec()),
             XBuf::Float(b) => XBuf::Float(cut(b, rows * xw)),
         };
         s.mask = s.mask.as_ref().map(|m| m[..rows].to_vec());
@@ -754,7 +755,7 @@ mod gpu {
             param: 0,
             kind: LayerKind::Embedding { vocab, d: d as u64 },
             train: UseTrain { x: ids.view().into(), b: b.view().into(), t: t as u64, mask: None },
-            query: None,
+            query: QuerySide::Absent,
         };
         for form in [EmbeddingForm::MaskedGram, EmbeddingForm::ScatterGather] {
             let mut out = rt.alloc_f32(2, 0.0).unwrap();
@@ -866,7 +867,7 @@ fn convolution_through_unfolded_patches() {
         param: 0,
         kind: LayerKind::linear(k as u64, cout as u64, true),
         train: UseTrain { x: patches[..].into(), b: b[..].into(), t: t as u64, mask: None },
-        query: None,
+        query: QuerySide::Absent,
     };
     for ctx in [Context::cpu(), Context::cpu_reference()] {
         let mut gram = vec![0f32; n * n];

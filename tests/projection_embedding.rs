@@ -114,7 +114,7 @@ impl TokenData {
         TokenFactors { ids: self.ids[..].into(), b: self.b.tensor(), n: self.n as u64, t: self.t as u64, mask: self.mask.as_deref().map(Tensor::from) }
     }
     fn reference(&self) -> TokenTrain<'_> {
-        TokenTrain { ids: &self.ids, b: self.b.host(), mask: self.mask.as_deref(), n: self.n, t: self.t, vocab: self.vocab as usize, d_out: self.d_out as usize }
+        TokenTrain { ids: self.ids[..].into(), b: self.b.host(), mask: self.mask.as_deref(), n: self.n, t: self.t, vocab: self.vocab as usize, d_out: self.d_out as usize }
     }
     /// The one-hot activations `A [N, T, V]` in the dtype of `b` (zero rows for masked tokens).
     fn one_hot(&self) -> Buf {

@@ -273,7 +273,7 @@ fn check_cov(be: &Be, c: &CovCase) {
     res.unwrap_or_else(|e| panic!("{c:?}: {e}"));
     let (got_a, got_b) = (read_a(), read_b());
     let mask = data.mask.as_deref();
-    let x = if c.embedding { CovRows::Ids { ids: &ids, vocab: c.d_in as usize } } else { CovRows::Dense { x: data.a.host(), width: c.d_in as usize, ones: c.bias } };
+    let x = if c.embedding { CovRows::Ids { ids: ids[..].into(), vocab: c.d_in as usize } } else { CovRows::Dense { x: data.a.host(), width: c.d_in as usize, ones: c.bias } };
     let y = CovRows::Dense { x: data.b.host(), width: c.d_out as usize, ones: false };
     let label = format!("{} kfac {c:?}", be.ctx().describe());
     let in_depth = if c.embedding { 0 } else { 2 * (c.d_in as usize + 1) };
@@ -307,7 +307,7 @@ fn embedding_covariance_reference_equals_the_dense_reference_on_one_hot_rows() {
             onehot[i * vocab + id as usize] = 1.0;
         }
     }
-    let a = kfac_cov_reference(&CovRows::Ids { ids: &ids, vocab }, Some(&mask), rows, &p, k, false);
+    let a = kfac_cov_reference(&CovRows::Ids { ids: ids[..].into(), vocab }, Some(&mask), rows, &p, k, false);
     let b = kfac_cov_reference(&CovRows::Dense { x: ghostgrad::HostSlice::F32(&onehot), width: vocab, ones: false }, Some(&mask), rows, &p, k, false);
     assert_eq!(a, b);
 }

@@ -510,3 +510,39 @@ fn cuda_context_without_a_driver_is_a_typed_error() {
         Err(other) => panic!("Context::cuda(0) returned an unexpected error: {other:?}"),
     }
 }
+
+/// Issue 11, defect 4: a host matrix the machine cannot hold is a typed out-of-memory error
+/// naming it and its size, before anything is written (the process used to abort). Only the
+/// failing reservation is attempted: nothing large is allocated.
+#[test]
+fn host_allocations_too_large_for_the_machine_are_typed_errors() {
+    use ghostgrad::projection::precondition::RawFisher;
+    use ghostgrad::{Distribution, OutColumns, ProjectionKind, ProjectionSpec};
+    // kron_project with a random P_in of [2^20, 2^14] f32 = 64 GiB.
+    let (d_in, d_out, k_i) = (1u64 << 14, 3u64, 1u64 << 20);
+    let a: Vec<f32> = (0..d_in).map(|i| (i % 7) as f32 - 3.0).collect();
+    let b = [0.5f32, -1.0, 2.0];
+    let shape = LayerShape::new(d_in, d_out);
+    let train = TrainFactors { a: a[..].into(), b: b[..].into(), n: 1, t: 1, mask: None };
+    let proj = ProjectionSpec { k_i, k_o: 1, kind: ProjectionKind::Random { seed: 1, layer: 0, dist: Distribution::Gaussian } };
+    for ctx in contexts() {
+        let mut out = vec![f32::NAN; k_i as usize];
+        let e = ctx
+            .kron_project(&shape, &train, &proj, &mut (&mut out[..]).into(), OutColumns { offset: 0, row_stride: k_i }, Accumulate::overwrite())
+            .unwrap_err();
+        match &e {
+            GhostError::OutOfMemory { what, bytes } => {
+                assert!(what.contains("projection matrix") && what.contains("[1048576, 16384]"), "{e}");
+                assert_eq!(*bytes, 1u64 << 36, "{e}");
+            }
+            _ => panic!("expected OutOfMemory, got {e:?}"),
+        }
+        assert!(out.iter().all(|x| x.is_nan()), "nothing is written before the error");
+    }
+    // A raw Fisher fit with k = 2^16: three [k, k] f64 matrices (96 GiB).
+    let k = 1usize << 16;
+    let grads: Vec<f32> = (0..k).map(|i| ((i % 5) as f32 - 2.0) * 0.25).collect();
+    let e = RawFisher::fit(&grads, 1, k).err().expect("a fit of that size cannot succeed here");
+    assert!(matches!(&e, GhostError::OutOfMemory { what, .. } if what.contains("raw Fisher")), "{e:?}");
+    assert!(e.to_string().contains("bytes"), "{e}");
+}

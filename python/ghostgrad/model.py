@@ -46,7 +46,8 @@ def _use(call: Call, i: int, u: Any, n: Optional[int], params: Params, with_quer
         else:
             qs = side(call, u.query, f"{pre}: query", dx=dx, db=db, ids_vocab=vocab, query=True)
             q = (qs, query_tuple(qs))
-    native = (params.id(u.param), kind, tr.x, tr.b, tr.t, tr.mask, None if q is None else q[1])
+    qn = q[1] if q is not None else ("train_only" if u.train_only else None)
+    native = (params.id(u.param), kind, tr.x, tr.b, tr.t, tr.mask, qn)
     return native, tr, (None if q is None else q[0])
 
 

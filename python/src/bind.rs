@@ -31,6 +31,7 @@ pub fn dtype(e: ElemType) -> Result<DType, GhostError> {
         ElemType::U8 | ElemType::Bool => DType::U8,
         ElemType::I32 => DType::I32,
         ElemType::F64 => DType::F64,
+        ElemType::I64 => DType::I64,
         other => return Err(bad(format!("dtype {} is not supported by ghostgrad", other.name()))),
     })
 }
@@ -104,6 +105,7 @@ impl<'s> Bind<'s> {
                         ElemType::F16 => HostSlice::F16(std::slice::from_raw_parts(p as *const f16, n)),
                         ElemType::U8 | ElemType::Bool => HostSlice::U8(std::slice::from_raw_parts(p, n)),
                         ElemType::I32 => HostSlice::I32(std::slice::from_raw_parts(p as *const i32, n)),
+                        ElemType::I64 => HostSlice::I64(std::slice::from_raw_parts(p as *const i64, n)),
                         other => return Err(bad(format!("dtype {} is not an input dtype", other.name()))),
                     })
                 }

@@ -10,7 +10,7 @@ use ghostgrad::runtime::interp::InterpRuntime;
 use ghostgrad::{
     Accumulate, Blocking, ColumnGroup, Context, DvembLayer, DvembSteps, EmbeddingForm, EmbeddingLayer, FormChoice, GhgUse, GhostDotLayer,
     GhostError, LayerShape, LayerUse, LossReduction, ModelForms, OutColumns, ParamProjection, ProjectInput, ProjectLayer, ProjectionKind,
-    ProjectionSpec, QueryFactors, ScoreDims, ScoreMode, Segments, TermChoice, TokenFactors, TrainFactors, UseQuery, UseTrain, Which,
+    ProjectionSpec, QueryFactors, QuerySide, ScoreDims, ScoreMode, Segments, TermChoice, TokenFactors, TrainFactors, UseQuery, UseTrain, Which,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -61,7 +61,11 @@ fn use_query<'a>(b: &mut Bind<'_>, q: &QueryT) -> GResult<UseQuery<'a>> {
 
 fn layer_use<'a>(b: &mut Bind<'_>, u: &UseT) -> GResult<LayerUse<'a>> {
     let train = UseTrain { x: b.input(&u.x)?, b: b.input(&u.b)?, t: u.t, mask: b.input_opt(&u.mask)? };
-    let query = u.query.as_ref().map(|q| use_query(b, q)).transpose()?;
+    let query = match &u.query {
+        Some(q) => QuerySide::Factors(use_query(b, q)?),
+        None if u.train_only => QuerySide::TrainOnly,
+        None => QuerySide::Absent,
+    };
     Ok(LayerUse { param: u.param, kind: u.kind, train, query })
 }
 

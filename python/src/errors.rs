@@ -66,6 +66,7 @@ pub fn classify(e: &GhostError) -> (Family, Option<String>) {
         G::WrongMemorySpace { what, .. } => (Family::Device, Some(what.to_string())),
         G::StreamMismatch(_) => (Family::Device, None),
         G::KernelsNotBuilt => (Family::KernelsNotBuilt, None),
+        G::OutOfMemory { what, .. } => (Family::OutOfMemory, Some(what.clone())),
         G::Cuda { message, .. } if message.contains("OUT_OF_MEMORY") => (Family::OutOfMemory, None),
         G::CudaDriverUnavailable(_) | G::Cuda { .. } => (Family::Cuda, None),
         G::MissingKernel { .. } | G::Interpreter(_) | G::Internal(_) => (Family::Internal, None),

@@ -42,7 +42,7 @@ fn first_bad_id(ids: &Bound<'_, PyAny>, mask: &Bound<'_, PyAny>, vocab: i64) -> 
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("KERNELS_BUILT", ghostgrad::kernels::KERNELS_BUILT)?;
-    m.add("SUPPORTS_I64", false)?;
+    m.add("SUPPORTS_I64", true)?;
     m.add_class::<dlpack::Array>()?;
     m.add_class::<context::NativeContext>()?;
     m.add("Context", m.getattr("NativeContext")?)?;

@@ -119,13 +119,17 @@ pub struct UseT {
     pub b: View,
     pub t: u64,
     pub mask: Option<View>,
+    /// `None` with `train_only`: the use's query side is `QuerySide::TrainOnly`; `None`
+    /// otherwise: `QuerySide::Absent`.
     pub query: Option<QueryT>,
+    pub train_only: bool,
 }
 
-/// `(param, kind, x, b, t, mask, query | None)`.
+/// `(param, kind, x, b, t, mask, query | "train_only" | None)`.
 pub fn use_(obj: &Bound<'_, PyAny>) -> PyResult<UseT> {
     let t = tuple(obj)?;
     let q = item(&t, 6)?;
+    let train_only = q.extract::<String>().map_or(false, |s| s == "train_only");
     Ok(UseT {
         param: item(&t, 0)?.extract()?,
         kind: kind(&item(&t, 1)?)?,
@@ -133,7 +137,8 @@ pub fn use_(obj: &Bound<'_, PyAny>) -> PyResult<UseT> {
         b: view(&item(&t, 3)?)?,
         t: item(&t, 4)?.extract()?,
         mask: view_opt(&item(&t, 5)?)?,
-        query: if q.is_none() { None } else { Some(query(&q)?) },
+        query: if q.is_none() || train_only { None } else { Some(query(&q)?) },
+        train_only,
     })
 }
 
@@ -156,6 +161,7 @@ pub fn ghg_use(obj: &Bound<'_, PyAny>) -> PyResult<GhgUseT> {
         t: item(&t, 4)?.extract()?,
         mask: view_opt(&item(&t, 5)?)?,
         query: None,
+        train_only: false,
     };
     Ok(GhgUseT { base, val: query(&item(&t, 6)?)?, x_dot: view_opt(&item(&t, 7)?)?, b_dot: view(&item(&t, 8)?)? })
 }

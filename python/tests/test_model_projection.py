@@ -117,3 +117,35 @@ def test_accumulate_values(rng):
     with pytest.raises(gg.InvalidArgument, match="ids holds id 9"):
         ids[3] = 9
         gg.accumulate_values(vals, ids, phi)
+
+
+def test_int64_ids_and_train_only(rng):
+    vocab, d, n, t = 9, 5, 3, 4
+    ids = rng.integers(0, vocab, (n, t))
+    b = rng.standard_normal((n, t, d)).astype(np.float32)
+    h = rng.standard_normal((n, t, d)).astype(np.float32)
+    gl = rng.standard_normal((n, t, vocab)).astype(np.float32)
+    qh = rng.standard_normal((2, 3, d)).astype(np.float32)
+    qg = rng.standard_normal((2, 3, vocab)).astype(np.float32)
+    outs = []
+    for idt in (np.int32, np.int64):
+        for fw in ("numpy", "torch"):
+            uses = [
+                gg.LayerUse(gg.Embedding(vocab, d), "wte", gg.Factors(cast(ids.astype(idt), fw, None), cast(b, fw, "f32")), train_only=True),
+                gg.LayerUse(gg.Linear(d, vocab), "wte", gg.Factors(cast(h, fw, "f32"), cast(gl, fw, "f32")), gg.Factors(cast(qh, fw, "f32"), cast(qg, fw, "f32"))),
+            ]
+            outs.append(to_numpy(gg.model_dot(uses).out))
+    ref = [("wte", ("embedding", vocab, d), {"train": (ids.reshape(-1).astype(np.float64), b.reshape(-1, d).astype(np.float64), None, sample_groups(n, t))}),
+           ("wte", ("linear", d, vocab, False, "out_in"), {"train": (h.reshape(-1, d).astype(np.float64), gl.reshape(-1, vocab).astype(np.float64), None, sample_groups(n, t)),
+                                                         "query": (qh.reshape(-1, d).astype(np.float64), qg.reshape(-1, vocab).astype(np.float64), None, sample_groups(2, 3))})]
+    g, _, _ = model_grads(ref, "train", None)
+    gq, _, _ = model_grads(ref, "query", None)
+    for o in outs:
+        assert rel_err(o, g @ gq.T) < 3e-5
+    bad = ids.copy()
+    bad[2, 1] = vocab
+    with pytest.raises(gg.InvalidArgument, match=r"uses\[0\]: train.x holds id 9 at flat row 9"):
+        gg.model_sqnorm([gg.LayerUse(gg.Embedding(vocab, d), "wte", gg.Factors(bad, b))])
+    mask = np.ones((n, t), np.uint8)
+    mask[2, 1] = 0
+    gg.model_sqnorm([gg.LayerUse(gg.Embedding(vocab, d), "wte", gg.Factors(bad, b, mask=mask))])  # masked ids are never read

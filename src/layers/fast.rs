@@ -14,7 +14,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::{host_ranges, linear_shape, mat_sides, LayerUse, MatSides, Mode, Term, UseDims};
-use crate::buffer::{HostSlice, Tensor};
+use crate::buffer::{HostIds, HostSlice, Tensor};
 use crate::context::host_u8;
 use crate::cpu::fast::matmul;
 use crate::cpu::reference::{Query, Train};
@@ -35,11 +35,11 @@ struct Rows {
     segs: Vec<Range<usize>>,
 }
 
-fn ids_of<'a>(t: &Tensor<'a>) -> Result<&'a [i32]> {
-    match t.host("x")? {
-        HostSlice::I32(s) => Ok(s),
-        other => Err(GhostError::UnsupportedDtype { what: "x", dtype: other.dtype(), op: "embedding" }),
-    }
+/// Host token ids (i32 or i64). Kept rows' ids are validated to lie in `[0, vocab)`, so
+/// `get(r) as i32` is exact for every row this module reads (masked rows are never read).
+fn ids_of<'a>(t: &Tensor<'a>) -> Result<HostIds<'a>> {
+    let h = t.host("x")?;
+    h.ids().ok_or(GhostError::UnsupportedDtype { what: "x", dtype: h.dtype(), op: "embedding" })
 }
 
 impl Rows {
@@ -60,7 +60,7 @@ impl Rows {
                 rows.c.resize(off + stride, 1.0);
                 ch.copy_to_f32(row * dc, &mut rows.c[off..off + dc]);
                 match idh {
-                    Some(ids) => rows.ids.push(ids[row]),
+                    Some(ids) => rows.ids.push(ids.get(row) as i32),
                     None => {
                         let off = rows.r.len();
                         rows.r.resize(off + dr, 0.0);
@@ -141,14 +141,15 @@ struct Table {
 }
 
 impl Table {
-    fn new(ids: &[i32], b: HostSlice<'_>, mask: Option<&[u8]>, range: (usize, usize), d: usize) -> Table {
+    fn new(ids: HostIds<'_>, b: HostSlice<'_>, mask: Option<&[u8]>, range: (usize, usize), d: usize) -> Table {
         let mut order: Vec<usize> = (range.0..range.1).filter(|&r| mask.map_or(true, |m| m[r] != 0)).collect();
-        order.sort_by_key(|&r| (ids[r], r));
+        order.sort_by_key(|&r| (ids.get(r), r));
         let mut t = Table { ids: Vec::new(), rows: Vec::new() };
         let mut tmp = vec![0.0f32; d];
         for r in order {
-            if t.ids.last() != Some(&ids[r]) {
-                t.ids.push(ids[r]);
+            let id = ids.get(r) as i32;
+            if t.ids.last() != Some(&id) {
+                t.ids.push(id);
                 t.rows.resize(t.rows.len() + d, 0.0);
             }
             b.copy_to_f32(r * d, &mut tmp);
@@ -178,14 +179,14 @@ fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
 }
 
 /// `Σ_{t ∈ rows, kept} b_t · table[id_t]`.
-fn gather_sum(ids: &[i32], b: HostSlice<'_>, mask: Option<&[u8]>, rows: Range<usize>, table: &Table, d: usize, tmp: &mut Vec<f32>) -> f64 {
+fn gather_sum(ids: HostIds<'_>, b: HostSlice<'_>, mask: Option<&[u8]>, rows: Range<usize>, table: &Table, d: usize, tmp: &mut Vec<f32>) -> f64 {
     tmp.resize(d, 0.0);
     let mut s = 0.0f64;
     for r in rows {
         if mask.is_some_and(|m| m[r] == 0) {
             continue;
         }
-        if let Some(row) = table.row(ids[r], d) {
+        if let Some(row) = table.row(ids.get(r) as i32, d) {
             b.copy_to_f32(r * d, tmp);
             s += dot_f32(tmp, row) as f64;
         }
@@ -201,7 +202,7 @@ type Operand<'a> = (Tensor<'a>, Tensor<'a>, Option<&'a [u8]>, Vec<(usize, usize)
 fn query_operand<'a>(u: &LayerUse<'a>, d: &UseDims, n: usize, mode: Mode) -> Result<Operand<'a>> {
     Ok(match mode {
         Mode::Dot => {
-            let q = u.query.as_ref().expect("validated");
+            let q = u.query.factors().expect("validated");
             (q.x, q.b, host_u8("query mask", q.mask.as_ref())?, host_ranges(d, n as u64, mode))
         }
         _ => (u.train.x, u.train.b, host_u8("mask", u.train.mask.as_ref())?, host_ranges(d, n as u64, mode)),
@@ -281,7 +282,7 @@ fn norm_grad(uses: &[LayerUse<'_>], group: &[usize], query: bool, range_of: &dyn
     let mut b = vec![0.0f32; d];
     for &u in group {
         let (xt, bt, mask) = if query {
-            let q = uses[u].query.as_ref().expect("validated");
+            let q = uses[u].query.factors().expect("validated");
             (q.x.host("query x")?, q.b.host("query b")?, host_u8("query mask", q.mask.as_ref())?)
         } else {
             (uses[u].train.x.host("x")?, uses[u].train.b.host("b")?, host_u8("mask", uses[u].train.mask.as_ref())?)
@@ -348,7 +349,7 @@ fn linear_term(n: usize, u: &LayerUse<'_>, dims: &UseDims, form: crate::ghost_do
     };
     match mode {
         Mode::Dot => {
-            let q = u.query.as_ref().expect("validated");
+            let q = u.query.factors().expect("validated");
             let query = Query {
                 aq: q.x.host("query x")?,
                 bq: q.b.host("query b")?,

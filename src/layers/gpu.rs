@@ -13,7 +13,7 @@
 //! ([`run_ghg`]) beside any training dtype: `ghost_dot_gram_qf32_*` / `factored_grad_f32`,
 //! `cross_gram_qf32_*`, `embed_table_f32`, `norm_grad_f32`.
 
-use super::{mat_sides, seg_kind_args, LayerKind, LayerUse, Mode, Term, UseDims, UseQuery};
+use super::{mat_sides, seg_kind_args, LayerKind, LayerUse, Mode, QuerySide, Term, UseDims, UseQuery};
 use crate::buffer::{DeviceSlice, Tensor};
 use crate::context::dev_ptr;
 use crate::dtype::DType;
@@ -28,6 +28,9 @@ const FLAG_BIAS: u32 = 1;
 const FLAG_DIAG: u32 = 2;
 const FLAG_RT_IDS: u32 = 4;
 const FLAG_RQ_IDS: u32 = 8;
+/// The training-side / query-side ids are int64 (else int32): kernels/embedding.cu.
+const FLAG_RT_IDS64: u32 = 16;
+const FLAG_RQ_IDS64: u32 = 32;
 const FLAG_ACCUMULATE: u32 = 4;
 
 /// `cross_gram_<dt>`, or `cross_gram_qf32_<dt>` for an f32 query beside bf16 / f16 training
@@ -64,7 +67,7 @@ struct QueryOp<'a> {
 fn query_op<'a>(u: &LayerUse<'a>, d: &UseDims, n: u64, mode: Mode) -> Result<QueryOp<'a>> {
     Ok(match mode {
         Mode::Dot => {
-            let q = u.query.as_ref().expect("validated");
+            let q = u.query.factors().expect("validated");
             let qd = d.query.as_ref().expect("validated");
             let (seg_ptr, seg_len) = seg_kind_args(qd);
             QueryOp { x: q.x, b: q.b, mask: dev_ptr(q.mask.as_ref(), "query mask")?, seg_ptr, seg_len, q: qd.q, v: qd.v, diag: false }
@@ -121,7 +124,9 @@ fn cross_plan(uses: &[LayerUse<'_>], dims: &[UseDims], n: u64, mode: Mode, i: us
     let flags = (bias as u32 * FLAG_BIAS)
         | (q.diag as u32 * FLAG_DIAG)
         | (ts.r_ids as u32 * FLAG_RT_IDS)
-        | (qs.r_ids as u32 * FLAG_RQ_IDS);
+        | (qs.r_ids as u32 * FLAG_RQ_IDS)
+        | ((ts.r_ids && ts.r.dtype() == DType::I64) as u32 * FLAG_RT_IDS64)
+        | ((qs.r_ids && qs.r.dtype() == DType::I64) as u32 * FLAG_RQ_IDS64);
     Ok(LaunchPlan {
         kernel: cross_kernel(dims[i].dtype, q.b.dtype())?,
         grid: [u32_of("n*V (grid.x)", mul("n*V", n, cols)?)?, u32_of("token splits", s)?, 1],
@@ -182,6 +187,7 @@ fn gather_plans(uses: &[LayerUse<'_>], dims: &[UseDims], n: u64, mode: Mode, i: 
             KernelArg::U32(u32_of("vocab", vocab)?),
             KernelArg::Ptr(perm),
             KernelArg::Ptr(sid),
+            KernelArg::U32(if q.x.dtype() == DType::I64 { FLAG_RQ_IDS64 } else { 0 }),
         ],
     };
     let tab = LaunchPlan {
@@ -223,7 +229,7 @@ fn gather_plans(uses: &[LayerUse<'_>], dims: &[UseDims], n: u64, mode: Mode, i: 
             KernelArg::U32(u32_of("V", q.v)?),
             KernelArg::U32(u32_of("vocab", vocab)?),
             KernelArg::U32(u32_of("tokens per split", tps)?),
-            KernelArg::U32(if q.diag { FLAG_DIAG } else { 0 }),
+            KernelArg::U32((q.diag as u32 * FLAG_DIAG) | ((ui.train.x.dtype() == DType::I64) as u32 * FLAG_RT_IDS64)),
         ],
     };
     Ok(vec![sort, tab, gather])
@@ -277,7 +283,7 @@ fn norm_plans(uses: &[LayerUse<'_>], dims: &[UseDims], n: u64, nv: u64, mode: Mo
         let gq = ws + c.take(product("norm query grads", &[nv, dd, 4])?)?;
         for (k, &u) in group.iter().enumerate() {
             let (use_, ud) = (&uses[u], &dims[u]);
-            let q = use_.query.as_ref().expect("validated");
+            let q = use_.query.factors().expect("validated");
             let qd = ud.query.as_ref().expect("validated");
             let (seg_ptr, seg_len) = seg_kind_args(qd);
             plans.push(norm_grad_plan(
@@ -314,7 +320,7 @@ fn linear_layers(uses: &[LayerUse<'_>], dims: &[UseDims], terms: &[Term], n: u64
         let (a, b, mask) = (ptr(&use_.train.x, "x")?, ptr(&use_.train.b, "b")?, dev_ptr(use_.train.mask.as_ref(), "mask")?);
         let (query, ptrs, query_dtype) = match mode {
             Mode::Dot => {
-                let q = use_.query.as_ref().expect("validated");
+                let q = use_.query.factors().expect("validated");
                 let ptrs = LayerPtrs { a, b, mask, aq: ptr(&q.x, "query x")?, bq: ptr(&q.b, "query b")?, qmask: dev_ptr(q.mask.as_ref(), "query mask")? };
                 (ud.query.clone().expect("validated"), ptrs, q.b.dtype())
             }
@@ -407,7 +413,7 @@ pub(crate) fn run_ghg(
         let mut plans = Vec::with_capacity(uses.len());
         let mut comb_uses = Vec::with_capacity(uses.len());
         for ((u, d), bd) in uses.iter().zip(dims).zip(b_dot) {
-            let q = u.query.as_ref().expect("validated");
+            let q = u.query.factors().expect("validated");
             let qd = d.query.as_ref().expect("validated");
             let count_b = mul("q*b width", qd.q, u.kind.b_width())?;
             let comb = ws + carve.take(mul("ghg comb bytes", count_b, 4)?)?;
@@ -421,7 +427,7 @@ pub(crate) fn run_ghg(
             // the workspace outlives every launch of this op (run_with_workspace).
             let b = Tensor::Device(unsafe { DeviceSlice::from_raw_parts(comb, count_b, DType::F32) });
             let x = if widen { Tensor::Device(unsafe { DeviceSlice::from_raw_parts(x_f32, count_a, DType::F32) }) } else { q.x };
-            comb_uses.push(LayerUse { query: Some(UseQuery { x, b, ..*q }), ..*u });
+            comb_uses.push(LayerUse { query: QuerySide::Factors(UseQuery { x, b, ..*q }), ..*u });
         }
         let base = carve.bytes;
         let (mut p, bytes) = build(ws + base, n, nv, &comb_uses, dims, terms, Mode::Dot, out, acc)?;

@@ -153,16 +153,43 @@ pub struct UseQuery<'a> {
     pub mask: Option<Tensor<'a>>,
 }
 
+/// The query side of a use in [`model_dot`](crate::Context::model_dot) (and the validation
+/// side in [`model_ghg`](crate::Context::model_ghg)); the train × train calls ignore it.
+#[derive(Debug, Clone, Copy)]
+pub enum QuerySide<'a> {
+    /// The use's query factors.
+    Factors(UseQuery<'a>),
+    /// The use contributes its training gradient only, nothing on the query side: for a
+    /// non-norm use tied to uses that give query factors (an input embedding whose query is
+    /// the LM head's, and `model_ghg`'s `(ẋ, b_val)` pass for uses without `ẋ`). A deliberate
+    /// choice: an [`Absent`](Self::Absent) query side is an error in `model_dot`.
+    TrainOnly,
+    /// No query side: what [`model_gram`](crate::Context::model_gram) and
+    /// [`model_sqnorm`](crate::Context::model_sqnorm) take; an error naming the use
+    /// (`uses[3].query`) in `model_dot`, so a hook that failed to capture a use's query
+    /// factors cannot go unnoticed.
+    Absent,
+}
+
+impl<'a> QuerySide<'a> {
+    /// The query factors, if the use has them.
+    pub fn factors(&self) -> Option<&UseQuery<'a>> {
+        match self {
+            QuerySide::Factors(q) => Some(q),
+            QuerySide::TrainOnly | QuerySide::Absent => None,
+        }
+    }
+}
+
 /// One use of a parameter. Uses with equal `param` are tied (one parameter).
 #[derive(Debug, Clone, Copy)]
 pub struct LayerUse<'a> {
     pub param: u32,
     pub kind: LayerKind,
     pub train: UseTrain<'a>,
-    /// Needed by [`model_dot`](crate::Context::model_dot) (ignored by the train×train calls),
-    /// except for a non-norm use tied to uses that have one: such a use then adds its training
-    /// gradient and nothing to the query side.
-    pub query: Option<UseQuery<'a>>,
+    /// [`QuerySide::Factors`] for every use of a [`model_dot`](crate::Context::model_dot) call,
+    /// except [`QuerySide::TrainOnly`] uses (see there); ignored by the train × train calls.
+    pub query: QuerySide<'a>,
 }
 
 /// The two exact algorithms for an embedding × embedding term.
@@ -282,17 +309,20 @@ fn check_kind(k: &LayerKind, space: Space) -> Result<()> {
     Ok(())
 }
 
-/// Host ids must lie in `[0, vocab)`.
-fn check_host_ids(what: &'static str, x: &Tensor<'_>, vocab: u64) -> Result<()> {
-    if let Tensor::Host(HostSlice::I32(ids)) = x {
-        if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id < 0 || id as u64 >= vocab) {
-            return Err(bad(what, format!("id {id} at row {i} is outside [0, vocab = {vocab})")));
-        }
+/// Host ids of the kept rows must lie in `[0, vocab)`; masked rows' ids are never read.
+fn check_host_ids(what: impl Fn() -> String, x: &Tensor<'_>, mask: Option<&Tensor<'_>>, vocab: u64) -> Result<()> {
+    let Tensor::Host(h) = x else { return Ok(()) };
+    let Some(ids) = h.ids() else { return Ok(()) };
+    let mask = crate::context::host_u8("mask", mask)?;
+    if let Some((r, id)) = ids.first_out_of_range(mask, vocab) {
+        return Err(GhostError::InvalidField { what: what(), reason: format!("id {id} at row {r} is outside [0, vocab = {vocab})") });
     }
     Ok(())
 }
 
-/// Validates one side's `x`, `b`, `mask` for `rows` rows; returns the float dtype.
+/// Validates one side's `x`, `b`, `mask` for `rows` rows; returns the float dtype. `names`:
+/// the buffers' names in errors; `field`: the side as the caller spells it (`uses[3].train`),
+/// for the errors that name a use.
 #[allow(clippy::too_many_arguments)]
 fn check_side(
     kind: &LayerKind,
@@ -302,22 +332,23 @@ fn check_side(
     rows: u64,
     space: Space,
     names: [&'static str; 3],
+    field: &dyn Fn() -> String,
     op: &'static str,
 ) -> Result<DType> {
     const FLOATS: &[DType] = &[DType::F32, DType::BF16, DType::F16];
     let dtype = v::input(names[1], b, space, FLOATS, v::mul("rows*b width", rows, kind.b_width())?, op)?;
+    if let Some(m) = mask {
+        v::input(names[2], m, space, &[DType::U8], rows, op)?;
+    }
     match kind {
         LayerKind::Embedding { vocab, .. } => {
-            v::input(names[0], x, space, &[DType::I32], rows, op)?;
-            check_host_ids(names[0], x, *vocab)?;
+            v::input(names[0], x, space, &[DType::I32, DType::I64], rows, op)?;
+            check_host_ids(|| format!("{}.x", field()), x, mask, *vocab)?;
         }
         _ => {
             let dx = v::input(names[0], x, space, FLOATS, v::mul("rows*x width", rows, kind.x_width())?, op)?;
             v::same_dtype(names[0], dtype, dx)?;
         }
-    }
-    if let Some(m) = mask {
-        v::input(names[2], m, space, &[DType::U8], rows, op)?;
     }
     Ok(dtype)
 }
@@ -332,33 +363,46 @@ impl Context {
         }
         let mut dims = Vec::with_capacity(uses.len());
         let mut nseg: Option<u64> = None;
-        for u in uses {
+        for (ui, u) in uses.iter().enumerate() {
             check_kind(&u.kind, space)?;
             v::nonzero("t", u.train.t)?;
             let rows = v::mul("n*t", n, u.train.t)?;
             v::fits_i32("n*t", rows)?;
-            let dtype = check_side(&u.kind, &u.train.x, &u.train.b, u.train.mask.as_ref(), rows, space, ["x", "b", "mask"], op)?;
+            let train_field = || format!("uses[{ui}].train");
+            let dtype = check_side(&u.kind, &u.train.x, &u.train.b, u.train.mask.as_ref(), rows, space, ["x", "b", "mask"], &train_field, op)?;
             let mut ptrs = vec![("x", Some(&u.train.x)), ("b", Some(&u.train.b)), ("mask", u.train.mask.as_ref())];
+            let query_field = || format!("uses[{ui}].query");
             let query = match (mode, &u.query) {
-                (Mode::Dot, None) => {
-                    // Allowed only inside a tied group whose other uses give the query (checked
-                    // below): the use then adds its training gradient and nothing on the query side.
-                    let shared = uses.iter().any(|w| w.param == u.param && w.query.is_some());
+                (Mode::Dot, QuerySide::Absent) => {
+                    return Err(GhostError::InvalidField {
+                        what: query_field(),
+                        reason: format!(
+                            "use of param {} has no query side: model_dot needs every use's query factors \
+                             (a non-norm use tied to uses that have them may add its training gradient only: QuerySide::TrainOnly)",
+                            u.param
+                        ),
+                    });
+                }
+                (Mode::Dot, QuerySide::TrainOnly) => {
+                    // Allowed only inside a tied group whose other uses give the query: the use
+                    // then adds its training gradient and nothing on the query side.
+                    let shared = uses.iter().any(|w| w.param == u.param && w.query.factors().is_some());
                     if !shared || matches!(u.kind, LayerKind::Norm { .. }) {
-                        return Err(bad(
-                            "query",
-                            format!(
-                                "use of param {} has no query side (model_dot needs one, except for a non-norm use tied to uses that have one)",
-                                u.param
+                        return Err(GhostError::InvalidField {
+                            what: query_field(),
+                            reason: format!(
+                                "a train-only use needs a non-norm parameter tied to uses with query factors (param {}, {})",
+                                u.param,
+                                u.kind.name()
                             ),
-                        ));
+                        });
                     }
                     None
                 }
-                (Mode::Dot, Some(q)) => {
+                (Mode::Dot, QuerySide::Factors(q)) => {
                     v::nonzero("q", q.q)?;
                     v::fits_i32("q", q.q)?;
-                    let dq = check_side(&u.kind, &q.x, &q.b, q.mask.as_ref(), q.q, space, ["query x", "query b", "query mask"], op)?;
+                    let dq = check_side(&u.kind, &q.x, &q.b, q.mask.as_ref(), q.q, space, ["query x", "query b", "query mask"], &query_field, op)?;
                     v::same_dtype("query b", dtype, dq)?;
                     let qd = vo::segments(q.q, &q.segments, space, op)?;
                     if let Some(prev) = nseg {
@@ -438,7 +482,7 @@ impl Context {
                     let bias = u.kind.has_bias();
                     for &a in &group {
                         for &b in &group {
-                            if mode == Mode::Dot && uses[b].query.is_none() {
+                            if mode == Mode::Dot && uses[b].query.factors().is_none() {
                                 continue; // a tied use without a query side adds nothing there
                             }
                             let both_ids = matches!(uses[a].kind, LayerKind::Embedding { .. })
@@ -582,7 +626,9 @@ impl Context {
 
     /// Train × query inner products of whole-model per-sample gradients:
     /// `out[n, v] = beta·out + scale·Σ_params <G_n, Gq_v>`, `out` f32 `[N, V]` (see
-    /// [`crate::layers`]). Every use needs a query side. Returns how each term was computed.
+    /// [`crate::layers`]). Every use needs query factors, except the explicitly train-only uses
+    /// of a tied parameter ([`QuerySide::TrainOnly`]); an absent one is an error naming the use
+    /// (`uses[3].query`). Returns how each term was computed.
     pub fn model_dot(&self, n: u64, uses: &[LayerUse<'_>], out: &mut TensorMut<'_>, acc: Accumulate, forms: ModelForms) -> Result<Vec<TermChoice>> {
         self.model_call("model_dot", n, uses, out, acc, forms, Mode::Dot)
     }
@@ -625,7 +671,7 @@ impl Context {
     ///
     /// In a tied parameter whose uses mix `x_dot: None` and `Some` (an embedding tied to an LM
     /// head), the `(ẋ, b_val)` pass takes the `None` uses' training gradients with no query of
-    /// their own (see [`LayerUse::query`]).
+    /// their own ([`QuerySide::TrainOnly`]).
     #[allow(clippy::too_many_arguments)]
     pub fn model_ghg(&self, n: u64, uses: &[GhgUse<'_>], eta: f32, out: &mut TensorMut<'_>, acc: Accumulate, forms: ModelForms) -> Result<Vec<TermChoice>> {
         const OP: &str = "model_ghg";
@@ -635,10 +681,10 @@ impl Context {
         let (w0, w1) = (-eta, 0.5 * eta * eta);
         v::finite("eta²/2", w1)?;
         let first: Vec<LayerUse<'_>> =
-            uses.iter().map(|u| LayerUse { param: u.param, kind: u.kind, train: u.train, query: Some(u.val) }).collect();
+            uses.iter().map(|u| LayerUse { param: u.param, kind: u.kind, train: u.train, query: QuerySide::Factors(u.val) }).collect();
         let second_b: Vec<LayerUse<'_>> = uses
             .iter()
-            .map(|u| LayerUse { param: u.param, kind: u.kind, train: u.train, query: Some(UseQuery { b: u.b_dot, ..u.val }) })
+            .map(|u| LayerUse { param: u.param, kind: u.kind, train: u.train, query: QuerySide::Factors(UseQuery { b: u.b_dot, ..u.val }) })
             .collect();
         let second_x: Vec<LayerUse<'_>> = uses
             .iter()
@@ -654,7 +700,11 @@ impl Context {
                     LayerKind::Norm { d, .. } => LayerKind::Norm { d, has_bias: false },
                     k @ LayerKind::Embedding { .. } => k,
                 };
-                Some(LayerUse { param: u.param, kind, train: u.train, query: u.x_dot.map(|x| UseQuery { x, ..u.val }) })
+                let query = match u.x_dot {
+                    Some(x) => QuerySide::Factors(UseQuery { x, ..u.val }),
+                    None => QuerySide::TrainOnly,
+                };
+                Some(LayerUse { param: u.param, kind, train: u.train, query })
             })
             .collect();
         // Everything is validated before anything runs: the (x_val, b_val) uses (the terms and
@@ -706,8 +756,8 @@ impl Context {
                     .iter()
                     .zip(&combs)
                     .map(|(u, c)| {
-                        let q = u.query.expect("validated");
-                        LayerUse { query: Some(UseQuery { b: Tensor::Host(HostSlice::F32(c)), ..q }), ..*u }
+                        let q = *u.query.factors().expect("validated");
+                        LayerUse { query: QuerySide::Factors(UseQuery { b: Tensor::Host(HostSlice::F32(c)), ..q }), ..*u }
                     })
                     .collect();
                 let mut total = fast::model(n as usize, &comb_uses, &dims, &terms, Mode::Dot)?;

@@ -6,7 +6,7 @@
 //! absolute values of all products any algorithm adds up (the tests' rounding bound).
 
 use super::{LayerKind, LayerUse, Mode, WeightLayout};
-use crate::buffer::{HostSlice, Tensor};
+use crate::buffer::{HostIds, Tensor};
 use crate::context::host_u8;
 use crate::error::{GhostError, Result};
 
@@ -19,11 +19,9 @@ pub fn param_len(kind: &LayerKind) -> usize {
     }
 }
 
-fn ids<'a>(t: &Tensor<'a>) -> Result<&'a [i32]> {
-    match t.host("x")? {
-        HostSlice::I32(s) => Ok(s),
-        other => Err(GhostError::UnsupportedDtype { what: "x", dtype: other.dtype(), op: "embedding" }),
-    }
+fn ids<'a>(t: &Tensor<'a>) -> Result<HostIds<'a>> {
+    let h = t.host("x")?;
+    h.ids().ok_or(GhostError::UnsupportedDtype { what: "x", dtype: h.dtype(), op: "embedding" })
 }
 
 /// Adds the gradient of rows `rows` of one use to `g` (the parameter's flattened storage).
@@ -65,7 +63,7 @@ pub fn add_use_grad(
             }
             LayerKind::Embedding { d, .. } => {
                 let d = d as usize;
-                let id = ids(x)?[r] as usize;
+                let id = ids(x)?.get(r) as usize; // kept rows only: validated in [0, vocab)
                 for k in 0..d {
                     g[id * d + k] += f(bh.get_f64(r * d + k));
                 }
@@ -98,9 +96,9 @@ fn grads(n: usize, uses: &[LayerUse<'_>], query: bool, abs: bool) -> Result<Vec<
         seen.push(u.param);
         let len = param_len(&u.kind);
         let mut items: Vec<Vec<f64>> = Vec::new();
-        for w in uses.iter().filter(|w| w.param == u.param && (!query || w.query.is_some())) {
+        for w in uses.iter().filter(|w| w.param == u.param && (!query || w.query.factors().is_some())) {
             let (x, b, mask, ranges) = if query {
-                let q = w.query.as_ref().expect("validated");
+                let q = w.query.factors().expect("validated");
                 let qd = super::vo::segments(q.q, &q.segments, crate::validate::Space::Host, "reference")?;
                 (q.x, q.b, host_u8("query mask", q.mask.as_ref())?, qd.ranges())
             } else {
@@ -108,7 +106,11 @@ fn grads(n: usize, uses: &[LayerUse<'_>], query: bool, abs: bool) -> Result<Vec<
                 (w.train.x, w.train.b, host_u8("mask", w.train.mask.as_ref())?, (0..n).map(|s| (s * t, (s + 1) * t)).collect())
             };
             if items.is_empty() {
-                items = vec![vec![0.0; len]; ranges.len()];
+                // One parameter gradient per sample / segment: [vocab, d] for an embedding, so
+                // this can exceed the inputs by far.
+                let what = format!("the reference gradients of param {} ({} × [{len}] f64)", u.param, ranges.len());
+                crate::alloc::reserve_working_set(&what, (len as u64).saturating_mul(ranges.len() as u64), 8)?;
+                items = (0..ranges.len()).map(|_| crate::alloc::try_vec(&what, len, 0.0)).collect::<Result<_>>()?;
             }
             for (item, &(s, e)) in items.iter_mut().zip(&ranges) {
                 add_use_grad(&w.kind, &x, &b, mask, s..e, abs, item)?;

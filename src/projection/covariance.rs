@@ -121,6 +121,10 @@ impl Context {
                     ProjectInput::Linear(l) => (l.train.a.device("a")?.ptr(), false, l.train.b.device("b")?.ptr(), dev_ptr(l.train.mask.as_ref(), "mask")?),
                     ProjectInput::Embedding(l) => (l.train.ids.device("ids")?.ptr(), true, l.train.b.device("b")?.ptr(), dev_ptr(l.train.mask.as_ref(), "mask")?),
                 };
+                let ids_flags = match &layer {
+                    ProjectInput::Embedding(l) => super::gpu::ids_flag(&l.train.ids),
+                    ProjectInput::Linear(_) => 0,
+                };
                 let a_side = CovSide {
                     x,
                     ids,
@@ -129,7 +133,7 @@ impl Context {
                     p: gp.p_in,
                     key: gp.key_in,
                     scale: gp.scale_in,
-                    flags: gp.flags | if d.has_bias { FLAG_BIAS } else { 0 },
+                    flags: gp.flags | if d.has_bias { FLAG_BIAS } else { 0 } | ids_flags,
                     rows,
                     width: d.d_in,
                     k: k_i,

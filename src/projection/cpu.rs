@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use crate::buffer::HostSlice;
+use crate::buffer::{HostIds, HostSlice};
 use crate::cpu::fast::{gather, matmul};
 use crate::cpu::reference::{materialize, Train};
 use crate::ghost_dot::Accumulate;
@@ -51,8 +51,9 @@ pub(crate) fn sandwich(g: &[f64], di: usize, d_out: usize, p_in: &[f32], p_out: 
 
 /// Host token-id factors of an embedding layer (ids already range-checked for kept tokens).
 pub struct TokenTrain<'a> {
-    /// `[N, T]`, in `[0, vocab)` wherever the mask keeps the token.
-    pub ids: &'a [i32],
+    /// `[N, T]` (i32 or i64), in `[0, vocab)` wherever the mask keeps the token (masked
+    /// tokens' ids are never read).
+    pub ids: HostIds<'a>,
     /// `[N, T, d_out]`.
     pub b: HostSlice<'a>,
     pub mask: Option<&'a [u8]>,
@@ -76,7 +77,7 @@ pub fn kron_project_ids_reference(train: &TokenTrain<'_>, p_in: &[f32], p_out: &
             if train.mask.is_some_and(|m| m[r] == 0) {
                 continue;
             }
-            let x = usize::try_from(train.ids[r]).ok().filter(|&x| x < v).expect("kept ids are validated");
+            let x = usize::try_from(train.ids.get(r)).ok().filter(|&x| x < v).expect("kept ids are validated");
             for o in 0..d_out {
                 let b = train.b.get_f64(r * d_out + o);
                 g[o * v + x] += if abs { b.abs() } else { b };
@@ -101,7 +102,7 @@ pub fn kron_project_ids_fast(train: &TokenTrain<'_>, p_in: &[f32], p_out: &[f32]
         let (b, tb) = gather(train.b, train.mask, rows.clone(), d_out, false, None, &mut sb);
         let mut ap = Vec::with_capacity(tb * k_i);
         for r in rows.filter(|&r| train.mask.map_or(true, |m| m[r] != 0)) {
-            let x = train.ids[r] as usize;
+            let x = train.ids.get(r) as usize;
             debug_assert!(x < v);
             ap.extend((0..k_i).map(|i| p_in[i * v + x]));
         }
@@ -316,8 +317,9 @@ pub fn fisher_fast(g: &GradRows<'_>, k: usize) -> Vec<f64> {
 pub enum CovRows<'a> {
     /// Rows `x [rows, width]`, with a trailing 1 when `ones` (the bias column).
     Dense { x: HostSlice<'a>, width: usize, ones: bool },
-    /// One-hot rows `e_{ids[r]}` of a vocabulary of `vocab` (kept ids validated).
-    Ids { ids: &'a [i32], vocab: usize },
+    /// One-hot rows `e_{ids[r]}` of a vocabulary of `vocab` (kept ids validated, i32 or i64;
+    /// masked rows' ids are never read).
+    Ids { ids: HostIds<'a>, vocab: usize },
 }
 
 impl CovRows<'_> {
@@ -350,7 +352,7 @@ pub fn kfac_cov_reference(x: &CovRows<'_>, mask: Option<&[u8]>, rows: usize, p: 
                         + if ones { f(prow[width] as f64) } else { 0.0 }
                 }
                 CovRows::Ids { ids, vocab } => {
-                    let id = usize::try_from(ids[r]).ok().filter(|&i| i < vocab).expect("kept ids are validated");
+                    let id = usize::try_from(ids.get(r)).ok().filter(|&i| i < vocab).expect("kept ids are validated");
                     f(prow[id] as f64)
                 }
             };
@@ -385,7 +387,7 @@ pub fn kfac_cov_fast(x: &CovRows<'_>, mask: Option<&[u8]>, rows: usize, p: &[f32
                 CovRows::Ids { ids, vocab } => {
                     px = Vec::with_capacity(blk.len() * k);
                     for r in blk.filter(|&r| mask.map_or(true, |m| m[r] != 0)) {
-                        let id = ids[r] as usize;
+                        let id = ids.get(r) as usize;
                         debug_assert!(id < vocab);
                         px.extend((0..k).map(|j| p[j * vocab + id]));
                     }

@@ -94,15 +94,33 @@ pub fn entry(key: u64, row: u32, col: u32, dist: Distribution, scale: f32) -> f3
 
 /// The full `k × d` matrix `which` of `layer` under `seed`, row-major (for inspection and the
 /// CPU backends; GPU kernels generate entries on the fly). For `Which::In` of a layer with a
-/// bias, pass `d = d_in + 1`: the last column projects the bias.
+/// bias, pass `d = d_in + 1`: the last column projects the bias. Panics if the host cannot hold
+/// the matrix; the library itself uses [`try_materialize_projection`].
 pub fn materialize_projection(seed: u64, layer: u32, which: Which, k: u64, d: u64, dist: Distribution) -> Vec<f32> {
+    try_materialize_projection(seed, layer, which, k, d, dist).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`materialize_projection`], with [`GhostError::OutOfMemory`](crate::GhostError::OutOfMemory)
+/// naming the matrix and its size when the host cannot hold it.
+pub fn try_materialize_projection(seed: u64, layer: u32, which: Which, k: u64, d: u64, dist: Distribution) -> crate::Result<Vec<f32>> {
+    let what = format!("the {which:?} projection matrix of layer {layer} ([{k}, {d}] f32)");
+    let len = crate::alloc::host_len(&what, k.saturating_mul(d), 4)?;
+    let mut p = crate::alloc::try_vec(&what, len, 0.0f32)?;
+    fill_projection(seed, layer, which, k, d, dist, &mut p);
+    Ok(p)
+}
+
+/// Writes the matrix of [`materialize_projection`] into `out` (`k·d` long).
+pub(crate) fn fill_projection(seed: u64, layer: u32, which: Which, k: u64, d: u64, dist: Distribution, out: &mut [f32]) {
+    assert_eq!(out.len() as u64, k * d, "out is [k, d]");
+    if d == 0 {
+        return;
+    }
     let key = stream_key(seed, layer, which);
     let scale = entry_scale(k, dist);
-    let mut p = Vec::with_capacity((k * d) as usize);
-    for r in 0..k as u32 {
-        for c in 0..d as u32 {
-            p.push(entry(key, r, c, dist, scale));
+    for (r, row) in out.chunks_exact_mut(d as usize).enumerate() {
+        for (c, x) in row.iter_mut().enumerate() {
+            *x = entry(key, r as u32, c as u32, dist, scale);
         }
     }
-    p
 }

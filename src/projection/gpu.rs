@@ -20,6 +20,17 @@ pub(crate) const FLAG_RADEMACHER: u32 = 4;
 pub(crate) const FLAG_TRANSPOSE: u32 = 8;
 /// Ids kernels: token `t` has id `t` (the ids pointer is not read).
 pub(crate) const FLAG_IOTA: u32 = 16;
+/// `kron_project_ids_*` / `kfac_cov_ids_f32`: the ids are int64 (else int32).
+pub(crate) const FLAG_IDS64: u32 = 32;
+
+/// [`FLAG_IDS64`] for an int64 id buffer, else 0.
+pub(crate) fn ids_flag(ids: &crate::buffer::Tensor<'_>) -> u32 {
+    if ids.dtype() == crate::dtype::DType::I64 {
+        FLAG_IDS64
+    } else {
+        0
+    }
+}
 
 /// Device side of a layer's projection.
 #[derive(Debug, Clone, Copy)]
@@ -41,7 +52,8 @@ pub(crate) struct GpuProjectLayer {
     pub a: u64,
     pub b: u64,
     pub mask: u64,
-    /// `a` holds token ids (i32 `[N, T]`, vocabulary `dims.d_in`): `kron_project_ids_<dt>`.
+    /// `a` holds token ids (i32, or i64 with [`FLAG_IDS64`] in `proj.flags`, `[N, T]`,
+    /// vocabulary `dims.d_in`): `kron_project_ids_<dt>`.
     pub ids: bool,
     pub proj: GpuProjection,
     pub k_i: u64,
@@ -240,7 +252,8 @@ pub(crate) fn syrk_plan_at(x: u64, rows: u64, k: u64, ld: u64, offset: u64, part
 /// One side of a K-FAC covariance: `Σ_{kept r} (P x_r)(P x_r)ᵀ` over `rows = N·T` tokens.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CovSide {
-    /// Rows (`Elem [rows, width]`) or token ids (`i32 [rows]`, vocabulary `width`).
+    /// Rows (`Elem [rows, width]`) or token ids (`i32 [rows]`, or i64 with [`FLAG_IDS64`] in
+    /// `flags`; vocabulary `width`).
     pub x: u64,
     pub ids: bool,
     pub dtype: crate::dtype::DType,

@@ -52,7 +52,7 @@ pub mod precondition;
 use crate::buffer::Tensor;
 use crate::ghost_dot::{LayerShape, TrainFactors};
 
-pub use generator::{materialize_projection, Distribution, Which};
+pub use generator::{materialize_projection, try_materialize_projection, Distribution, Which};
 pub use model::{projected_storage, ParamProjection};
 
 /// Where the projection matrices come from.

@@ -451,7 +451,9 @@ impl Context {
                                     p: pm,
                                     key,
                                     scale,
-                                    flags: gp.flags | if ones { crate::ghost_dot::gpu::FLAG_BIAS } else { 0 },
+                                    flags: gp.flags
+                                        | if ones { crate::ghost_dot::gpu::FLAG_BIAS } else { 0 }
+                                        | if ids { gpu::ids_flag(&tr.x) } else { 0 },
                                     rows: mul("n*t", n, tr.t)?,
                                     width,
                                     k,

@@ -3,13 +3,13 @@
 
 use std::borrow::Cow;
 
-use super::generator::{entry_scale, materialize_projection, stream_key, Distribution, Which};
+use super::generator::{entry_scale, fill_projection, stream_key, try_materialize_projection, Distribution, Which};
 use super::gpu::{self, GpuProjectLayer, GpuProjection, FLAG_RADEMACHER, FLAG_RANDOM};
 use super::{
     cpu, ColumnGroup, EmbeddingLayer, OutColumns, ProjectInput, ProjectLayer, ProjectionKind, ProjectionSpec, ScoreDims, ScoreMode,
     TokenFactors,
 };
-use crate::buffer::{HostSlice, Tensor, TensorMut};
+use crate::buffer::{HostIds, Tensor, TensorMut};
 use crate::context::{cpu_train, dev_ptr, host_f32, host_u8, Backend, Context};
 use crate::dtype::DType;
 use crate::error::{GhostError, Result};
@@ -58,7 +58,7 @@ pub(super) fn check_tokens(space: Space, shape: &LayerShape, tr: &TokenFactors<'
         v::fits_i32("n", tr.n)?;
         v::fits_i32("t", tr.t)?;
     }
-    v::input("ids", &tr.ids, space, &[DType::I32], nt, op)?;
+    v::input("ids", &tr.ids, space, &[DType::I32, DType::I64], nt, op)?;
     let dtype = v::input("b", &tr.b, space, FLOAT_INPUTS, v::mul("n*t*d_out", nt, shape.d_out)?, op)?;
     if let Some(m) = &tr.mask {
         v::input("mask", m, space, &[DType::U8], nt, op)?;
@@ -66,28 +66,21 @@ pub(super) fn check_tokens(space: Space, shape: &LayerShape, tr: &TokenFactors<'
     Ok(TrainDims { n: tr.n, t: tr.t, d_in: shape.d_in, d_out: shape.d_out, has_bias: false, dtype })
 }
 
-/// Host ids of the kept tokens must lie in `[0, vocab)` (masked ids are never read).
-pub(super) fn check_host_ids(ids: &[i32], mask: Option<&[u8]>, t: u64, vocab: u64) -> Result<()> {
-    for (r, &id) in ids.iter().enumerate() {
-        if mask.is_some_and(|m| m[r] == 0) {
-            continue;
-        }
-        if id < 0 || id as u64 >= vocab {
-            let (n, tt) = (r as u64 / t, r as u64 % t);
-            return Err(GhostError::InvalidArgument {
-                what: "ids",
-                reason: format!("ids[{n}, {tt}] = {id} is outside the vocabulary [0, {vocab})"),
-            });
-        }
+/// Host ids (i32 or i64) of the kept tokens must lie in `[0, vocab)` (masked ids are never
+/// read). `what` names the buffer as the caller spells it (`ids`, `uses[2].train.x`).
+pub(super) fn check_host_ids(what: &dyn Fn() -> String, ids: HostIds<'_>, mask: Option<&[u8]>, t: u64, vocab: u64) -> Result<()> {
+    if let Some((r, id)) = ids.first_out_of_range(mask, vocab) {
+        let (n, tt) = (r as u64 / t, r as u64 % t);
+        let what = what();
+        return Err(GhostError::InvalidField { reason: format!("{what}[{n}, {tt}] = {id} is outside the vocabulary [0, {vocab})"), what });
     }
     Ok(())
 }
 
-pub(super) fn host_ids<'a>(t: &Tensor<'a>) -> Result<&'a [i32]> {
-    match t.host("ids")? {
-        HostSlice::I32(s) => Ok(s),
-        other => Err(GhostError::UnsupportedDtype { what: "ids", dtype: other.dtype(), op: "cpu backend" }),
-    }
+/// The host token ids of a validated buffer (i32 or i64).
+pub(super) fn host_ids<'a>(t: &Tensor<'a>) -> Result<HostIds<'a>> {
+    let h = t.host("ids")?;
+    h.ids().ok_or(GhostError::UnsupportedDtype { what: "ids", dtype: h.dtype(), op: "cpu backend" })
 }
 
 /// `(p_in, p_out)` on the host, borrowed or materialized.
@@ -98,8 +91,8 @@ pub(super) type HostMatrices<'a> = (Cow<'a, [f32]>, Cow<'a, [f32]>);
 pub(super) fn host_matrices<'a>(proj: &ProjectionSpec<'a>, di: u64, d_out: u64) -> Result<HostMatrices<'a>> {
     Ok(match &proj.kind {
         ProjectionKind::Random { seed, layer, dist } => (
-            Cow::Owned(materialize_projection(*seed, *layer, Which::In, proj.k_i, di, *dist)),
-            Cow::Owned(materialize_projection(*seed, *layer, Which::Out, proj.k_o, d_out, *dist)),
+            Cow::Owned(try_materialize_projection(*seed, *layer, Which::In, proj.k_i, di, *dist)?),
+            Cow::Owned(try_materialize_projection(*seed, *layer, Which::Out, proj.k_o, d_out, *dist)?),
         ),
         ProjectionKind::Dense { p_in, p_out } => (Cow::Borrowed(host_f32("p_in", p_in)?), Cow::Borrowed(host_f32("p_out", p_out)?)),
     })
@@ -154,7 +147,7 @@ impl Context {
         self.check_proj_ptrs(&l.proj)?;
         self.check_device_ptrs(&[("ids", Some(&l.train.ids)), ("b", Some(&l.train.b)), ("mask", l.train.mask.as_ref())])?;
         if space == Space::Host {
-            check_host_ids(host_ids(&l.train.ids)?, host_u8("mask", l.train.mask.as_ref())?, d.t, d.d_in)?;
+            check_host_ids(&|| "ids".to_string(), host_ids(&l.train.ids)?, host_u8("mask", l.train.mask.as_ref())?, d.t, d.d_in)?;
         }
         Ok(d)
     }
@@ -292,7 +285,7 @@ impl Context {
                 rt.launch(&plan)
             }
             _ => {
-                out.host("out")?.copy_from_slice(&materialize_projection(seed, layer, which, k, d, dist));
+                fill_projection(seed, layer, which, k, d, dist, out.host("out")?);
                 Ok(())
             }
         }
@@ -488,6 +481,10 @@ pub(super) fn gpu_layer(l: &ProjectInput<'_>, dims: TrainDims, proj: GpuProjecti
         ProjectInput::Linear(l) => (l.train.a.device("a")?.ptr(), l.train.b.device("b")?.ptr(), dev_ptr(l.train.mask.as_ref(), "mask")?, false),
         ProjectInput::Embedding(l) => (l.train.ids.device("ids")?.ptr(), l.train.b.device("b")?.ptr(), dev_ptr(l.train.mask.as_ref(), "mask")?, true),
     };
+    let mut proj = proj;
+    if let ProjectInput::Embedding(l) = l {
+        proj.flags |= gpu::ids_flag(&l.train.ids);
+    }
     Ok(GpuProjectLayer { dims, a, b, mask, ids, proj, k_i, k_o, offset })
 }
 

@@ -21,7 +21,8 @@ use faer::linalg::solvers::Solve;
 use faer::{Mat, Side};
 
 use super::cpu::{kfac_cov_reference, CovRows};
-use super::{materialize_projection, ProjectionKind, ProjectionSpec, Which};
+use super::{try_materialize_projection, ProjectionKind, ProjectionSpec, Which};
+use crate::alloc::{reserve_working_set, try_with_capacity};
 use crate::context::{host_f32, host_u8};
 use crate::error::{GhostError, Result};
 use crate::ghost_dot::validate_ops as vo;
@@ -56,6 +57,9 @@ impl RawFisher {
     /// Fits from the projected training gradients `grads [n, k]` (rows `ĝ_n`).
     pub fn fit(grads: &[f32], n: usize, k: usize) -> Result<Self> {
         check_rows("grads", grads.len(), n, k)?;
+        // grads in f64 [n, k], F, F + λI and its Cholesky factor [k, k].
+        let (n64, k64) = (n as u64, k as u64);
+        reserve_working_set(&format!("the raw Fisher fit (grads [{n}, {k}] and three [{k}, {k}] f64 matrices)"), n64.saturating_mul(k64).saturating_add(k64.saturating_mul(k64).saturating_mul(3)), 8)?;
         Self::from_fisher(gram_f64(grads, n, k) * faer::Scale(1.0 / n as f64), k, "grads")
     }
 
@@ -68,6 +72,7 @@ impl RawFisher {
         if n == 0 {
             return Err(GhostError::ZeroSize { what: "n" });
         }
+        reserve_working_set(&format!("the raw Fisher fit (three [{k}, {k}] f64 matrices)"), (k as u64).saturating_mul(k as u64).saturating_mul(3), 8)?;
         let f = Mat::<f64>::from_fn(k, k, |i, j| 0.5 * (sum[i * k + j] as f64 + sum[j * k + i] as f64) / n as f64);
         Self::from_fisher(f, k, "fisher sum")
     }
@@ -99,6 +104,8 @@ impl RawFisher {
     /// `(F + λI)⁻¹ ĝ` for every row of `grads [n, k]`, in f64.
     pub fn apply_f64(&self, grads: &[f32], n: usize) -> Result<Vec<f64>> {
         check_rows("grads", grads.len(), n, self.k)?;
+        let k = self.k;
+        reserve_working_set(&format!("the raw Fisher solve (three [{n}, {k}] f64 matrices)"), (n as u64).saturating_mul(k as u64).saturating_mul(3), 8)?;
         let rhs = Mat::<f64>::from_fn(self.k, n, |c, r| grads[r * self.k + c] as f64);
         let x = self.llt.solve(&rhs);
         Ok((0..n * self.k).map(|i| x[(i % self.k, i / self.k)]).collect())
@@ -143,8 +150,8 @@ impl Kfac {
         }
         let (pi, po): (Vec<f32>, Vec<f32>) = match &proj.kind {
             ProjectionKind::Random { seed, layer, dist } => (
-                materialize_projection(*seed, *layer, Which::In, proj.k_i, di as u64, *dist),
-                materialize_projection(*seed, *layer, Which::Out, proj.k_o, d.d_out, *dist),
+                try_materialize_projection(*seed, *layer, Which::In, proj.k_i, di as u64, *dist)?,
+                try_materialize_projection(*seed, *layer, Which::Out, proj.k_o, d.d_out, *dist)?,
             ),
             ProjectionKind::Dense { p_in, p_out } => {
                 let (a, b) = (host_f32("p_in", p_in)?, host_f32("p_out", p_out)?);
@@ -171,6 +178,12 @@ impl Kfac {
     pub fn from_covariances(c_a: &[f64], k_i: usize, c_b: &[f64], k_o: usize) -> Result<Self> {
         check_rows("c_a", c_a.len(), k_i, k_i)?;
         check_rows("c_b", c_b.len(), k_o, k_o)?;
+        let sq = |k: usize| (k as u64).saturating_mul(k as u64);
+        reserve_working_set(
+            &format!("the K-FAC eigendecompositions (four [{k_i}, {k_i}] and four [{k_o}, {k_o}] f64 matrices)"),
+            sq(k_i).saturating_add(sq(k_o)).saturating_mul(4),
+            8,
+        )?;
         let evd = |c: &[f64], k: usize, what: &'static str| -> Result<(Mat<f64>, Vec<f64>)> {
             let e = mat_of(c, k)
                 .self_adjoint_eigen(Side::Lower)
@@ -276,7 +289,7 @@ impl Kfac {
     pub fn apply_f64(&self, grads: &[f32], n: usize) -> Result<Vec<f64>> {
         let k = self.k_o * self.k_i;
         check_rows("grads", grads.len(), n, k)?;
-        let mut out = Vec::with_capacity(n * k);
+        let mut out = try_with_capacity(&format!("the preconditioned gradients ([{n}, {k}] f64)"), n * k)?;
         for g in grads.chunks_exact(k) {
             let r = self.rotate(g);
             let d = Mat::<f64>::from_fn(self.k_o, self.k_i, |o, i| r[(o, i)] / (self.scale[o * self.k_i + i] + self.lambda));

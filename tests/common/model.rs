@@ -6,13 +6,15 @@
 #![allow(dead_code)]
 
 use super::{nonzero_gaussian, random_mask, Buf, TestRng};
-use ghostgrad::{DType, LayerKind, LayerUse, Segments, Tensor, UseQuery, UseTrain, WeightLayout};
+use ghostgrad::{DType, LayerKind, LayerUse, QuerySide, Segments, Tensor, UseQuery, UseTrain, WeightLayout};
 use rand::Rng;
 
 /// `x` of a use: ids or a float buffer.
 #[derive(Debug, Clone)]
 pub enum XBuf {
     Ids(Vec<i32>),
+    /// The same ids in int64 (torch's default), for the tests of both widths.
+    Ids64(Vec<i64>),
     Float(Buf),
 }
 
@@ -20,6 +22,7 @@ impl XBuf {
     pub fn tensor(&self) -> Tensor<'_> {
         match self {
             XBuf::Ids(v) => Tensor::from(v.as_slice()),
+            XBuf::Ids64(v) => Tensor::from(v.as_slice()),
             XBuf::Float(b) => b.tensor(),
         }
     }
@@ -128,7 +131,7 @@ impl UseData {
                 t: self.t as u64,
                 mask: self.train.mask.as_deref().map(Tensor::from),
             },
-            query: Some(UseQuery {
+            query: QuerySide::Factors(UseQuery {
                 x: self.query.x.tensor(),
                 b: self.query.b.tensor(),
                 q: self.query.rows as u64,

@@ -5,7 +5,7 @@
 use super::model::{ModelData, SideData, XBuf};
 use super::Buf;
 use ghostgrad::runtime::interp::{InterpBuffer, InterpRuntime};
-use ghostgrad::{DType, LayerUse, Segments, UseQuery, UseTrain};
+use ghostgrad::{DType, LayerUse, QuerySide, Segments, UseQuery, UseTrain};
 use ptx_interp::Options;
 use std::sync::Arc;
 
@@ -29,6 +29,7 @@ pub fn up_buf(rt: &InterpRuntime, b: &Buf) -> InterpBuffer {
 pub fn up_x(rt: &InterpRuntime, x: &XBuf) -> InterpBuffer {
     match x {
         XBuf::Ids(v) => rt.upload(v, DType::I32).unwrap(),
+        XBuf::Ids64(v) => rt.upload(v, DType::I64).unwrap(),
         XBuf::Float(b) => up_buf(rt, b),
     }
 }
@@ -69,7 +70,7 @@ pub fn dev_uses<'a>(m: &ModelData, d: &'a [DevUse]) -> Vec<LayerUse<'a>> {
                 t: u.t as u64,
                 mask: du.train.mask.as_ref().map(|m| m.view().into()),
             },
-            query: Some(UseQuery {
+            query: QuerySide::Factors(UseQuery {
                 x: du.query.x.view().into(),
                 b: du.query.b.view().into(),
                 q: u.query.rows as u64,
