@@ -46,8 +46,17 @@ else
   status=1
 fi
 
-read -r passed failed ignored < <(grep -E '^test result:' "$log" | awk '
-  { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) g += $i } }
+# The Python package: the shared venv, this checkout's wheel (dev profile: reuses the test
+# build above) under target/python, then its pytest suite (its summary line is counted below).
+py_start=$SECONDS
+run bash scripts/setup-python.sh
+run env GHOSTGRAD_PY_PROFILE=dev bash scripts/build-python.sh
+run env PYTHONPATH="$root/target/python" .toolchain/venv/bin/python -m pytest -q -p no:cacheprovider python/tests
+echo "python: wheel + tests took $((SECONDS - py_start)) s" | tee -a "$log"
+
+# cargo's "test result:" lines and pytest's "N passed, M failed, K skipped in T s" line.
+read -r passed failed ignored < <(grep -E '^test result:|^=* ?[0-9]+ (passed|failed)' "$log" | tr -d '=,' | awk '
+  { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^(ignored|skipped)/) g += $i } }
   END { print p+0, f+0, g+0 }')
 echo
 echo "summary: ${passed} passed, ${failed} failed, ${ignored} skipped"
