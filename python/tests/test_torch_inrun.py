@@ -260,3 +260,81 @@ def test_attaching_changes_no_training_result_bitwise():
     lb, pb = run(True)
     assert torch.equal(la, lb)
     assert all(torch.equal(a, b) for a, b in zip(pa, pb))
+
+
+@pytest.mark.parametrize("which", ["gpt2", "conv"])
+def test_validation_factors_and_their_jvp_give_g_val_and_hvp(which):
+    """The factored validation side (for ghostgrad.model_ghg): Σ_uses b_valᵀx_val is the
+    validation gradient and Σ_uses ḃᵀx_val + b_valᵀẋ (bias only in the first) is H_val v, against
+    autograd's gradient and torch.func's jvp-of-grad HVP, float64."""
+    from ghostgrad.torch.attach import attach as attach_
+    from ghostgrad.torch.valfactors import dense_from_factors, validation_factors
+
+    torch.manual_seed(6)
+    if which == "gpt2":
+        model = tiny_gpt2(seed=6)
+        val = torch.randint(0, 97, (3, 9))
+        loss_of = lambda fn: lm_loss(fn(input_ids=val).logits, val)
+    else:
+        model = ConvNet().double()
+        xv, yv = torch.randn(3, 2, 6, 7, dtype=torch.float64), torch.randint(0, 4, (3,))
+        loss_of = lambda fn: F.cross_entropy(fn(xv), yv)
+    att = attach_(model)
+    v = [torch.randn_like(p.tensor) for p in att.params]
+    loss, g_val, vals = validation_factors(att, lambda: loss_of(model), v)
+    g_f = [torch.zeros_like(p.tensor) for p in att.params]
+    h_f = [torch.zeros_like(p.tensor) for p in att.params]
+    for vu in vals:
+        use = att.uses[vu.use]
+        bi = use.bias.index if use.bias is not None else None
+        dense_from_factors(use, vu.x, vu.b, g_f[use.weight.index], None if bi is None else g_f[bi])
+        dense_from_factors(use, vu.x, vu.b_dot, h_f[use.weight.index], None if bi is None else h_f[bi])
+        if vu.x_dot is not None:
+            dense_from_factors(use, vu.x_dot, vu.b, h_f[use.weight.index], None)
+    names = [p.name for p in att.params]
+    g_ref, hv_ref = val_grad_and_hvp(model, names, loss_of, dict(zip(names, v)))
+    for i, k in enumerate(names):
+        check_close(g_f[i], g_ref[k], 1e-10)
+        check_close(g_val[i], g_ref[k], 1e-10)
+        check_close(h_f[i], hv_ref[k], 1e-9)
+
+
+def _native_built():
+    try:
+        import ghostgrad._native  # noqa: F401  (the PyO3 module of issue 12, built by scripts/build-python.sh)
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not _native_built(), reason="ghostgrad's native module is not built (scripts/build-python.sh)")
+@pytest.mark.parametrize("which", ["gpt2", "rms"])
+def test_ghostgrad_engine_matches_torch_engine(which):
+    """engine='ghostgrad' (model_dot + model_ghg on the factored validation side) against the
+    torch engine, which the tests above check against torch.func; f32 factors."""
+    vals = {}
+    for engine in ("torch", "ghostgrad"):
+        torch.manual_seed(7)
+        if which == "gpt2":
+            model = tiny_gpt2(seed=7)
+            ids = torch.randint(0, 97, (5, 10))
+            attn = (torch.arange(10)[None] < torch.tensor([10, 6, 8, 3, 10])[:, None]).long()
+            labels = torch.where(attn.bool(), ids, -100)
+            val = torch.randint(0, 97, (2, 8))
+            train_loss = lambda: lm_loss(model(input_ids=ids, attention_mask=attn).logits, labels)
+            val_loss = lambda: lm_loss(model(input_ids=val).logits, val)
+            mask = causal_lm_token_mask(labels, attn)
+        else:
+            model = RMSMLP().double()
+            x, y = torch.randn(5, 4, 7, dtype=torch.float64), torch.randint(0, 5, (5, 4))
+            xv, yv = torch.randn(3, 7, dtype=torch.float64), torch.randint(0, 5, (3,))
+            train_loss = lambda: F.cross_entropy(model(x).transpose(1, 2), y)
+            val_loss = lambda: F.cross_entropy(model(xv), yv)
+            mask = None
+        opt = torch.optim.SGD(model.parameters(), lr=0.4, weight_decay=0.01)
+        sh = InRunShapley(model, opt, num_samples=5, engine=engine)
+        with sh.record(torch.arange(5), token_mask=mask):
+            train_loss().backward()
+        vals[engine] = sh.value_step(val_loss)
+    check_close(vals["ghostgrad"][:, 0], vals["torch"][:, 0], 1e-4)
+    check_close(vals["ghostgrad"][:, 1], vals["torch"][:, 1], 1e-3)

@@ -81,6 +81,7 @@ class Captured:
     x: torch.Tensor
     b: Optional[torch.Tensor] = None
     mask: Optional[torch.Tensor] = None
+    output: Optional[torch.Tensor] = None  # differentiable capture only: the module's output
 
 
 def _kind(module: nn.Module) -> Optional[str]:
@@ -178,6 +179,7 @@ class Attached:
         view, same values), so that its output gradient is per sample."""
         self.token_mask = None if token_mask is None else token_mask.bool()
         self.batch_size = batch_size
+        self.differentiable = False
         if not self._handles:
             seen = set()
             for u in self.uses:
@@ -185,6 +187,12 @@ class Attached:
                     continue
                 seen.add(id(u.module))
                 self._handles.append(u.module.register_forward_hook(self._forward_hook))
+
+    def start_differentiable(self) -> None:
+        """Capture inputs and outputs with their graph (no output-gradient hooks): for the
+        validation pass, whose factors are differentiated again (see :mod:`.valfactors`)."""
+        self.start(None, None)
+        self.differentiable = True
 
     def stop(self) -> None:
         for h in self._handles:
@@ -220,7 +228,7 @@ class Attached:
             x = x.expand(n_batch, *x.shape[1:]).contiguous()
         for use in self._uses_by_module[id(module)]:
             idx = self._use_index[id(use)]
-            cap = _capture_input(use, x)
+            cap = _capture_input(use, x, keep_graph=self.differentiable)
             n, t = cap.x.shape[0], cap.x.shape[1]
             if use.kind != "conv":
                 cap.mask = self._mask_for(n, t, x.device)
@@ -229,6 +237,9 @@ class Attached:
                 cap.mask = keep if cap.mask is None else cap.mask & keep
             self.captured.setdefault(idx, []).append(cap)
             out_shape = (n, t, -1)
+            if self.differentiable:
+                cap.output = output
+                continue
 
             def grad_hook(g, cap=cap, kind=use.kind, out_shape=out_shape):
                 g = g.detach()
@@ -241,9 +252,9 @@ class Attached:
         return output
 
 
-def _capture_input(use: Use, x: torch.Tensor) -> Captured:
+def _capture_input(use: Use, x: torch.Tensor, keep_graph: bool = False) -> Captured:
     m = use.module
-    x = x.detach()
+    x = x if keep_graph else x.detach()
     if use.kind in ("linear", "linear_inout"):
         return Captured(x.reshape(x.shape[0], -1, x.shape[-1]) if x.dim() > 1 else x.reshape(1, 1, -1))
     if use.kind == "embedding":

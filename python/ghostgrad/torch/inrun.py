@@ -127,11 +127,14 @@ class InRunShapley:
     """
 
     def __init__(self, model: torch.nn.Module, optimizer=None, num_samples: int = 0, *, lr: Optional[float] = None,
-                 second_order: bool = True, ignore: Iterable[str] = (), device=None, dtype=None):
+                 second_order: bool = True, ignore: Iterable[str] = (), device=None, dtype=None, engine: str = "torch"):
         if optimizer is None and lr is None:
             raise ValueError("optimizer: give a torch.optim.SGD optimizer, or lr= for a hand-written SGD step")
         if num_samples <= 0:
             raise ValueError(f"num_samples must be positive, got {num_samples}")
+        if engine not in ("torch", "ghostgrad"):
+            raise ValueError(f"engine must be 'torch' or 'ghostgrad', got {engine!r}")
+        self.engine = engine
         self.model = model
         self.optimizer = optimizer
         self.lr = lr
@@ -206,6 +209,8 @@ class InRunShapley:
         accumulators and returns this step's ``[rows, 2]`` (first order, second order)."""
         if not self._micro:
             raise RuntimeError("value_step: nothing recorded since the last step (use `with shapley.record(ids): ...`)")
+        if self.engine == "ghostgrad":
+            return self._value_step_native(val_loss)
         m1, m2 = self.queries(val_loss)
         att = self.attached
         per_param = []
@@ -229,12 +234,38 @@ class InRunShapley:
             all_ids.append(ids)
             all_vals.append(total)
         self._micro = []
-        ids = torch.cat(all_ids)
-        vals = torch.cat(all_vals)
+        return self._accumulate(torch.cat(all_ids), torch.cat(all_vals), k)
+
+    def _accumulate(self, ids, vals, k):
         self.values_first.index_add_(0, ids, vals[:, 0])
         if k == 2:
             self.values_second.index_add_(0, ids, vals[:, 1])
         else:
-            vals = torch.cat([vals, torch.zeros_like(vals)], 1)
+            vals = torch.cat([vals[:, :1], torch.zeros_like(vals[:, :1])], 1)
         self.last_step = (ids, vals[:, 0], vals[:, 1])
         return vals
+
+    def _value_step_native(self, val_loss):
+        """engine='ghostgrad': factored validation side + ghostgrad.model_dot / model_ghg."""
+        from .native_engine import native_step
+        from .valfactors import validation_factors
+
+        groups = self._groups()
+        lws = {groups[id(p.tensor)] for p in self.attached.params}
+        lrs = {lr for lr, _ in lws}
+        if len(lrs) != 1:
+            raise ValueError(f"engine='ghostgrad' takes one learning rate for all covered parameters, got {sorted(lrs)}")
+        lr = lrs.pop()
+        v = []
+        for p in self.attached.params:
+            grad = p.tensor.grad if p.tensor.grad is not None else torch.zeros_like(p.tensor)
+            wd = groups[id(p.tensor)][1]
+            v.append((grad + 2 * wd * p.tensor.detach()) if wd else grad)
+        _, _, vals = validation_factors(self.attached, val_loss, v)
+        all_ids, all_vals = [], []
+        for ids, captured in self._micro:
+            first, second = native_step(self.attached, captured, vals, lr, self.second_order)
+            all_ids.append(ids)
+            all_vals.append(torch.stack([first, second], 1).to(torch.float64).to(self.values_first.device))
+        self._micro = []
+        return self._accumulate(torch.cat(all_ids), torch.cat(all_vals), 2 if self.second_order else 1)
