@@ -9,7 +9,8 @@ module                 ``x`` (per row)                  ``b`` (per row)         
 =====================  ===============================  ==============================  =========
 ``nn.Linear``          input ``[.., d_in]``             ``[.., d_out]``                 linear (W ``[d_out, d_in]``)
 HF ``Conv1D``          input ``[.., d_in]``             ``[.., d_out]``                 linear_inout (W ``[d_in, d_out]``)
-``nn.Conv1d/2d``       ``F.unfold`` patches             ``grad_out.flatten(2)ᵀ``        linear (W viewed ``[C_out, -1]``)
+``nn.Conv1d/2d``       the input (``F.unfold`` patches  ``grad_out [N, C_out, ..]``       conv (W viewed ``[C_out, -1]``)
+                       for the validation side)
 ``nn.Embedding``       token ids                        ``[.., d]``                     embedding (table ``[vocab, d]``)
 ``nn.LayerNorm``,      ``x̂`` (normalized input, before  ``[.., d]``                     norm (γ, β ``[d]``)
 ``nn.RMSNorm``         γ and β, recomputed from the
@@ -229,7 +230,7 @@ class Attached:
         for use in self._uses_by_module[id(module)]:
             idx = self._use_index[id(use)]
             cap = _capture_input(use, x, keep_graph=self.differentiable)
-            n, t = cap.x.shape[0], cap.x.shape[1]
+            n, t = cap.x.shape[0], (cap.x.shape[1] if use.kind != "conv" or self.differentiable else -1)
             if use.kind != "conv":
                 cap.mask = self._mask_for(n, t, x.device)
             if use.kind == "embedding" and module.padding_idx is not None:
@@ -243,9 +244,7 @@ class Attached:
 
             def grad_hook(g, cap=cap, kind=use.kind, out_shape=out_shape):
                 g = g.detach()
-                if kind == "conv":
-                    g = g.flatten(2).transpose(1, 2)
-                cap.b = g.reshape(out_shape)
+                cap.b = g if kind == "conv" else g.reshape(out_shape)  # conv: [N, C_out, *spatial]
                 return None
 
             output.register_hook(grad_hook)
@@ -260,15 +259,11 @@ def _capture_input(use: Use, x: torch.Tensor, keep_graph: bool = False) -> Captu
     if use.kind == "embedding":
         return Captured(x.reshape(x.shape[0], -1) if x.dim() > 1 else x.reshape(1, -1))
     if use.kind == "conv":
-        if isinstance(m, nn.Conv1d):
-            if x.dim() == 2:
-                x = x.unsqueeze(0)
-            patches = F.unfold(x.unsqueeze(-2), (1, m.kernel_size[0]), dilation=(1, m.dilation[0]), padding=(0, m.padding[0]), stride=(1, m.stride[0]))
-        else:
-            if x.dim() == 3:
-                x = x.unsqueeze(0)
-            patches = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
-        return Captured(patches.transpose(1, 2))
+        if x.dim() == m.weight.dim() - 1:  # unbatched input
+            x = x.unsqueeze(0)
+        # training side: the raw input (the torch engine convolves it with the query kernel,
+        # far cheaper than im2col); the differentiable validation side: unfolded patches
+        return Captured(conv_patches(m, x) if keep_graph else x)
     # norms: x̂ over normalized_shape, recomputed with the module's eps (f32 or wider)
     shape = tuple(m.normalized_shape)
     dims = tuple(range(-len(shape), 0))
@@ -284,6 +279,15 @@ def _capture_input(use: Use, x: torch.Tensor, keep_graph: bool = False) -> Captu
     lead = xhat.shape[: xhat.dim() - len(shape)]
     xhat = xhat.reshape(*lead, d)
     return Captured(xhat.reshape(xhat.shape[0], -1, d) if xhat.dim() > 1 else xhat.reshape(1, 1, d))
+
+
+def conv_patches(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``F.unfold`` patches of a Conv1d/2d input, ``[N, H_out·W_out, C_in·k_h·k_w]``."""
+    if isinstance(m, nn.Conv1d):
+        p = F.unfold(x.unsqueeze(-2), (1, m.kernel_size[0]), dilation=(1, m.dilation[0]), padding=(0, m.padding[0]), stride=(1, m.stride[0]))
+    else:
+        p = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
+    return p.transpose(1, 2)
 
 
 def attach(model: nn.Module, ignore: Iterable[str] = ()) -> Attached:

@@ -1,9 +1,13 @@
 """In-Run Data Shapley (MATH.md §2) inside an ordinary PyTorch training loop.
 
-Per optimizer step with SGD, training sample n gets
+Per optimizer step with SGD, training sample n gets the value
 
-    φ_n = Σ_p lr_p · ( −<Ĝ_n^p, g_val^p>  +  ½ <Ĝ_n^p, (H_val u)^p> ),
+    value_n = −φ_n,   φ_n = Σ_p lr_p · ( −<Ĝ_n^p, g_val^p>  +  ½ <Ĝ_n^p, (H_val u)^p> ),
     u_p = lr_p · (grad_p + 2 λ_p w_p)
+
+``φ_n`` (MATH.md §2, what ``ghostgrad.model_ghg`` returns) is sample n's share of the change of
+the validation loss over the step, to second order; the value is its share of the *decrease*
+(the In-Run paper's utility): positive = the sample helped, negative = it hurt.
 
 where ``Ĝ_n^p`` is sample n's share of ``p.grad`` (the per-sample gradient of the loss the caller
 back-propagated, whatever its reduction), ``grad_p`` the accumulated ``p.grad`` of the step,
@@ -88,11 +92,13 @@ def dense_query_dot(use: Use, cap: Captured, mw: Optional[torch.Tensor], mb: Opt
     ``Σ_t b_tᵀ M a_t`` (Linear, conv), ``Σ_t a_tᵀ M b_t`` (Conv1D), ``Σ_t b_t·M[id_t]``
     (embedding), ``Σ_t (b_t ⊙ x̂_t)·m_γ + b_t·m_β`` (norm). Returns ``[N, K]`` in the query dtype."""
     dtype = mw.dtype if mw is not None else mb.dtype
+    if use.kind == "conv":
+        return _conv_query_dot(use, cap, mw, mb, dtype)
     n, t, x, b = _flat_rows(cap, use, dtype)
     k = (mw if mw is not None else mb).shape[0]
     rows = torch.zeros(n * t, k, dtype=dtype, device=b.device)
     if mw is not None:
-        if use.kind in ("linear", "conv"):
+        if use.kind == "linear":
             d_out = mw.shape[1]
             m = mw.reshape(k, d_out, -1)  # [K, d_out, d_in]
             y = x @ m.permute(2, 0, 1).reshape(m.shape[2], k * d_out)  # [rows, K·d_out]
@@ -111,9 +117,31 @@ def dense_query_dot(use: Use, cap: Captured, mw: Optional[torch.Tensor], mb: Opt
     return rows.view(n, t, k).sum(1)
 
 
+def _conv_query_dot(use: Use, cap: Captured, mw, mb, dtype) -> torch.Tensor:
+    """Convolution: ``<G_n, M> = Σ grad_out_n ⊙ conv(x_n, M)`` (no bias in the conv), the K
+    query kernels stacked as K·C_out output channels: the same algebra as ``Σ_t b_tᵀ M a_t`` on
+    unfolded patches without forming them."""
+    m, x, b = use.module, cap.x.to(dtype), cap.b.to(dtype)
+    if b is None:
+        raise RuntimeError(f"module '{use.name}': its output received no gradient in this micro-batch")
+    n, c_out = b.shape[0], b.shape[1]
+    k = (mw if mw is not None else mb).shape[0]
+    out = torch.zeros(n, k, dtype=dtype, device=b.device)
+    bf = b.reshape(n, 1, c_out, -1)
+    if mw is not None:
+        w = mw.reshape(k * c_out, *mw.shape[2:])
+        conv = torch.nn.functional.conv1d if isinstance(m, torch.nn.Conv1d) else torch.nn.functional.conv2d
+        y = conv(x, w, None, m.stride, m.padding, m.dilation)
+        out += (y.reshape(n, k, c_out, -1) * bf).sum((2, 3))
+    if mb is not None:
+        out += bf.sum(3)[:, 0] @ mb.reshape(k, -1).T
+    return out
+
+
 class InRunShapley:
-    """In-Run Data Shapley values of every training sample, accumulated in float64 by the
-    caller's global sample ids (ids may repeat across epochs).
+    """In-Run Data Shapley values of every training sample (share of the decrease of the
+    validation loss; positive = helpful), accumulated in float64 by the caller's global sample
+    ids (ids may repeat across epochs).
 
     ``values_first`` holds the first-order sums, ``values_second`` the second-order ones,
     ``values`` their sum. Use::
@@ -175,7 +203,7 @@ class InRunShapley:
         return {id(p.tensor): (float(self.lr), 0.0) for p in self.attached.params}
 
     def queries(self, val_loss: Callable[[], torch.Tensor]):
-        """Dense per-parameter queries ``M1 = −lr·g_val`` and ``M2 = ½·lr·H_val u`` (None without
+        """Dense per-parameter queries ``M1 = lr·g_val`` and ``M2 = −½·lr·H_val u`` (None without
         second order), from one validation forward and the double-backward HVP."""
         params = [p.tensor for p in self.attached.params]
         groups = self._groups()
@@ -187,7 +215,7 @@ class InRunShapley:
         loss = val_loss()
         g = torch.autograd.grad(loss, params, create_graph=self.second_order, allow_unused=True)
         g = [torch.zeros_like(p) if gi is None else gi for p, gi in zip(params, g)]
-        m1 = [(-lr) * gi.detach() for (lr, _), gi in zip(lw, g)]
+        m1 = [lr * gi.detach() for (lr, _), gi in zip(lw, g)]  # value = −φ: +lr·<Ĝ, g_val>
         if not self.second_order:
             return m1, None
         u = []
@@ -199,7 +227,7 @@ class InRunShapley:
         if needs:
             h = torch.autograd.grad([g[i] for i in needs], params, grad_outputs=[u[i] for i in needs], allow_unused=True)
             hu = [torch.zeros_like(p) if hi is None else hi for p, hi in zip(params, h)]
-        m2 = [(0.5 * lr) * hi.detach() for (lr, _), hi in zip(lw, hu)]
+        m2 = [(-0.5 * lr) * hi.detach() for (lr, _), hi in zip(lw, hu)]  # −½·lr·<Ĝ, H_val u>
         return m1, m2
 
     def value_step(self, val_loss: Callable[[], torch.Tensor]) -> torch.Tensor:

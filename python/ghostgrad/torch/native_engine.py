@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from .attach import Attached, Captured, Use
+from .attach import Attached, Captured, Use, conv_patches
 from .valfactors import ValUse
 
 
@@ -53,25 +53,28 @@ def pair_uses(att: Attached, captured: dict[int, list[Captured]], vals: Sequence
 
 
 def native_step(att: Attached, captured, vals: Sequence[ValUse], lr: float, second_order: bool):
-    """``(first [N], second [N])`` f32 for one micro-batch: ``first = −lr·<Ĝ_n, g_val>`` by
-    ``model_dot``, ``second = model_ghg(η = lr) − first`` (zeros without second order)."""
+    """``(first [N], second [N])`` f32 values (= −φ) for one micro-batch: ``first = lr·<Ĝ_n, g_val>``
+    by ``model_dot``, ``second = −model_ghg(η = lr) − first`` (zeros without second order)."""
     import ghostgrad as gg
 
     dot_uses, ghg_uses = [], []
     for ui, cap, vu in pair_uses(att, captured, vals):
         use = att.uses[ui]
         key = use.weight.index
-        kind = _kind(gg, use, cap.x, cap.b)
-        x = cap.x if use.kind == "embedding" else _f(cap.x)
-        train = gg.Factors(x=x, b=_f(cap.b), mask=cap.mask)
+        cx, cb = cap.x, cap.b
+        if use.kind == "conv":  # the training side keeps the raw input: unfold it here
+            cx, cb = conv_patches(use.module, cx), cb.flatten(2).transpose(1, 2)
+        kind = _kind(gg, use, cx, cb)
+        x = cx if use.kind == "embedding" else _f(cx)
+        train = gg.Factors(x=x, b=_f(cb), mask=cap.mask)
         vx = vu.x if use.kind == "embedding" else _f(vu.x)
         val = gg.Factors(x=vx, b=_f(vu.b), segments="single")
         dot_uses.append(gg.LayerUse(kind=kind, param=key, train=train, query=val, name=use.name))
         if second_order:
             ghg_uses.append(gg.GhgUse(kind=kind, param=key, train=train, val=val, b_dot=_f(vu.b_dot),
                                       x_dot=_f(vu.x_dot), name=use.name))
-    first = gg.model_dot(dot_uses, scale=-lr).out.reshape(-1)
+    first = gg.model_dot(dot_uses, scale=lr).out.reshape(-1)
     if not second_order:
         return first, torch.zeros_like(first)
-    total = gg.model_ghg(ghg_uses, lr).out.reshape(-1)
+    total = -gg.model_ghg(ghg_uses, lr).out.reshape(-1)
     return first, total - first

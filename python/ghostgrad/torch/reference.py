@@ -53,8 +53,8 @@ def val_grad_and_hvp(model: torch.nn.Module, names: Sequence[str], val_loss: Cal
 
 def inrun_values(per_sample: dict[str, torch.Tensor], g: dict[str, torch.Tensor], hu: dict[str, torch.Tensor],
                  lr: dict[str, float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """First- and second-order In-Run values ``[N]`` each: ``Σ_p lr_p·(−<G_n^p, g^p>)`` and
-    ``Σ_p lr_p·½<G_n^p, (H u)^p>``."""
-    first = sum(-lr[k] * (per_sample[k].flatten(1) @ g[k].flatten()) for k in per_sample)
-    second = sum(0.5 * lr[k] * (per_sample[k].flatten(1) @ hu[k].flatten()) for k in per_sample)
+    """First- and second-order In-Run values ``[N]`` each (= −φ of MATH.md §2: the share of the
+    validation loss's decrease): ``Σ_p lr_p·<G_n^p, g^p>`` and ``−Σ_p lr_p·½<G_n^p, (H u)^p>``."""
+    first = sum(lr[k] * (per_sample[k].flatten(1) @ g[k].flatten()) for k in per_sample)
+    second = sum(-0.5 * lr[k] * (per_sample[k].flatten(1) @ hu[k].flatten()) for k in per_sample)
     return first, second
