@@ -338,3 +338,31 @@ def test_ghostgrad_engine_matches_torch_engine(which):
         vals[engine] = sh.value_step(val_loss)
     check_close(vals["ghostgrad"][:, 0], vals["torch"][:, 0], 1e-4)
     check_close(vals["ghostgrad"][:, 1], vals["torch"][:, 1], 1e-3)
+
+
+@pytest.mark.parametrize("form", ["gram", "dense", "auto"])
+def test_first_order_only_gram_and_dense_forms_match_torch_func(form):
+    """second_order=False: the Gram form (validation rows captured in the validation pass) and
+    the dense-query form give the reference's first-order values; masked rows NaN-poisoned."""
+    torch.manual_seed(8)
+    model = RMSMLP().double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    n, t = 6, 5
+    x, y = torch.randn(n, t, 7, dtype=torch.float64), torch.randint(0, 5, (n, t))
+    mask = torch.rand(n, t) > 0.3
+    xv, yv = torch.randn(2, 3, 7, dtype=torch.float64), torch.randint(0, 5, (2, 3))
+    sh = InRunShapley(model, opt, num_samples=n, second_order=False, first_order_form=form)
+    with sh.record(torch.arange(n), token_mask=mask):
+        (F.cross_entropy(model(x).transpose(1, 2), y, reduction="none") * mask).sum().backward()
+    poison_masked(sh)
+    step = sh.value_step(lambda: F.cross_entropy(model(xv).transpose(1, 2), yv))
+    gram = sh._gram_queries({p.index: p.tensor for p in sh.attached.params})
+    if form == "gram":
+        assert len(gram) == 3  # inp, mid (two modules, one tied weight), out: all in the Gram form
+    names = [k for k, _ in model.named_parameters()]
+    G = per_sample_grads(model, names, lambda fn, xn, yn, mn: (F.cross_entropy(fn(xn).transpose(1, 2), yn, reduction="none") * mn).sum(),
+                         [x, y, mask.double()])
+    gv, _ = val_grad_and_hvp(model, names, lambda fn: F.cross_entropy(fn(xv).transpose(1, 2), yv), {k: torch.zeros_like(G[k][0]) for k in names})
+    first, _ = inrun_values(G, gv, gv, {k: 0.3 for k in names})
+    check_close(step[:, 0], first, 1e-10)
+    assert (step[:, 1] == 0).all()

@@ -138,6 +138,17 @@ def _conv_query_dot(use: Use, cap: Captured, mw, mb, dtype) -> torch.Tensor:
     return out
 
 
+def _gram_dot(use: Use, cap: Captured, av: torch.Tensor, bv: torch.Tensor) -> torch.Tensor:
+    """``s[n] = Σ_t Σ_u (a_t·a_u)(b_t·b_u)`` (two score matrices, MATH.md §1 Gram form); ``av``
+    carries the bias column of ones when the layer has a bias."""
+    n, t, x, b = _flat_rows(cap, use, av.dtype)
+    if av.shape[1] == x.shape[1] + 1:
+        x = torch.cat([x, torch.ones_like(x[:, :1])], 1)
+        if cap.mask is not None:
+            x[:, -1] = cap.mask.reshape(-1).to(x.dtype)
+    return ((x @ av.T) * (b @ bv.T)).sum(1).view(n, t).sum(1)
+
+
 class InRunShapley:
     """In-Run Data Shapley values of every training sample (share of the decrease of the
     validation loss; positive = helpful), accumulated in float64 by the caller's global sample
@@ -155,7 +166,8 @@ class InRunShapley:
     """
 
     def __init__(self, model: torch.nn.Module, optimizer=None, num_samples: int = 0, *, lr: Optional[float] = None,
-                 second_order: bool = True, ignore: Iterable[str] = (), device=None, dtype=None, engine: str = "torch"):
+                 second_order: bool = True, ignore: Iterable[str] = (), device=None, dtype=None, engine: str = "torch",
+                 first_order_form: str = "auto"):
         if optimizer is None and lr is None:
             raise ValueError("optimizer: give a torch.optim.SGD optimizer, or lr= for a hand-written SGD step")
         if num_samples <= 0:
@@ -163,6 +175,9 @@ class InRunShapley:
         if engine not in ("torch", "ghostgrad"):
             raise ValueError(f"engine must be 'torch' or 'ghostgrad', got {engine!r}")
         self.engine = engine
+        if first_order_form not in ("auto", "dense", "gram"):
+            raise ValueError(f"first_order_form must be 'auto', 'dense' or 'gram', got {first_order_form!r}")
+        self.first_order_form = first_order_form
         self.model = model
         self.optimizer = optimizer
         self.lr = lr
@@ -212,8 +227,16 @@ class InRunShapley:
             if id(p) not in groups:
                 raise ValueError("optimizer: a covered parameter is in none of its param_groups")
             lw.append(groups[id(p)])
-        loss = val_loss()
-        g = torch.autograd.grad(loss, params, create_graph=self.second_order, allow_unused=True)
+        self._val_caps = {}
+        if not self.second_order:  # keep the validation factors too (for the Gram form)
+            self.attached.start(None, None)
+        try:
+            loss = val_loss()
+            g = torch.autograd.grad(loss, params, create_graph=self.second_order, allow_unused=True)
+        finally:
+            if not self.second_order:
+                self.attached.stop()
+                self._val_caps = self.attached.take()
         g = [torch.zeros_like(p) if gi is None else gi for p, gi in zip(params, g)]
         m1 = [lr * gi.detach() for (lr, _), gi in zip(lw, g)]  # value = −φ: +lr·<Ĝ, g_val>
         if not self.second_order:
@@ -247,11 +270,17 @@ class InRunShapley:
             dt = self.dtype or (p.tensor.dtype if p.tensor.dtype in (torch.float32, torch.float64) else torch.float32)
             per_param.append(torch.stack([q.to(dt) for q in qs]))
         k = 1 if m2 is None else 2
+        gram = self._gram_queries(per_param) if m2 is None and self.first_order_form != "dense" else {}
         all_ids, all_vals = [], []
         for ids, captured in self._micro:
             total = torch.zeros(ids.numel(), k, dtype=torch.float64, device=self.values_first.device)
             for ui, caps in captured.items():
                 use = att.uses[ui]
+                if use.weight.index in gram:
+                    av, bv, lr = gram[use.weight.index]
+                    for cap in caps:
+                        total[:, 0] += lr * _gram_dot(use, cap, av, bv).to(torch.float64).to(total.device)
+                    continue
                 mw = per_param[use.weight.index]
                 mb = per_param[use.bias.index] if use.bias is not None else None
                 for cap in caps:
@@ -263,6 +292,37 @@ class InRunShapley:
             all_vals.append(total)
         self._micro = []
         return self._accumulate(torch.cat(all_ids), torch.cat(all_vals), k)
+
+    def _gram_queries(self, per_param):
+        """First order only: parameters whose uses are all Linear of one layout get the Gram
+        form ``Σ_t Σ_u (a_t·a_u)(b_t·b_u)`` against the captured validation rows when it costs
+        fewer flops than the dense query (``Q·(d_in + d_out) < d_in·d_out``, Q validation rows,
+        with ``first_order_form='auto'``; always with ``'gram'``). ``{weight index: (A_val,
+        B_val, lr)}``."""
+        att, out = self.attached, {}
+        groups = self._groups()
+        for p in att.params:
+            uses = p.uses
+            if not uses or any(u.weight is not p for u in uses) or len({u.kind for u in uses}) != 1 \
+                    or uses[0].kind not in ("linear", "linear_inout"):
+                continue
+            lr = groups[id(p.tensor)][0]
+            if uses[0].bias is not None and (any(u.bias is not uses[0].bias for u in uses) or groups[id(uses[0].bias.tensor)][0] != lr):
+                continue
+            idx = [att.uses.index(u) for u in uses]
+            caps = [c for i in idx for c in self._val_caps.get(i, []) if c.b is not None]
+            if not caps:
+                continue
+            dt = per_param[p.index].dtype
+            xs = [c.x.reshape(-1, c.x.shape[-1]).to(dt) for c in caps]
+            bs = [c.b.reshape(-1, c.b.shape[-1]).to(dt) for c in caps]
+            if uses[0].bias is not None:
+                xs = [torch.cat([x, torch.ones_like(x[:, :1])], 1) for x in xs]
+            av, bv = torch.cat(xs), torch.cat(bs)
+            q, d_in, d_out = av.shape[0], av.shape[1], bv.shape[1]
+            if self.first_order_form == "gram" or q * (d_in + d_out) < d_in * d_out:
+                out[p.index] = (av, bv, lr)
+        return out
 
     def _accumulate(self, ids, vals, k):
         self.values_first.index_add_(0, ids, vals[:, 0])
