@@ -179,8 +179,17 @@ __device__ __forceinline__ void cross_gram_impl(
     if (threadIdx.x == 0) partial[(size_t)s * N * Veff + blockIdx.x] = total;
 }
 
+// ptxas 12.9 (the CUDA 12 image set) spills 12 bytes in cross_gram_impl on sm_120 under the
+// 128-register cap of GG_LAUNCH_BOUNDS (CUDA 13.5 does not); there, one resident block per SM
+// is required instead of two, which lifts the cap. Every other architecture keeps the default.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 1200
+#define GG_CROSS_LAUNCH_BOUNDS __launch_bounds__(256, 1)
+#else
+#define GG_CROSS_LAUNCH_BOUNDS GG_LAUNCH_BOUNDS
+#endif
+
 #define GG_CROSS_INSTANTIATE(NAME, ELEM, QELEM)                                                   \
-    extern "C" __global__ void GG_LAUNCH_BOUNDS NAME(                                              \
+    extern "C" __global__ void GG_CROSS_LAUNCH_BOUNDS NAME(                                        \
         const ELEM* __restrict__ C, const QELEM* __restrict__ Cq, const ELEM* __restrict__ R,      \
         const QELEM* __restrict__ Rq, const void* __restrict__ ids, const void* __restrict__ qids, \
         const int* __restrict__ seg_offsets, unsigned int seg_len,                                 \
