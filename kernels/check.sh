@@ -48,9 +48,15 @@ for src in "$here"/*.cu; do
   if grep -q -E 'spill (stores|loads)' "$out/$name.fatbin.err" && \
      grep -E '[1-9][0-9]* bytes spill' "$out/$name.fatbin.err" >/dev/null; then
     echo "  WARNING: spills present"; fi
-  # Interpreter-facing PTX: no tensor-core / async-copy / atomics / local memory / calls.
-  if grep -n -E '^\s*(@%p[0-9]+ )?(mma|wmma|ldmatrix|cp\.async|atom|red\.|call)|\.local' "$out/$name.ptx"; then
+  # Interpreter-facing PTX: no wmma / atomics / local memory / calls anywhere; mma.sync,
+  # ldmatrix and cp.async only inside the tensor-core kernels (entry names containing _mma_).
+  if grep -n -E '^\s*(@%p[0-9]+ )?(wmma|atom|red\.|call)|\.local' "$out/$name.ptx"; then
     echo "  ERROR: forbidden construct in PTX"; status=1; fi
+  if ! awk '
+    /^\.visible \.entry|^\.entry/ { match($0, /entry [A-Za-z0-9_]+/); fn=substr($0, RSTART+6, RLENGTH-6) }
+    /^[ \t]*(@%p[0-9]+ )?(mma|ldmatrix|cp\.async)/ && fn !~ /_mma_/ { print FILENAME ":" NR ": " fn ": " $0; bad=1 }
+    END { exit bad }' "$out/$name.ptx"; then
+    echo "  ERROR: mma/ldmatrix/cp.async outside a tensor-core (_mma_) kernel"; status=1; fi
   # Every kernel in every SASS image.
   kernels=$(grep -E '^\.visible \.entry' "$out/$name.ptx" | sed -E 's/.*\.entry ([A-Za-z0-9_]+).*/\1/' | sort)
   for a in "${arch_list[@]}"; do

@@ -47,6 +47,7 @@
 
 #include "common.cuh"
 #include "gram_tile.cuh"
+#include "gram_mma.cuh"
 
 template <typename Elem, typename QElem>
 __device__ __forceinline__ void ghost_dot_gram_impl(
@@ -149,3 +150,7 @@ GG_GRAM_INSTANTIATE(ghost_dot_gram_bf16, __nv_bfloat16, __nv_bfloat16)
 GG_GRAM_INSTANTIATE(ghost_dot_gram_f16, __half, __half)
 GG_GRAM_INSTANTIATE(ghost_dot_gram_qf32_bf16, __nv_bfloat16, float)
 GG_GRAM_INSTANTIATE(ghost_dot_gram_qf32_f16, __half, float)
+
+// Tensor-core variants (gram_mma.cuh): bf16 / f16 factors on sm_80+.
+GG_GRAM_MMA_INSTANTIATE(ghost_dot_gram_mma_bf16, __nv_bfloat16)
+GG_GRAM_MMA_INSTANTIATE(ghost_dot_gram_mma_f16, __half)

@@ -94,7 +94,8 @@ impl Context {
 
     /// A context over any GPU runtime (e.g. the PTX interpreter).
     pub fn with_runtime(rt: Arc<dyn KernelRuntime>) -> Self {
-        Context { backend: Backend::Gpu(rt), rates: MachineRates::GPU }
+        let rates = MachineRates::gpu(rt.sm_version());
+        Context { backend: Backend::Gpu(rt), rates }
     }
 
     pub fn backend(&self) -> &Backend {
@@ -247,7 +248,7 @@ impl Context {
                     gl.push(GpuDotLayer { dims: *d, query: q.clone(), query_dtype: d.dtype, ptrs, form: c.form, pairwise: false, self_only: false });
                 }
                 let out_ptr = out.device("out")?.ptr();
-                gpu::run_with_workspace(rt.as_ref(), |ws| gpu::ghost_dot_plans(&gl, n, nseg, out_ptr, acc, ws))?;
+                gpu::run_with_workspace(rt.as_ref(), |ws| gpu::ghost_dot_plans(rt.sm_version(), &gl, n, nseg, out_ptr, acc, ws))?;
             }
             backend => {
                 // The layers' sum stays in f64 and is rounded once into `out`.
@@ -500,7 +501,7 @@ impl Context {
                 let q = QueryDims { q: d.n * d.t, v: d.n, seg: SegKind::Uniform(d.t) };
                 let layer = GpuDotLayer { dims: d, query: q, query_dtype: d.dtype, ptrs, form: choice.form, pairwise: true, self_only: false };
                 let out_ptr = out.device("out")?.ptr();
-                gpu::run_with_workspace(rt.as_ref(), |ws| gpu::ghost_dot_plans(std::slice::from_ref(&layer), d.n, d.n, out_ptr, acc, ws))?;
+                gpu::run_with_workspace(rt.as_ref(), |ws| gpu::ghost_dot_plans(rt.sm_version(), std::slice::from_ref(&layer), d.n, d.n, out_ptr, acc, ws))?;
             }
             backend => {
                 let tr = cpu_train(*shape, train, &d)?;
@@ -543,7 +544,7 @@ impl Context {
                 let q = QueryDims { q: d.t, v: 1, seg: SegKind::Single };
                 let layer = GpuDotLayer { dims: d, query: q, query_dtype: d.dtype, ptrs, form: choice.form, pairwise: false, self_only: true };
                 let out_ptr = out.device("out")?.ptr();
-                gpu::run_with_workspace(rt.as_ref(), |ws| gpu::ghost_dot_plans(std::slice::from_ref(&layer), d.n, 1, out_ptr, acc, ws))?;
+                gpu::run_with_workspace(rt.as_ref(), |ws| gpu::ghost_dot_plans(rt.sm_version(), std::slice::from_ref(&layer), d.n, 1, out_ptr, acc, ws))?;
             }
             backend => {
                 let tr = cpu_train(*shape, train, &d)?;

@@ -1920,6 +1920,11 @@ impl<'a> Exec<'a> {
             } else {
                 (Space::Global, addr)
             }
+        } else if space == Space::Shared {
+            // .shared addresses are 32-bit offsets in the shared window: `[%r+imm]` wraps modulo
+            // 2^32 as on the GPU (nvcc emits `[%r+8192]` with %r = symbol + a "negative" 32-bit
+            // offset, e.g. for a ring of stages indexed by c % 3).
+            (space, addr & 0xffff_ffff)
         } else {
             (space, addr)
         };

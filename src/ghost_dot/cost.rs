@@ -62,18 +62,58 @@ pub struct FormChoice {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MachineRates {
     pub flops_per_s: f64,
+    /// Rate of the Gram form for 16-bit (bf16 / f16) factors: the tensor-core kernel where the
+    /// backend has one (`ghost_dot_gram_mma_*`), else `flops_per_s`. The dense-query and
+    /// materialize forms run on `flops_per_s` in every dtype.
+    pub gram_16bit_flops_per_s: f64,
     pub bytes_per_s: f64,
     /// Auto never picks a form whose scratch memory exceeds this.
     pub max_extra_bytes: f64,
 }
 
+// ---- GPU rates (tensorcore branch; the CPU constants below are recalibrated separately) ----
+
+/// H100 SXM datasheet: 67 TFLOP/s fp32 on the CUDA cores (every FMA kernel).
+const GPU_FMA_FLOPS: f64 = 67e12;
+/// The Gram tensor-core kernel's rate for ranking forms: half of the H100 SXM dense bf16/f16
+/// tensor peak (989 TFLOP/s, reached only by wgmma). Our kernel issues mma.sync.m16n8k16,
+/// which runs below that peak on Hopper, from a 3-stage cp.async pipeline without warp
+/// specialisation; 50 % is an assumption for choosing between forms, not a measurement (the
+/// modeled time of the kernel itself is in BENCHMARKS.md, from the interpreter's counters).
+const GPU_MMA_GRAM_FLOPS: f64 = 0.5 * 989e12;
+/// H100 SXM HBM3: 3.35 TB/s.
+const GPU_BYTES_PER_S: f64 = 3.35e12;
+
 impl MachineRates {
-    /// A GPU running ghostgrad's CUDA-core kernels (H100 datasheet: 67 TFLOP/s fp32, 3.35 TB/s).
-    pub const GPU: MachineRates =
-        MachineRates { flops_per_s: 67e12, bytes_per_s: 3.35e12, max_extra_bytes: 4.0 * (1u64 << 30) as f64 };
+    /// A GPU running ghostgrad's CUDA-core kernels only (sm_75, or any f32 work).
+    pub const GPU: MachineRates = MachineRates {
+        flops_per_s: GPU_FMA_FLOPS,
+        gram_16bit_flops_per_s: GPU_FMA_FLOPS,
+        bytes_per_s: GPU_BYTES_PER_S,
+        max_extra_bytes: 4.0 * (1u64 << 30) as f64,
+    };
+    /// A GPU with tensor cores (sm_80+): bf16 / f16 Gram-form work runs on `ghost_dot_gram_mma_*`.
+    pub const GPU_TENSOR_CORES: MachineRates =
+        MachineRates { gram_16bit_flops_per_s: GPU_MMA_GRAM_FLOPS, ..MachineRates::GPU };
+
+    /// The rates of a GPU of compute capability `sm` (10·major + minor), matching the kernels
+    /// its launch plans choose (`ghost_dot::gpu::uses_tensor_cores`).
+    pub fn gpu(sm: u32) -> MachineRates {
+        if sm >= super::gpu::SM_TENSOR_CORES {
+            MachineRates::GPU_TENSOR_CORES
+        } else {
+            MachineRates::GPU
+        }
+    }
+
+    // ---- end of the GPU rates ----
     /// A multi-core CPU running the fast path (rates only need to be right relative to each other).
-    pub const CPU: MachineRates =
-        MachineRates { flops_per_s: 1e11, bytes_per_s: 2e10, max_extra_bytes: 4.0 * (1u64 << 30) as f64 };
+    pub const CPU: MachineRates = MachineRates {
+        flops_per_s: 1e11,
+        gram_16bit_flops_per_s: 1e11,
+        bytes_per_s: 2e10,
+        max_extra_bytes: 4.0 * (1u64 << 30) as f64,
+    };
 }
 
 /// Sizes that determine the cost of `out[n, v] = <G_n, Gq_v>`.
@@ -98,12 +138,13 @@ impl GhostDotSize {
         let dd = di * self.d_out as f64;
         let se = self.elem_bytes as f64;
         let input_bytes = se * (n * t + q) * d;
+        let gram_rate = if self.elem_bytes == 2 { m.gram_16bit_flops_per_s } else { m.flops_per_s };
         let mk = |form, flops: f64, bytes: f64, extra: f64| FormCost {
             form,
             flops,
             bytes,
             extra_bytes: extra,
-            est_seconds: (flops / m.flops_per_s).max(bytes / m.bytes_per_s),
+            est_seconds: (flops / if form == Form::Gram { gram_rate } else { m.flops_per_s }).max(bytes / m.bytes_per_s),
             fits: extra <= m.max_extra_bytes,
         };
         vec![
@@ -194,6 +235,20 @@ mod tests {
         assert_eq!(c.form, Form::Materialize);
         assert!(c.forced);
         assert_eq!(c.costs.len(), 3);
+    }
+
+    #[test]
+    fn tensor_cores_move_the_gram_switch_point_for_16_bit_factors_only() {
+        // GPT-2 MLP at T = Q = 1024: the FMA kernels favour a d_in·d_out form, the tensor-core
+        // Gram kernel (7× the FMA rate in the model) keeps Gram; f32 factors are unaffected.
+        let bf16 = GhostDotSize { elem_bytes: 2, ..size(1024, 1024) };
+        assert_ne!(bf16.choose(FormRequest::Auto, &MachineRates::gpu(75)).form, Form::Gram);
+        assert_eq!(bf16.choose(FormRequest::Auto, &MachineRates::gpu(90)).form, Form::Gram);
+        let f32_size = size(1024, 1024);
+        assert_eq!(
+            f32_size.choose(FormRequest::Auto, &MachineRates::gpu(90)).form,
+            f32_size.choose(FormRequest::Auto, &MachineRates::gpu(75)).form
+        );
     }
 
     #[test]

@@ -84,21 +84,34 @@ impl Carve {
     }
 }
 
-/// Gram kernel for training factors of `train` and query factors of `query`: the same type, or
-/// an f32 query beside bf16 / f16 training factors (`ghost_dot_gram_qf32_<dt>`, the ghg combined
-/// query).
-fn gram_kernel(train: DType, query: DType) -> Result<String> {
+/// Smallest compute capability with `mma.sync.m16n8k16` for bf16 / f16 and `cp.async`.
+pub(crate) const SM_TENSOR_CORES: u32 = 80;
+
+/// Whether the tensor-core kernels run for factors of `dtype` on a device of compute capability
+/// `sm` (bf16 / f16 on sm_80+; f32 always runs the FMA kernels).
+pub(crate) fn uses_tensor_cores(dtype: DType, sm: u32) -> bool {
+    matches!(dtype, DType::BF16 | DType::F16) && sm >= SM_TENSOR_CORES
+}
+
+/// Gram kernel for training factors of `train` and query factors of `query` on an `sm` device:
+/// the same type (`ghost_dot_gram_mma_<dt>` on tensor cores for bf16 / f16 on sm_80+,
+/// `ghost_dot_gram_<dt>` otherwise), or an f32 query beside bf16 / f16 training factors
+/// (`ghost_dot_gram_qf32_<dt>`, the ghg combined query: CUDA cores, f32 arithmetic).
+fn gram_kernel(train: DType, query: DType, sm: u32) -> Result<String> {
     match (train, query) {
+        (t, q) if t == q && uses_tensor_cores(t, sm) => Ok(kname("ghost_dot_gram_mma", t)),
         (t, q) if t == q => Ok(kname("ghost_dot_gram", t)),
         (DType::BF16 | DType::F16, DType::F32) => Ok(kname("ghost_dot_gram_qf32", train)),
         _ => Err(GhostError::Internal(format!("no Gram kernel for {train} training factors with a {query} query"))),
     }
 }
 
-/// `ghost_dot_gram_<dt>` plan (`ghost_dot_gram_qf32_<dt>` when `query_dtype` is f32 and the
-/// training factors are not): partial[s][n·V + v].
+/// `ghost_dot_gram_<dt>` plan (`ghost_dot_gram_mma_<dt>` on tensor cores, `ghost_dot_gram_qf32_<dt>`
+/// when `query_dtype` is f32 and the training factors are not; see [`gram_kernel`]): all three
+/// share one signature, grid and partial layout, partial[s][n·V + v].
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gram_plan(
+    sm: u32,
     d: &TrainDims,
     query_dtype: DType,
     p: &LayerPtrs,
@@ -112,7 +125,7 @@ pub(crate) fn gram_plan(
     let nv = crate::validate::mul("n*V", d.n, v)?;
     let (s, tps) = token_split(d.t, nv);
     let plan = LaunchPlan {
-        kernel: gram_kernel(d.dtype, query_dtype)?,
+        kernel: gram_kernel(d.dtype, query_dtype, sm)?,
         grid: [u32_of("n*V (grid.x)", nv)?, u32_of("token splits", s)?, 1],
         block: BLOCK,
         shared_bytes: 0,
@@ -281,6 +294,7 @@ pub(crate) struct GpuDotLayer {
 /// partial slots, then one finalize. Returns the plans and the workspace bytes they need; the
 /// plans use offsets relative to `ws` (the workspace base).
 pub(crate) fn ghost_dot_plans(
+    sm: u32,
     layers: &[GpuDotLayer],
     n: u64,
     v: u64,
@@ -289,7 +303,7 @@ pub(crate) fn ghost_dot_plans(
     ws: u64,
 ) -> Result<(Vec<LaunchPlan>, u64)> {
     let nv = crate::validate::mul("n*V", n, v)?;
-    let mut p = partial_plans(layers, n, v, ws)?;
+    let mut p = partial_plans(sm, layers, n, v, ws)?;
     let total_splits: u64 = p.layer_splits.iter().sum();
     p.plans.push(finalize_plan(p.partial, out, nv, total_splits, acc)?);
     Ok((p.plans, p.workspace_bytes))
@@ -305,8 +319,9 @@ pub(crate) struct PartialPlans {
     pub workspace_bytes: u64,
 }
 
-/// Per-layer kernels writing partial slots, in layer order (see [`PartialPlans`]).
-pub(crate) fn partial_plans(layers: &[GpuDotLayer], n: u64, v: u64, ws: u64) -> Result<PartialPlans> {
+/// Per-layer kernels writing partial slots, in layer order (see [`PartialPlans`]), for a device
+/// of compute capability `sm` ([`KernelRuntime::sm_version`](crate::runtime::KernelRuntime::sm_version)).
+pub(crate) fn partial_plans(sm: u32, layers: &[GpuDotLayer], n: u64, v: u64, ws: u64) -> Result<PartialPlans> {
     let nv = crate::validate::mul("n*V", n, v)?;
     // First pass: how many partial slots each layer writes (plans depend only on sizes).
     let mut plans = Vec::new();
@@ -319,7 +334,7 @@ pub(crate) fn partial_plans(layers: &[GpuDotLayer], n: u64, v: u64, ws: u64) -> 
         let s = match l.form {
             Form::Gram => {
                 let (seg, seg_len) = if l.pairwise { (0, l.dims.t) } else { seg_args(&l.query) };
-                gram_plan(&l.dims, l.query_dtype, &l.ptrs, seg, seg_len, l.query.q, v, l.self_only, 0)?.1
+                gram_plan(sm, &l.dims, l.query_dtype, &l.ptrs, seg, seg_len, l.query.q, v, l.self_only, 0)?.1
             }
             Form::DenseQuery => dense_plan(&l.dims, &l.ptrs, 0, 0, v, 0)?.1,
             Form::Materialize => {
@@ -344,7 +359,7 @@ pub(crate) fn partial_plans(layers: &[GpuDotLayer], n: u64, v: u64, ws: u64) -> 
         match l.form {
             Form::Gram => {
                 let (seg, seg_len) = if l.pairwise { (0, d.t) } else { seg_args(&l.query) };
-                plans.push(gram_plan(d, l.query_dtype, &l.ptrs, seg, seg_len, l.query.q, v, l.self_only, part)?.0);
+                plans.push(gram_plan(sm, d, l.query_dtype, &l.ptrs, seg, seg_len, l.query.q, v, l.self_only, part)?.0);
             }
             Form::DenseQuery => {
                 let mut c = Carve { bytes: scratch_base };

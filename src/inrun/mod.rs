@@ -348,7 +348,7 @@ impl Context {
                         });
                     }
                     gl.extend(second.iter().cloned());
-                    let mut p = gpu::partial_plans(&gl, n, 1, ws + carve.bytes)?;
+                    let mut p = gpu::partial_plans(rt.sm_version(), &gl, n, 1, ws + carve.bytes)?;
                     let end0: u64 = p.layer_splits[..n_first].iter().sum();
                     let end1: u64 = p.layer_splits.iter().sum();
                     plans.append(&mut p.plans);

@@ -329,14 +329,14 @@ fn linear_layers(uses: &[LayerUse<'_>], dims: &[UseDims], terms: &[Term], n: u64
 }
 
 #[allow(clippy::too_many_arguments)]
-fn build(ws: u64, n: u64, nv: u64, uses: &[LayerUse<'_>], dims: &[UseDims], terms: &[Term], mode: Mode, out: u64, acc: Accumulate) -> Result<(Vec<LaunchPlan>, u64)> {
+fn build(sm: u32, ws: u64, n: u64, nv: u64, uses: &[LayerUse<'_>], dims: &[UseDims], terms: &[Term], mode: Mode, out: u64, acc: Accumulate) -> Result<(Vec<LaunchPlan>, u64)> {
     let cols = out_cols(mode, n, nv);
     let count = mul("n*V", n, cols)?;
     let gl = linear_layers(uses, dims, terms, n, mode)?;
     let (mut plans, lin_fin, base) = if gl.is_empty() {
         (Vec::new(), None, 0)
     } else {
-        let p = gd::partial_plans(&gl, n, cols, ws)?;
+        let p = gd::partial_plans(sm, &gl, n, cols, ws)?;
         let splits: u64 = p.layer_splits.iter().sum();
         (p.plans, Some(gd::finalize_plan(p.partial, out, count, splits, acc)?), p.workspace_bytes)
     };
@@ -374,7 +374,7 @@ fn build(ws: u64, n: u64, nv: u64, uses: &[LayerUse<'_>], dims: &[UseDims], term
 /// Runs a validated model-level call on a GPU runtime.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run(rt: &dyn KernelRuntime, n: u64, nv: u64, uses: &[LayerUse<'_>], dims: &[UseDims], terms: &[Term], mode: Mode, out: u64, acc: Accumulate) -> Result<()> {
-    gd::run_with_workspace(rt, |ws| build(ws, n, nv, uses, dims, terms, mode, out, acc))
+    gd::run_with_workspace(rt, |ws| build(rt.sm_version(), ws, n, nv, uses, dims, terms, mode, out, acc))
 }
 
 /// The model-level pass of a fused `model_ghg` on the device whose query is
@@ -424,12 +424,12 @@ pub(crate) fn run_ghg(
             comb_uses.push(LayerUse { query: Some(UseQuery { x, b, ..*q }), ..*u });
         }
         let base = carve.bytes;
-        let (mut p, bytes) = build(ws + base, n, nv, &comb_uses, dims, terms, Mode::Dot, out, acc)?;
+        let (mut p, bytes) = build(rt.sm_version(), ws + base, n, nv, &comb_uses, dims, terms, Mode::Dot, out, acc)?;
         plans.append(&mut p);
         let mut total = v_add(base, bytes)?;
         if let Some((u3, d3, t3)) = third {
             let a3 = Accumulate { scale: acc.scale * w.1, beta: 1.0 };
-            let (mut p, bytes) = build(ws + total, n, nv, u3, d3, t3, Mode::Dot, out, a3)?;
+            let (mut p, bytes) = build(rt.sm_version(), ws + total, n, nv, u3, d3, t3, Mode::Dot, out, a3)?;
             plans.append(&mut p);
             total = v_add(total, bytes)?;
         }

@@ -48,6 +48,8 @@ pub struct CudaRuntime {
     modules: Vec<sys::CUmodule>,
     workspace: Mutex<Option<Workspace>>,
     op: Mutex<()>,
+    /// 10·major + minor, read once at construction.
+    sm_version: u32,
 }
 
 // SAFETY: CUDA handles may be used from any thread once the context is bound, which every
@@ -108,7 +110,18 @@ impl CudaRuntime {
                 functions.insert(name, f);
             }
         }
-        Ok(CudaRuntime { ctx, stream, owns_stream, functions, modules, workspace: Mutex::new(None), op: Mutex::new(()) })
+        let (major, minor) = ctx.compute_capability().map_err(driver_err("cuDeviceGetAttribute (compute capability)"))?;
+        let sm_version = (10 * major + minor).max(0) as u32;
+        Ok(CudaRuntime {
+            ctx,
+            stream,
+            owns_stream,
+            functions,
+            modules,
+            workspace: Mutex::new(None),
+            op: Mutex::new(()),
+            sm_version,
+        })
     }
 
     /// The raw stream this runtime launches on.
@@ -121,6 +134,10 @@ impl KernelRuntime for CudaRuntime {
     fn describe(&self) -> String {
         let name = self.ctx.name().unwrap_or_else(|_| "unknown device".into());
         format!("CUDA device {} ({name}), stream {:p}", self.ctx.ordinal(), self.stream)
+    }
+
+    fn sm_version(&self) -> u32 {
+        self.sm_version
     }
 
     fn launch(&self, plan: &LaunchPlan) -> Result<()> {

@@ -42,6 +42,7 @@ struct State {
 pub struct InterpRuntime {
     state: Mutex<State>,
     op: Mutex<()>,
+    sm_version: std::sync::atomic::AtomicU32,
 }
 
 fn interp_err(e: impl std::fmt::Display) -> GhostError {
@@ -99,7 +100,15 @@ impl InterpRuntime {
                 mirror: MirrorMode::from_env().map(CudaMirror::new).transpose()?,
             }),
             op: Mutex::new(()),
+            sm_version: std::sync::atomic::AtomicU32::new(kernels::INTERP_PTX_ARCH),
         })
+    }
+
+    /// The compute capability the launch plans see (default 80, the interpreter PTX's
+    /// architecture). Setting 75 makes them choose the kernels of an sm_75 device (no tensor
+    /// cores), which the interpreter then executes in their compute_80 PTX.
+    pub fn set_sm_version(&self, sm: u32) {
+        self.sm_version.store(sm, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>> {
@@ -180,6 +189,10 @@ impl InterpRuntime {
 impl KernelRuntime for InterpRuntime {
     fn describe(&self) -> String {
         "PTX interpreter (ptx-interp), executing compute_80 PTX on the CPU".into()
+    }
+
+    fn sm_version(&self) -> u32 {
+        self.sm_version.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn launch(&self, plan: &LaunchPlan) -> Result<()> {

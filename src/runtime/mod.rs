@@ -50,6 +50,10 @@ pub const MAX_GRID_YZ: u64 = 65535;
 pub trait KernelRuntime: Send + Sync {
     /// Human-readable description (device name, stream).
     fn describe(&self) -> String;
+    /// Compute capability of the device as `10·major + minor` (e.g. 80, 90): launch plans pick
+    /// tensor-core kernels on 80 and above. The PTX interpreter reports the architecture of the
+    /// PTX it executes (80) unless a test sets another.
+    fn sm_version(&self) -> u32;
     /// Enqueues the kernel on the runtime's stream. Never synchronizes.
     fn launch(&self, plan: &LaunchPlan) -> Result<()>;
     /// Device scratch of at least `bytes`, from a per-stream cache that grows when needed (no
