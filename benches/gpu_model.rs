@@ -72,8 +72,11 @@ struct Model {
 }
 
 impl Model {
-    fn new(sample: u32) -> Self {
+    /// A model whose launch plans see a device of compute capability `sm`: 75 gives the FMA
+    /// kernels (no tensor cores), 90 the H100's plans (tensor-core kernels where they exist).
+    fn new(sample: u32, sm: u32) -> Self {
         let rt = Arc::new(InterpRuntime::new().expect("kernels built"));
+        rt.set_sm_version(sm);
         rt.set_options(Options {
             sample_ctas: Some(sample),
             initcheck: false, // sampled launches leave most partial sums unwritten
@@ -611,6 +614,17 @@ fn summary(rows: &[(String, &OpRun)], regs: &Registers, out: &mut String) {
     }
 }
 
+/// The two kernel sets shown side by side for bf16/f16 rows: (table label, op prefix, sm).
+const VARIANTS: [(&str, &str, u32); 2] = [
+    ("FMA kernels (sm_75 plans)", "FMA", 75),
+    ("sm_90 plans: tensor-core kernels where they exist", "TC", 90),
+];
+
+fn prefixed(prefix: &str, mut ops: Vec<OpRun>) -> Vec<OpRun> {
+    ops.iter_mut().for_each(|o| o.op = format!("[{prefix}] {}", o.op));
+    ops
+}
+
 /// Kernel family: the entry name without its dtype suffix.
 fn family(kernel: &str) -> String {
     for suffix in ["_bf16", "_f16", "_f32", "_f64"] {
@@ -675,34 +689,49 @@ fn main() {
         }
     };
     for s in &linear {
-        eprintln!("gpu_model: {} ...", s.name);
-        let m = Model::new(sample);
-        let title = format!("Linear layer, {} — N={} T={} Q=T_v={} d_in={} d_out={}, bf16 inputs", s.name, s.n, s.t, s.q, s.d_in, s.d_out);
-        section(title, tensor_rows(linear_ops(&m, s)), true, s.name, &mut tables);
+        for (label, prefix, sm) in VARIANTS {
+            eprintln!("gpu_model: {} ({prefix}) ...", s.name);
+            let m = Model::new(sample, sm);
+            let title = format!("Linear layer, {} — N={} T={} Q=T_v={} d_in={} d_out={}, bf16 inputs — {label}", s.name, s.n, s.t, s.q, s.d_in, s.d_out);
+            section(title, prefixed(prefix, tensor_rows(linear_ops(&m, s))), true, s.name, &mut tables);
+        }
     }
+    // The projection families get a second (FMA) table only once a tensor-core kernel exists
+    // for them; until then the sm_90 plans launch the FMA kernels and one table shows them.
+    let proj_tc = ghostgrad::kernels::all_kernel_names()
+        .iter()
+        .any(|k| k.contains("mma") && ["kron_project", "project_rows", "kfac_cov"].iter().any(|f| k.starts_with(f)));
+    let proj_variants: Vec<(&str, &str, u32)> = if proj_tc {
+        VARIANTS.to_vec()
+    } else {
+        vec![("sm_90 plans (no tensor-core projection kernels yet: these are the FMA kernels)", "FMA", 90)]
+    };
     for s in &proj {
-        eprintln!("gpu_model: {} ...", s.name);
-        let m = Model::new(sample);
+        for &(label, prefix, sm) in &proj_variants {
+        eprintln!("gpu_model: {} ({prefix}) ...", s.name);
+        let m = Model::new(sample, sm);
         let title = format!(
-            "Projection and scoring, {} — N={} T={} d_in={} d_out={} k_i=k_o={}, bf16 factors, f32 scores",
+            "Projection and scoring, {} — N={} T={} d_in={} d_out={} k_i=k_o={}, bf16 factors, f32 scores — {label}",
             s.name, s.n, s.t, s.d_in, s.d_out, s.k
         );
-        let mut ops = projection_ops(&m, s);
+        let mut ops = prefixed(prefix, projection_ops(&m, s));
         // bf16 factors in: the projections and the K-FAC factors; the rest reads f32.
         for o in ops.iter_mut() {
-            o.tensor_floor = o.op.starts_with("kron_project") || o.op.starts_with("kfac_covariances");
+            let name = o.op.split_once("] ").map_or(o.op.as_str(), |x| x.1);
+            o.tensor_floor = name.starts_with("kron_project") || name.starts_with("kfac_covariances");
         }
         section(title, ops, true, s.name, &mut tables);
+        }
     }
     for s in &model {
         eprintln!("gpu_model: model {} ...", s.name);
-        let m = Model::new(sample);
+        let m = Model::new(sample, 90);
         let title = format!("Transformer edge layers, {} — N={} T={} Q={} vocab={} d={}, bf16 factors, i32 ids", s.name, s.n, s.t, s.q, s.vocab, s.d);
         section(title, tensor_rows(model_ops(&m, s)), false, s.name, &mut tables);
     }
     for s in &dv {
         eprintln!("gpu_model: dvemb k={} ...", s.k);
-        let m = Model::new(sample);
+        let m = Model::new(sample, 90);
         let title = format!("Data value embedding, k={} — {} steps of {} rows, f32", s.k, s.steps, s.batch);
         section(title, dvemb_ops(&m, s), false, "dvemb", &mut tables);
     }
@@ -711,9 +740,22 @@ fn main() {
     assert!(missing.is_empty(), "kernel families with no modeled launch in benches/gpu_model.rs: {missing:?}");
     let key_rows: Vec<(String, &OpRun)> = key
         .iter()
-        .filter(|(_, o)| o.op.starts_with("ghost_dot") || o.op.starts_with("ghg") || o.op.starts_with("kron_project") || o.op.starts_with("kfac"))
+        .filter(|(_, o)| {
+            let name = o.op.split_once("] ").map_or(o.op.as_str(), |x| x.1);
+            name.starts_with("ghost_dot") || name.starts_with("ghg") || name.starts_with("kron_project") || name.starts_with("kfac")
+        })
         .map(|(s, o)| (s.clone(), o))
         .collect();
+    // FMA and tensor-core rows of the same operation next to each other, shapes in run order.
+    let base = |o: &OpRun| o.op.split_once("] ").map_or(o.op.clone(), |x| x.1.to_string());
+    let mut order: Vec<(String, String)> = Vec::new();
+    for (s, o) in &key_rows {
+        if !order.contains(&(s.clone(), base(o))) {
+            order.push((s.clone(), base(o)));
+        }
+    }
+    let mut key_rows = key_rows;
+    key_rows.sort_by_key(|(s, o)| order.iter().position(|x| x.0 == *s && x.1 == base(o)));
     summary(&key_rows, &regs, &mut out);
     out.push_str(&tables);
     // Every modeled launch must have a finite, positive time and a limiter (the smoke test's check
