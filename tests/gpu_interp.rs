@@ -321,6 +321,68 @@ proptest! {
     }
 }
 
+/// The Gram form of `c` on a runtime reporting compute capability `sm`, with NaN written into
+/// every masked train and query row (masked rows must be zero-filled, never read: NaN·0 = NaN
+/// in an MMA), against the reference; returns the Gram kernel that ran and the output.
+fn check_gram_on_sm(c: &Case, sm: u32) -> (String, Vec<f32>) {
+    let rt = runtime(c.sched);
+    rt.set_sm_version(sm);
+    let ctx = Context::with_runtime(rt.clone());
+    let shape = c.shape();
+    let GhostDotData { mut train, mut query, acc, old } = c.ghost_dot_data();
+    let (din, dout) = (c.d_in as usize, c.d_out as usize);
+    for (row, &m) in train.mask.clone().unwrap_or_default().iter().enumerate() {
+        if m == 0 {
+            (0..din).for_each(|k| train.a.set(row * din + k, f32::NAN));
+            (0..dout).for_each(|k| train.b.set(row * dout + k, f32::NAN));
+        }
+    }
+    for (row, &m) in query.mask.clone().unwrap_or_default().iter().enumerate() {
+        if m == 0 {
+            (0..din).for_each(|k| query.aq.set(row * din + k, f32::NAN));
+            (0..dout).for_each(|k| query.bq.set(row * dout + k, f32::NAN));
+        }
+    }
+    let (dt, dq) = (DevTrain::new(&rt, &train), DevQuery::new(&rt, &query));
+    let mut out = rt.upload(&old, DType::F32).unwrap();
+    rt.take_records().unwrap();
+    ctx.ghost_dot(&shape, &dt.factors(), &dq.factors(), &mut out.view_mut().into(), acc, FormRequest::Force(Form::Gram))
+        .unwrap_or_else(|e| panic!("interp ghost_dot sm_{sm} {c:?}: {e}"));
+    let kernel = rt.take_records().unwrap()[0].plan.kernel.clone();
+    let got = read_out(&rt, &out);
+    let mut want = old.clone();
+    Context::cpu_reference()
+        .ghost_dot(&shape, &train.factors(), &query.factors(), &mut TensorMut::from(&mut want[..]), acc, FormRequest::Force(Form::Gram))
+        .unwrap();
+    let mag = reference::ghost_dot(&train.reference(), &query.reference(), true);
+    let tol = Tol::for_depth(rounding_depth(&shape, c.t, c.q));
+    assert_close(&format!("{kernel} {c:?} seg {:?}", query.seg), &got, &want, &mag, &old, acc, tol);
+    (kernel, got)
+}
+
+/// bf16 / f16 Gram form on the tensor-core kernel (sm_80) and on the FMA kernel (the same plans
+/// on an sm_75 runtime), against the reference: feature counts that are multiples of 8 (the
+/// cp.async path, tails zero-filled by src-size 0) and ragged ones (plain loads), T and Q
+/// crossing the 64-row tiles, N = 1, Q = 1, masks with NaN-poisoned masked rows, bias,
+/// segments, beta ≠ 0, and bitwise-identical results across schedule seeds.
+#[test]
+fn tensor_core_gram_kernels_match_reference_on_both_load_paths() {
+    let shapes = [(2, 70, 67, 72, 40), (1, 1, 1, 8, 16), (3, 65, 9, 33, 24), (1, 130, 70, 64, 13), (2, 20, 1, 5, 7)];
+    for (i, &(n, t, q, d_in, d_out)) in shapes.iter().enumerate() {
+        for (j, dtype) in [DType::BF16, DType::F16].into_iter().enumerate() {
+            let flags = (i + 2 * j) as u32 | 1; // always masked; bias / beta vary
+            let mut c = Case::from_flags((n, t, q, d_in, d_out), dtype, flags, (50 + i * 2 + j) as u64, 0);
+            let (k_tc, out_tc) = check_gram_on_sm(&c, 80);
+            assert_eq!(k_tc, format!("ghost_dot_gram_mma_{}", dtype.kernel_suffix()));
+            let (k_fma, _) = check_gram_on_sm(&c, 75);
+            assert_eq!(k_fma, format!("ghost_dot_gram_{}", dtype.kernel_suffix()));
+            c.sched = 1 + i as u64;
+            let (_, out_seed) = check_gram_on_sm(&c, 80);
+            assert_bitwise_eq(&format!("{k_tc} {c:?} schedule seeds"), &out_tc, &out_seed);
+        }
+    }
+}
+
 #[test]
 fn results_are_bitwise_identical_across_schedule_seeds() {
     let c = Case { n: 2, t: 70, q: 9, d_in: 33, d_out: 12, dtype: DType::BF16, masked: true, bias: true, beta: false, seed: 5, sched: 0 };
@@ -386,7 +448,7 @@ fn production_plans_pass_memcheck_racecheck_and_report_counters() {
     let recs = rt.take_records().unwrap();
     assert_eq!(recs.len(), 2, "gram kernel + finalize");
     let gram = &recs[0];
-    assert_eq!(gram.plan.kernel, "ghost_dot_gram_f16");
+    assert_eq!(gram.plan.kernel, "ghost_dot_gram_mma_f16", "f16 Gram on the interpreter's sm_80: tensor cores");
     assert!(gram.plan.grid[1] > 1, "T = 66 with 6 (n, v) pairs must be split across CTAs: {:?}", gram.plan.grid);
     assert_eq!(gram.report.executed_ctas, gram.plan.ctas());
     assert!(gram.report.counters.warp_instructions > 0);

@@ -537,7 +537,8 @@ mod gpu {
             let grams: Vec<&String> = names.iter().filter(|k| k.starts_with("ghost_dot_gram")).collect();
             let combined = if dt == DType::F32 { "ghost_dot_gram_f32".to_string() } else { format!("ghost_dot_gram_qf32_{sfx}") };
             let mut want = vec![&combined; linear];
-            let plain = format!("ghost_dot_gram_{sfx}");
+            // The plain pass: bf16 / f16 factors on the interpreter's sm_80 run on tensor cores.
+            let plain = if dt == DType::F32 { "ghost_dot_gram_f32".to_string() } else { format!("ghost_dot_gram_mma_{sfx}") };
             want.extend(std::iter::repeat_n(&plain, linear));
             assert_eq!(grams, want, "{dt}: two passes of Linear Gram terms");
             let norm_grads = names.iter().filter(|k| k.starts_with("norm_grad")).count();

@@ -36,10 +36,11 @@ fn nvcc() -> PathBuf {
 /// The test kernels as compute_80 PTX, compiled like build.rs compiles the shipped kernels.
 fn test_module(defines: &[&str]) -> Module {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let out = std::env::temp_dir().join(format!(
         "ghostgrad-mma-tile-{}-{}.ptx",
         std::process::id(),
-        defines.join("_")
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let mut cmd = Command::new(nvcc());
     cmd.args(["-O3", "-lineinfo", "--std=c++17", "-Werror", "all-warnings", "-ptx", "-arch=compute_80", "-I"])
@@ -244,8 +245,11 @@ fn stage_ldmatrix_and_mma_tiles_compute_x_times_y_transposed() {
 #[test]
 fn a_planted_fragment_layout_error_is_caught() {
     let m = test_module(&["MT_PLANTED_LAYOUT_ERROR"]);
-    let r = gemm_nt_cases(&m);
-    assert!(r.is_err(), "the tile GEMM check passed with a wrong mt_ldsm_a lane mapping");
+    // The kernel still runs cleanly (same addresses, permuted): only the values can tell.
+    match gemm_nt_cases(&m) {
+        Err(e) => assert!(e.contains("mismatches"), "expected wrong values, got: {e}"),
+        Ok(()) => panic!("the tile GEMM check passed with a wrong mt_ldsm_a lane mapping"),
+    }
 }
 
 #[test]
