@@ -185,7 +185,8 @@ impl CudaMirror {
             let tol = scale * 2f64.powi(-12);
             for (i, (a, b)) in g.iter().zip(&w).enumerate() {
                 let same_nan = a.is_nan() && b.is_nan();
-                if !same_nan && !((*a as f64 - *b as f64).abs() <= tol) {
+                let diff = (*a as f64 - *b as f64).abs();
+                if !same_nan && (diff.is_nan() || diff > tol) {
                     return fail(format!("f32 element {i} is {a} on the GPU, {b} interpreted (tolerance {tol:e})"));
                 }
             }
