@@ -24,6 +24,8 @@ run cargo test --workspace --all-targets --no-fail-fast
 # The CUDA 12 image set's PTX (NVRTC 12.9) through the ghost-dot family's interpreter tests,
 # against the same f64 reference as nvcc's PTX.
 run env GHOSTGRAD_INTERP_IMAGES=cuda12 cargo test --test gpu_interp --test kernel_images
+# The device check's CPU part (argument parsing, modeled tables, torch script, report) so it cannot rot.
+run bash scripts/gpu-check.sh --interp --out target/gpu-check/report-interp.md
 # Without any CUDA toolchain the crate builds and its CPU path works ...
 run env -u GHOSTGRAD_REQUIRE_KERNELS GHOSTGRAD_NO_CUDA=1 cargo test --no-default-features --test no_kernels
 # ... but when kernels are required, the build must fail instead of skipping them.

@@ -1,6 +1,6 @@
 //! The fake device: global memory, launches, the per-lane-PC scheduler, sanitizers and counters.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::alu::{self, AluErr};
 use crate::error::{Diag, EmuError};
@@ -273,6 +273,8 @@ impl Device {
             gshadow: HashMap::new(),
             warnings: Vec::new(),
             shared_total,
+            load_sectors_seen: HashSet::new(),
+            store_sectors_seen: HashSet::new(),
         };
         for &lin in &order {
             let id = [
@@ -306,9 +308,13 @@ impl Device {
             e.thread += cnt.thread;
         }
         let sampled = executed < total_ctas;
+        let scale = total_ctas as f64 / executed as f64;
         if sampled {
-            c.scale(total_ctas as f64 / executed as f64);
+            c.scale(scale);
         }
+        let (loads, stores) = (std::mem::take(&mut ex.load_sectors_seen), std::mem::take(&mut ex.store_sectors_seen));
+        c.global_unique_load_sectors = ex.dev.unique_sectors_estimate(&loads, scale);
+        c.global_unique_store_sectors = ex.dev.unique_sectors_estimate(&stores, scale);
         let mut warnings = std::mem::take(&mut ex.warnings);
         if cfg.dynamic_shared_bytes > 0 && !k.has_dyn_shared {
             warnings.push(format!(
@@ -339,7 +345,25 @@ impl Device {
             total_ctas,
             sampled,
             warnings,
+            threads_per_cta: nthreads as u32,
+            shared_bytes_per_cta: shared_total,
         })
+    }
+
+    /// Distinct sectors of the whole launch, estimated from the executed CTAs: per allocation,
+    /// the sectors the executed CTAs touched times `scale` (total / executed CTAs), capped by the
+    /// allocation's own sector count (exact when every CTA ran: `scale` = 1 and no cap binds).
+    fn unique_sectors_estimate(&self, seen: &HashSet<u64>, scale: f64) -> u64 {
+        let mut per_alloc: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+        for &s in seen {
+            let addr = s << 5;
+            let (base, cap) = match self.allocs.range(..=addr).next_back() {
+                Some((b, a)) if addr < b + a.data.len() as u64 => (*b, ((b + a.data.len().max(1) as u64 - 1) >> 5) - (b >> 5) + 1),
+                _ => (u64::MAX, u64::MAX),
+            };
+            per_alloc.entry(base).or_insert((0, cap)).0 += 1;
+        }
+        per_alloc.values().map(|&(n, cap)| ((n as f64 * scale).round() as u64).min(cap).max(n)).sum()
     }
 }
 
@@ -506,6 +530,9 @@ struct Exec<'a> {
     gshadow: HashMap<u64, GSh>,
     warnings: Vec<String>,
     shared_total: u32,
+    /// distinct global sectors (address >> 5) read / written during the launch (L2 model)
+    load_sectors_seen: HashSet<u64>,
+    store_sectors_seen: HashSet<u64>,
 }
 
 /// A resolved memory location for one lane.
@@ -2126,6 +2153,8 @@ impl<'a> Exec<'a> {
                     }
                 }
                 let n = count_distinct(&mut sec[..ns]) as u64;
+                let seen = if is_load && !is_atom { &mut self.load_sectors_seen } else { &mut self.store_sectors_seen };
+                seen.extend(sec[..n as usize].iter().copied());
                 let bytes = count_distinct(&mut uniq[..nu]) as u64 * size as u64;
                 self.c.global_bytes += active.count_ones() as u64 * size as u64;
                 self.c.global_ideal_sectors += bytes.div_ceil(32);

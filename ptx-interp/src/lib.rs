@@ -25,6 +25,7 @@ mod device;
 mod error;
 mod ir;
 mod parse;
+pub mod perf;
 mod report;
 
 use std::collections::{BTreeSet, HashMap};
@@ -33,6 +34,7 @@ pub use allow::supported_opcode_forms;
 pub use device::Device;
 pub use error::{Diag, EmuError, ParseError};
 pub use ir::OpClass;
+pub use perf::{GpuSpec, KernelResources, Occupancy, PerfModel, Pipe, A100_SXM, H100_SXM};
 pub use report::{Counters, InstCount, LineCount, Report, RooflineModel};
 
 /// A parsed and decoded PTX module (one or more `.entry` kernels).

@@ -48,6 +48,12 @@ pub struct Counters {
     pub global_ideal_sectors: u64,
     /// bytes requested by active lanes
     pub global_bytes: u64,
+    /// distinct 32-B sectors read (loads, `cp.async` sources) / written (stores, atomics) over
+    /// the whole launch: the compulsory DRAM traffic of the L2 model. Exact when every CTA ran;
+    /// in sampled mode estimated per allocation as the executed CTAs' distinct sectors times
+    /// total/executed, capped by the allocation's size. Not scaled by [`Counters::scale`].
+    pub global_unique_load_sectors: u64,
+    pub global_unique_store_sectors: u64,
     pub shared_requests: u64,
     /// shared-memory wavefronts (32 banks x 4 B; identical words broadcast; 8-B accesses per
     /// half-warp, 16-B per quarter-warp)
@@ -143,6 +149,10 @@ pub struct Report {
     pub sampled: bool,
     /// non-fatal observations (e.g. `%warpid` read, approximate instructions used)
     pub warnings: Vec<String>,
+    /// threads of one CTA (block x · y · z)
+    pub threads_per_cta: u32,
+    /// static + dynamic shared memory of one CTA as the PTX declares it (bytes)
+    pub shared_bytes_per_cta: u32,
 }
 
 /// H100 SXM figures used by the model.

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 
 use ptx_interp::{Device, LaunchConfig, Module, Options, ParamValue, Report};
 
+use super::mirror::{CudaMirror, MirrorMode};
 use super::{KernelArg, KernelRuntime, LaunchPlan, MAX_GRID_X, MAX_GRID_YZ};
 use crate::buffer::{DeviceSlice, DeviceSliceMut};
 use crate::dtype::DType;
@@ -25,6 +26,9 @@ pub const INTERP_IMAGES_ENV: &str = "GHOSTGRAD_INTERP_IMAGES";
 pub struct LaunchRecord {
     pub plan: LaunchPlan,
     pub report: Report,
+    /// GPU time of the same launch measured with CUDA events (median of 5), only under
+    /// `GHOSTGRAD_GPU_TIMING=1` on a machine with a GPU (see [`super::mirror`]).
+    pub gpu_time_s: Option<f64>,
 }
 
 struct State {
@@ -35,6 +39,8 @@ struct State {
     workspace: Option<(u64, u64)>,
     allocations: HashMap<u64, u64>,
     records: Vec<LaunchRecord>,
+    /// the device check's GPU copy of every launch (`GHOSTGRAD_TEST_CUDA` / `GHOSTGRAD_GPU_TIMING`)
+    mirror: Option<CudaMirror>,
 }
 
 /// A [`KernelRuntime`] that runs kernels in the PTX interpreter.
@@ -74,7 +80,9 @@ impl InterpBuffer {
 impl InterpRuntime {
     /// Parses every embedded kernel file of the image set named by `GHOSTGRAD_INTERP_IMAGES`
     /// (`cuda13`, the default, or `cuda12`). Fails with [`GhostError::KernelsNotBuilt`] when that
-    /// set was not built.
+    /// set was not built, and with a CUDA error when `GHOSTGRAD_TEST_CUDA=1` or
+    /// `GHOSTGRAD_GPU_TIMING=1` asks for a GPU mirror of every launch ([`super::mirror`]) and none
+    /// can be opened.
     pub fn new() -> Result<Self> {
         let images = match std::env::var(INTERP_IMAGES_ENV) {
             Err(_) => ImageSet::Cuda13,
@@ -117,6 +125,7 @@ impl InterpRuntime {
                 workspace: None,
                 allocations: HashMap::new(),
                 records: Vec::new(),
+                mirror: MirrorMode::from_env().map(CudaMirror::new).transpose()?,
             }),
             op: Mutex::new(()),
             sm_version: std::sync::atomic::AtomicU32::new(kernels::INTERP_PTX_ARCH),
@@ -250,11 +259,21 @@ impl KernelRuntime for InterpRuntime {
             })
             .collect();
         let cfg = LaunchConfig { grid: plan.grid, block: plan.block, dynamic_shared_bytes: plan.shared_bytes };
+        let mode = st.mirror.as_ref().map(|m| m.mode);
+        let mut gpu_time_s = None;
+        if let Some(m) = st.mirror.as_mut() {
+            m.upload(&snapshot(&st.device, &st.allocations, |b, n| mode == Some(MirrorMode::Compare) || !m.holds(b, n))?)?;
+            gpu_time_s = m.launch(plan)?;
+        }
         let report = st
             .device
             .launch(&st.modules[idx], &plan.kernel, &cfg, &params, &st.options)
             .map_err(|e| interp_err(format!("{}: {e}", plan.kernel)))?;
-        st.records.push(LaunchRecord { plan: plan.clone(), report });
+        if let (Some(m), Some(MirrorMode::Compare), None) = (st.mirror.as_ref(), mode, st.options.sample_ctas) {
+            let tensor_cores = report.counters.by_class.get(&ptx_interp::OpClass::TensorCore).is_some_and(|c| c.warp > 0);
+            m.compare(&plan.kernel, tensor_cores, &snapshot(&st.device, &st.allocations, |_, _| true)?)?;
+        }
+        st.records.push(LaunchRecord { plan: plan.clone(), report, gpu_time_s });
         Ok(())
     }
 
@@ -288,4 +307,15 @@ impl KernelRuntime for InterpRuntime {
             })
         }
     }
+}
+
+/// `(base, contents)` of every allocation that `want(base, bytes)` selects (the GPU mirror's view).
+fn snapshot(device: &Device, allocations: &HashMap<u64, u64>, want: impl Fn(u64, u64) -> bool) -> Result<Vec<(u64, Vec<u8>)>> {
+    let mut v = Vec::new();
+    for (&base, &bytes) in allocations {
+        if want(base, bytes) {
+            v.push((base, device.read(base, bytes).map_err(interp_err)?));
+        }
+    }
+    Ok(v)
 }

@@ -8,6 +8,8 @@
 pub mod cuda;
 #[cfg(feature = "interp")]
 pub mod interp;
+#[cfg(feature = "interp")]
+pub mod mirror;
 
 use crate::error::Result;
 
