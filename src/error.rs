@@ -97,6 +97,8 @@ impl GhostError {
             other @ (StreamMismatch(_)
             | KernelsNotBuilt
             | CudaDriverUnavailable(_)
+            | DriverTooOld { .. }
+            | UnsupportedDevice { .. }
             | Cuda { .. }
             | MissingKernel { .. }
             | LaunchLimit { .. }
