@@ -499,8 +499,10 @@ mod gpu {
 
     /// model_ghg on the interpreter with `out` NaN-poisoned (`beta = 0`): the result and the
     /// kernels launched, in order.
-    fn run_ghg(p: &GhgProblem, sched: u64, eta: f32, forms: ModelForms) -> (Vec<f32>, Vec<String>) {
+    /// `model_ghg` of `p` on the interpreter with the launch plans of an `sm_version` device.
+    fn run_ghg(p: &GhgProblem, sched: u64, eta: f32, forms: ModelForms, sm_version: u32) -> (Vec<f32>, Vec<String>) {
         let rt = runtime(sched);
+        rt.set_sm_version(sm_version);
         let ctx = Context::with_runtime(rt.clone());
         let dev = DevGhg::upload(&rt, p);
         let gu = dev.uses(p);
@@ -525,7 +527,7 @@ mod gpu {
         // passes would run three), and every norm use one train + one query gradient per pass.
         for (seed, dt) in [(3u64, DType::BF16), (5, DType::F16), (7, DType::F32)] {
             let p = ghg_problem(seed, dt, seed == 3, true);
-            let (got, names) = run_ghg(&p, seed, 0.3, gram_forms(EmbeddingForm::ScatterGather));
+            let (got, names) = run_ghg(&p, seed, 0.3, gram_forms(EmbeddingForm::ScatterGather), 80);
             assert!(got.iter().all(|x| x.is_finite()), "{dt}: every output written: {got:?}");
             let sfx = dt.kernel_suffix();
             let nu = p.m.uses.len();
@@ -577,13 +579,16 @@ mod gpu {
         // bits of the all-f32 call on the exactly widened factors: comb is formed from the same
         // values, and every kernel widens its tiles to f32 before the same arithmetic in the
         // same order. Forms are forced (the cost model weighs the element size). Masked rows
-        // hold NaN in both calls; out starts NaN-poisoned.
+        // hold NaN in both calls; out starts NaN-poisoned. Both calls use sm_75 plans: there the
+        // plain (ẋ, b_val) pass of bf16 / f16 factors runs the FMA Gram kernel too (on sm_80+ it
+        // runs ghost_dot_gram_mma_*, a different summation order, checked against the reference
+        // by the tests of tests/gpu_interp.rs).
         for (seed, dt) in [(1u64, DType::BF16), (3, DType::F16), (5, DType::BF16), (9, DType::F16)] {
             let p = ghg_problem(seed, dt, seed % 4 == 1, seed % 3 != 0);
             let w = widened(&p);
             for emb in [EmbeddingForm::MaskedGram, EmbeddingForm::ScatterGather] {
-                let (got, names) = run_ghg(&p, seed, 0.45, gram_forms(emb));
-                let (want, _) = run_ghg(&w, seed + 1, 0.45, gram_forms(emb));
+                let (got, names) = run_ghg(&p, seed, 0.45, gram_forms(emb), 75);
+                let (want, _) = run_ghg(&w, seed + 1, 0.45, gram_forms(emb), 75);
                 assert!(want.iter().all(|x| x.is_finite()), "{dt} {emb:?}: {want:?}");
                 assert_bitwise_eq(&format!("{dt} {emb:?} vs widened f32"), &got, &want);
                 let sfx = dt.kernel_suffix();
