@@ -110,7 +110,7 @@ def train(args, data, device, attribute: bool, desc: str):
     ids, attn, labels, vids, vattn, vlabels = data
     model = make_model(args, device)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr)
-    shapley = InRunShapley(model, opt, num_samples=ids.shape[0]) if attribute else None
+    shapley = InRunShapley(model, opt, num_samples=ids.shape[0], engine=args.engine) if attribute else None
     order = torch.Generator().manual_seed(args.seed + 1)
     val_pick = torch.Generator().manual_seed(args.seed + 2)
     steps = args.epochs * (ids.shape[0] // args.batch)
@@ -163,6 +163,8 @@ def main():
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    ap.add_argument("--engine", choices=["ghostgrad", "torch"], default="ghostgrad",
+                    help="ghostgrad: values by ghostgrad's model_dot / model_ghg kernels; torch: the pure-torch engine")
     ap.add_argument("--repeats", type=int, default=1, help="plain runs to time (the fastest is the baseline)")
     ap.add_argument("--plot", default="target/inrun_gpt2_values.png")
     args = ap.parse_args()
